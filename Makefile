@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (set up + the main job) and `make test`.
+# TORCH_SPEC: this machine's CPU build of torch lies on disk as torch==2.13.0; elsewhere
+# (e.g. a GPU box) use `make TORCH_SPEC=torch demo` to let pip pick the right build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/probe study --out $(DEMO_OUT) --overwrite
+	@echo "Open $(DEMO_OUT)/report.html in a browser."
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

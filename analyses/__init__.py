@@ -1,0 +1,1 @@
+"""Studies that combine runs and probes, their figures, reports and the `probe` CLI."""

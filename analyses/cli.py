@@ -1,0 +1,221 @@
+"""The `probe` command line: train, study, info, report.
+
+Every field of the task, model and train configs is an option (`--gamma`, `--d-model`,
+`--lr`, `--keys 21,120`, ...), generated from the dataclasses so the two never drift.
+Precedence: built-in defaults < `--config FILE` < options. User mistakes print one line
+and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from models.config import ModelConfig, RunConfig, TrainConfig
+from models.errors import UserError
+from models.tasks import TASKS, task_class
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="InitLens: train transformers at any init scale and dissect them.")
+
+SECTIONS = {"model": [ModelConfig], "train": [TrainConfig], "task": list(TASKS.values())}
+
+
+def _field_options() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """{option name: (section, field, example default)} for every config field."""
+    out = {}
+    for section, classes in SECTIONS.items():
+        for cls in classes:
+            for f in dataclasses.fields(cls):
+                out.setdefault(f.name, (section, f, _default(f)))
+    return out
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _option_type(default) -> type:
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, (int, float)):
+        return type(default)
+    return str  # strings, tuples ("21,120" or "11,13;13,11"), and None-defaults
+
+
+FIELDS = _field_options()
+INT_OR_NONE = {"d_head", "d_mlp", "n_ctx"}
+
+
+def _parse(name: str, raw, task_cls) -> Any:
+    """Turn an option's text into the field's type (tuples from '1,2' or '1,2;3,4')."""
+    section, f, _ = FIELDS[name]
+    if section == "task":
+        if name not in {g.name for g in dataclasses.fields(task_cls)}:
+            raise UserError(f"option --{name.replace('_', '-')} does not apply to task "
+                            f"{task_cls.name!r}")
+        default = _default(next(g for g in dataclasses.fields(task_cls) if g.name == name))
+    else:
+        default = _default(f)
+    if name in INT_OR_NONE:
+        return None if str(raw).lower() == "none" else int(raw)
+    if not isinstance(default, tuple):
+        return raw
+    try:
+        groups = [tuple(int(v) for v in g.split(",") if v.strip())
+                  for g in str(raw).replace(" ", ";").split(";") if g.strip()]
+    except ValueError:
+        raise UserError(f"--{name.replace('_', '-')} {raw!r}: expected integers like "
+                        f"'1,2' or pairs like '11,13;13,11'") from None
+    nested = bool(default) and isinstance(default[0], tuple)
+    return tuple(groups) if nested else (groups[0] if groups else ())
+
+
+def build_config(config: Optional[Path], task: Optional[str], values: dict[str, Any],
+                 base: RunConfig | None = None) -> RunConfig:
+    """Defaults (or `base`), then the config file, then the options that were given."""
+    cfg = RunConfig.load(config) if config else (base or RunConfig())
+    if task and task != cfg.task.name:
+        cfg = RunConfig(task=task_class(task)(), model=cfg.model, train=cfg.train)
+    changes: dict[str, dict] = {"task": {}, "model": {}, "train": {}}
+    for name, raw in values.items():
+        if raw is not None:
+            changes[FIELDS[name][0]][name] = _parse(name, raw, type(cfg.task))
+    return cfg.replace(**changes).validate()
+
+
+def with_config_options(func):
+    """Append an option per config field to a command's signature."""
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+    for name, (section, f, default) in FIELDS.items():
+        hint = f"[{section}] default: {default if not isinstance(default, tuple) else default}"
+        typ = str if name in INT_OR_NONE else _option_type(default)  # accepts "none"
+        flag = f"--{name.replace('_', '-')}"
+        decl = [f"{flag}/--no-{name.replace('_', '-')}"] if typ is bool else [flag]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                        default=typer.Option(None, *decl, help=hint,
+                                                             show_default=False),
+                                        annotation=Optional[typ]))
+    func.__signature__ = sig.replace(parameters=params)
+    func.__annotations__ = {p.name: p.annotation for p in params}
+    return func
+
+
+@app.command("train")
+@with_config_options
+def train_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="JSON config file (task/model/train)."),
+    task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last "
+                                            "checkpoint."),
+    **fields,
+):
+    """Train one model at init scale --gamma into a run directory."""
+    from models.train import train
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    cfg = None if resume and not (given or config or task) else build_config(config, task,
+                                                                             given)
+    run = train(cfg, out, resume=resume)
+    typer.echo(f"trained {run.path} ({run.status.get('state')}); inspect it with "
+               f"`probe info {run.path}`")
+
+
+@app.command("study")
+@with_config_options
+def study_cmd(
+    out: Path = typer.Option(Path("study"), "--out", "-o", help="Study folder."),
+    gammas: str = typer.Option("0.3,0.8", help="Comma-separated init scales to compare."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config file."),
+    task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
+    overwrite: bool = typer.Option(False, help="Replace an existing study in --out."),
+    **fields,
+):
+    """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
+    from analyses.study import run_study
+
+    try:
+        gamma_values = tuple(float(g) for g in gammas.split(",") if g.strip())
+    except ValueError:
+        raise UserError(f"--gammas {gammas!r}: expected numbers like 0.3,0.8") from None
+    given = {k: v for k, v in fields.items() if v is not None and k != "gamma"}
+    base = build_config(config, task, given)
+    report = run_study(base, gamma_values, out, overwrite=overwrite)
+    typer.echo(f"report: {report}")
+
+
+@app.command("info")
+def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
+             step: Optional[int] = typer.Option(None, help="Checkpoint to load and check "
+                                                           "(default: the last)."),
+             as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """Config, realized init, status, checkpoints and final metrics of a run."""
+    from models.build import n_params
+    from models.run import Run
+
+    r = Run.open(run)
+    cfg = r.config
+    loaded = r.resolve_step(step)
+    model = r.load_model(loaded, device="cpu")  # proves the checkpoint loads
+    info = {"run": str(r.path), "status": r.status, "config": cfg.to_dict(),
+            "checkpoints": r.checkpoint_steps(), "final": r.summary.get("final", {}),
+            "loaded_step": loaded, "n_params": n_params(model), "init": r.init}
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"run        {r.path}\nstatus     {r.status}")
+    for section, values in cfg.to_dict().items():
+        typer.echo(f"{section:<10} " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    typer.echo(f"checkpoints {', '.join(map(str, info['checkpoints']))} (step {loaded} "
+               f"loads: {info['n_params']} parameters)")
+    typer.echo("init       param                                   d_in   target    realized")
+    for row in r.init:
+        if row["d_in"]:
+            typer.echo(f"           {row['param']:<38} {row['d_in']:>5}  {row['target_std']:.5f}"
+                       f"   {row['realized_std']:.5f}")
+    for key, value in info["final"].items():
+        typer.echo(f"final      {key:<28} {value:.4f}")
+
+
+@app.command("report")
+def report_cmd(target: Path = typer.Argument(..., help="A study folder or a run directory."),
+               out: Optional[Path] = typer.Option(None, help="Where to write the HTML "
+                                                             "(default: TARGET/report.html).")):
+    """(Re)build the self-contained HTML report of a study or a single run."""
+    from analyses.report import write_report
+    from analyses.study import report_study
+    from models.run import Run
+
+    if (target / "study.json").exists() and out is None:
+        path = report_study(target)
+    else:
+        run = Run.open(target)
+        path = write_report([run], out or target / "report.html", title=f"InitLens run "
+                            f"{run.name}")
+    typer.echo(f"report: {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except UserError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished checkpoints are kept (resume with --resume)",
+                   err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Plotly figures of runs. Each function returns a figure; `export` writes them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from analyses.preference import curves, relative_loss_gap
+from models.run import Run
+
+GROUP_COLORS = {"reasoning": "#1f77b4", "reasoning_test": "#17becf", "memory": "#d62728",
+                "seen": "#1f77b4", "seen_test": "#17becf", "twist": "#d62728",
+                "held_out": "#9467bd", "train": "#7f7f7f"}
+GAMMA_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
+
+
+def _label(run: Run) -> str:
+    return f"gamma = {run.config.model.gamma:g}"
+
+
+def group_curves(runs: list[Run], metric: str = "accuracy") -> go.Figure:
+    """One panel per run (gamma), one line per evaluation group, `metric` over steps."""
+    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True,
+                        subplot_titles=[_label(r) for r in runs])
+    seen = set()
+    for col, run in enumerate(runs, start=1):
+        table = curves(run.metrics(), metric)
+        for group in table.columns:
+            if group == "train" and metric == "accuracy":
+                continue
+            fig.add_trace(go.Scatter(
+                x=table.index, y=table[group], mode="lines", name=group,
+                legendgroup=group, showlegend=group not in seen,
+                line=dict(color=GROUP_COLORS.get(group)),
+                hovertemplate=f"{group}<br>step %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"),
+                row=1, col=col)
+            seen.add(group)
+        fig.update_xaxes(title_text="step", row=1, col=col)
+    fig.update_yaxes(title_text=metric, row=1, col=1)
+    if metric == "loss":
+        fig.update_yaxes(type="log")
+    fig.update_layout(height=380, margin=dict(t=50, b=40, l=60, r=20),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def loss_gap_curves(runs: list[Run]) -> go.Figure:
+    """The relative loss gap (L_mem - L_reason) / L_reason over steps, one line per gamma."""
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        task = run.config.task
+        gap = relative_loss_gap(run.metrics(), task.reasoning_group, task.memory_group)
+        fig.add_trace(go.Scatter(x=gap.index, y=gap.values, mode="lines", name=_label(run),
+                                 line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
+                                 hovertemplate="step %{x}<br>gap %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=0, line=dict(color="#999", dash="dot"))
+    fig.update_layout(height=360, xaxis_title="step",
+                      yaxis_title="(L_memory - L_reasoning) / L_reasoning",
+                      margin=dict(t=30, b=40, l=60, r=20))
+    return fig
+
+
+def steps_to_threshold(table: pd.DataFrame, threshold: int = 90) -> go.Figure:
+    """Grouped bars: step at which each group first reached the threshold, per gamma."""
+    fig = go.Figure()
+    prefix = f"step_to_{threshold}_"
+    for col in [c for c in table.columns if c.startswith(prefix)]:
+        group = col[len(prefix):]
+        reached = table[col].notna()
+        fig.add_trace(go.Bar(
+            x=[f"gamma = {g:g}" for g in table.gamma], y=table[col].fillna(table.steps),
+            name=group, marker_color=GROUP_COLORS.get(group),
+            marker_pattern_shape=["" if r else "/" for r in reached],
+            text=[str(int(v)) if r else "never" for v, r in zip(table[col].fillna(0), reached)],
+            hovertemplate=f"{group}: %{{text}}<extra></extra>"))
+    fig.update_layout(barmode="group", height=360, yaxis_title=f"step to {threshold}% accuracy",
+                      margin=dict(t=30, b=40, l=60, r=20))
+    return fig

@@ -1,0 +1,105 @@
+"""A study: the same run trained at several init scales, then one report comparing them.
+
+    STUDY/study.json           the gammas and the shared RunConfig
+    STUDY/gamma_<g>/           one run directory per gamma
+    STUDY/preference.csv       the preference summary, one row per gamma
+    STUDY/metrics.csv          every run's tidy metrics, stacked
+    STUDY/report.html          the self-contained report
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from analyses.preference import preference_table
+from analyses.report import write_report
+from models.checkpoint import atomic_write, read_json, write_json
+from models.config import RunConfig
+from models.errors import UserError
+from models.run import Run
+from models.train import train
+
+DEMO_GAMMAS = (0.3, 0.8)
+
+
+def run_dir(study: Path, gamma: float) -> Path:
+    return Path(study) / f"gamma_{gamma:g}"
+
+
+def _check_folder(out: Path, spec: dict, overwrite: bool) -> None:
+    marker = out / "study.json"
+    if overwrite and marker.exists():
+        shutil.rmtree(out)
+    elif overwrite and out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} is not a study folder (no study.json); refusing to overwrite "
+                        f"it: choose another --out")
+    elif marker.exists() and read_json(marker, "study file") != spec:
+        raise UserError(f"{out} holds a different study; pass --overwrite to replace it, or "
+                        f"choose another --out")
+    elif not marker.exists() and out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty; choose a new --out folder")
+
+
+def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
+              overwrite: bool = False, progress: bool | None = None) -> Path:
+    """Train `base` at each gamma into `out` (resuming unfinished runs), then report.
+
+    A run that fails is listed in the report with its reason; the others still report.
+    """
+    out = Path(out)
+    if not gammas:
+        raise UserError("a study needs at least one gamma")
+    configs = [base.replace(model={"gamma": float(g)}).validate() for g in gammas]
+    spec = json.loads(json.dumps({"gammas": [float(g) for g in gammas],
+                                  "base": base.to_dict()}))  # as it reads back from disk
+    _check_folder(out, spec, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "study.json", spec)
+    for cfg in configs:
+        folder = run_dir(out, cfg.model.gamma)
+        resume = (folder / "config.json").exists()
+        try:
+            train(None if resume else cfg, folder, resume=resume, progress=progress)
+        except UserError as e:  # e.g. diverged: keep going, the report says so
+            print(f"gamma={cfg.model.gamma:g}: {e}")
+    return report_study(out)
+
+
+def collect(study: str | Path) -> tuple[list[Run], dict[str, str]]:
+    """The finished runs of a study, and {name: reason} for each missing or failed one."""
+    study = Path(study)
+    spec = read_json(study / "study.json", "study file")
+    runs, problems = [], {}
+    for gamma in spec["gammas"]:
+        folder = run_dir(study, gamma)
+        if not (folder / "config.json").exists():
+            problems[folder.name] = "missing: never started (re-run `probe study`)"
+            continue
+        run = Run.open(folder)
+        status = run.status
+        if status.get("state") == "done":
+            runs.append(run)
+        else:
+            problems[folder.name] = (f"{status.get('state', 'unknown')} at step "
+                                     f"{status.get('step', '?')}: "
+                                     f"{status.get('reason', 'unfinished; re-run to resume')}")
+    return runs, problems
+
+
+def report_study(study: str | Path) -> Path:
+    """(Re)write the tables and report.html of a study folder from what is on disk."""
+    study = Path(study)
+    runs, problems = collect(study)
+    if runs:
+        atomic_write(study / "preference.csv", preference_table(runs).to_csv(index=False))
+        metrics = pd.concat([r.metrics() for r in runs], ignore_index=True)
+        atomic_write(study / "metrics.csv", metrics.to_csv(index=False))
+    task = runs[0].config.task.name if runs else "?"
+    return write_report(runs, study / "report.html",
+                        title=f"InitLens study: {task} task at init scales "
+                        f"{', '.join(f'{r.config.model.gamma:g}' for r in runs)}",
+                        problems=problems)

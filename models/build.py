@@ -1,0 +1,101 @@
+"""Build a TransformerLens model (TransformerBridge, TL-native) at init scale gamma.
+
+TransformerLens 4 replaced `HookedTransformer` with `TransformerBridge.boot_native`, which
+keeps the HookedTransformer hook names (`blocks.{l}.hook_resid_pre`, `blocks.{l}.attn.hook_z`,
+...) and works with `transformer_lens.patching`. We build it, then overwrite every weight
+with N(0, (d_in^-gamma)^2) from a seeded generator, so the init is exact and reproducible.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens.config import TransformerBridgeConfig
+from transformer_lens.model_bridge import TransformerBridge
+
+import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
+from models.config import ModelConfig, RunConfig
+
+# Embedding matrices: their input is one-hot, so their d_in is the number of rows.
+EMBEDDINGS = ("embed.weight", "pos_embed.weight")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` means CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def fan_in(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> int | None:
+    """d_in of a weight matrix in TL state-dict naming; None for vectors (biases, norms).
+
+    Linear weights are stored (d_out, d_in); embeddings (rows, d_model) with one-hot input.
+    """
+    if len(shape) != 2:
+        return None
+    if name in EMBEDDINGS:
+        return shape[0] if cfg.embed_fan_in == "vocab" else shape[1]
+    return shape[1]
+
+
+def target_std(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
+    """The init std of a parameter: d_in^-gamma for matrices, 0 for vectors (constant)."""
+    d_in = fan_in(name, shape, cfg)
+    return 0.0 if d_in is None else float(d_in) ** -cfg.gamma
+
+
+def bridge_config(cfg: RunConfig) -> TransformerBridgeConfig:
+    m = cfg.model
+    return TransformerBridgeConfig(
+        d_model=m.d_model, d_head=m.head_dim, n_heads=m.n_heads, n_layers=m.n_layers,
+        n_ctx=cfg.n_ctx, d_vocab=cfg.task.vocab_size, d_mlp=m.mlp_dim or None,
+        attn_only=m.mlp_dim == 0, act_fn=m.act_fn,
+        normalization_type=None if m.normalization == "none" else "LN",
+        positional_embedding_type="standard", seed=cfg.train.seed)
+
+
+@torch.no_grad()
+def init_weights(model: TransformerBridge, cfg: ModelConfig, seed: int) -> None:
+    """Every matrix ~ N(0, d_in^-2gamma); biases 0; LayerNorm weights 1.
+
+    Draws on the CPU in name order from one generator, so the same seed gives the same
+    weights on any device.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for name, tensor in sorted(model.state_dict().items()):
+        std = target_std(name, tuple(tensor.shape), cfg)
+        if std > 0:
+            tensor.copy_(torch.randn(tensor.shape, generator=gen) * std)
+        elif name.endswith(".weight"):  # LayerNorm scale
+            tensor.fill_(1.0)
+        else:
+            tensor.zero_()
+
+
+def build_model(cfg: RunConfig, device: str | torch.device | None = None) -> TransformerBridge:
+    """A freshly initialized model for `cfg` (validated first), on `device`."""
+    cfg.validate()
+    model = TransformerBridge.boot_native(bridge_config(cfg))
+    init_weights(model, cfg.model, cfg.train.seed)
+    return model.to(resolve_device(str(device or cfg.train.device)), print_details=False)
+
+
+def realized_init(model: TransformerBridge, cfg: ModelConfig) -> list[dict]:
+    """Per parameter: shape, d_in, target std and the std actually drawn (tidy rows)."""
+    rows = []
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().float().cpu()
+        d_in = fan_in(name, tuple(t.shape), cfg)
+        rows.append({"param": name, "shape": list(t.shape), "d_in": d_in,
+                     "target_std": target_std(name, tuple(t.shape), cfg),
+                     "realized_std": float(t.std()) if t.numel() > 1 else 0.0,
+                     "mean": float(t.mean())})
+    return rows
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["bridge_config", "build_model", "fan_in", "init_weights", "n_params",
+           "realized_init", "resolve_device", "target_std"]

@@ -1,0 +1,94 @@
+"""Checkpoint files: safetensors + JSON, written atomically, loaded without unpickling."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from models.errors import UserError
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | Path, what: str = "file") -> dict:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} is missing") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is corrupt ({e.msg}); restore or delete it") from None
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
+                 metadata: dict[str, str] | None = None) -> None:
+    """Atomically write tensors (copied to contiguous CPU memory) as safetensors."""
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write(path, st_save(cpu, metadata=metadata))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file and its metadata; a clear UserError if it is bad."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"checkpoint {path} does not exist; list the run's checkpoints "
+                        f"with `probe info RUN`") from None
+    try:
+        tensors = st_load(raw)
+        metadata = _metadata(raw)
+    except (SafetensorError, ValueError, json.JSONDecodeError) as e:
+        raise UserError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
+                        f"delete it and resume from an earlier one") from None
+    return tensors, metadata
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    return header.get("__metadata__", {}) or {}
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW moment estimates and step counts, keyed by parameter index."""
+    out = {}
+    for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
+        for k, v in opt.state.get(p, {}).items():
+            out[f"{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for key, value in tensors.items():
+        i, name = key.split(".", 1)
+        p = params[int(i)]
+        opt.state[p][name] = value.to(p.device) if name != "step" else value.to("cpu")

@@ -1,0 +1,195 @@
+"""Frozen configs for a run (task, model, training) and their JSON form.
+
+`RunConfig` is everything needed to rebuild the model, the data and the results of a run;
+it is written to `config.json` in the run directory. Unknown keys are an error, not ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.errors import UserError
+from models.tasks import MixtureTask, Task, task_class
+
+NORMALIZATIONS = ("LN", "none")
+ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
+EMBED_FAN_IN = ("vocab", "d_model")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and init scale. Every weight matrix W starts as N(0, d_in^-2*gamma).
+
+    d_in is the fan-in of the matrix: d_model for W_Q/W_K/W_V, W_in and W_U; n_heads*d_head
+    for W_O; d_mlp for W_out. For the embeddings W_E and W_pos, `embed_fan_in="vocab"` (the
+    paper's convention: one-hot input) uses d_vocab and n_ctx; `"d_model"` uses d_model.
+    Biases start at zero, LayerNorm weights at one.
+    """
+
+    gamma: float = 0.5
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 1
+    d_head: int | None = None  # default d_model // n_heads
+    d_mlp: int | None = None  # default 4 * d_model; 0 means attention-only
+    act_fn: str = "relu"
+    normalization: str = "LN"  # "LN" (pre-LN blocks) or "none"
+    embed_fan_in: str = "vocab"
+    n_ctx: int | None = None  # default: the task's sequence length
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_head if self.d_head is not None else self.d_model // max(self.n_heads, 1)
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.d_mlp if self.d_mlp is not None else 4 * self.d_model
+
+    def validate(self) -> None:
+        if not self.gamma > 0:
+            raise UserError(f"gamma={self.gamma} is invalid: init std is d_in^-gamma, so gamma "
+                            f"must be > 0 (0.3 large init, 0.5 standard, 0.8 small init)")
+        for name in ("n_layers", "d_model", "n_heads"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.d_head is None and self.d_model % self.n_heads:
+            raise UserError(f"d_model={self.d_model} is not divisible by n_heads="
+                            f"{self.n_heads}; change one, or set d_head explicitly")
+        if self.head_dim < 1 or (self.d_head is not None and self.d_head * self.n_heads !=
+                                 self.d_model):
+            raise UserError(f"d_head * n_heads = {self.head_dim} * {self.n_heads} must equal "
+                            f"d_model = {self.d_model}; fix d_head, n_heads or d_model")
+        if self.mlp_dim < 0:
+            raise UserError(f"d_mlp={self.d_mlp} must be >= 0 (0 = attention-only)")
+        _choice("act_fn", self.act_fn, ACTIVATIONS)
+        _choice("normalization", self.normalization, NORMALIZATIONS)
+        _choice("embed_fan_in", self.embed_fan_in, EMBED_FAN_IN)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """AdamW with linear warm-up then cosine decay; loss on the label (last) position."""
+
+    steps: int = 3000
+    batch_size: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_every: int = 50  # plus a denser, log-spaced schedule early in training
+    eval_size: int = 1000  # rows per evaluation group (fixed subset)
+    n_checkpoints: int = 12  # besides step 0 and the last step
+    seed: int = 0  # init and batch order
+    data_seed: int = 0  # task data (e.g. the memorized lookup table)
+    device: str = "auto"  # auto = cuda when present, else cpu
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)} must be >= 1")
+        if not self.lr > 0:
+            raise UserError(f"lr={self.lr} must be > 0")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise UserError("weight_decay, grad_clip and warmup_steps must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
+        _choice("device", self.device, ("auto", "cpu", "cuda"), prefix_ok="cuda:")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: which task, which model, how to train."""
+
+    task: Task = field(default_factory=MixtureTask)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.model.n_ctx or self.task.seq_len
+
+    def validate(self) -> "RunConfig":
+        self.model.validate()
+        self.train.validate()
+        self.task.validate(n_ctx=self.n_ctx)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": {"name": self.task.name, **dataclasses.asdict(self.task)},
+                "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+        _reject_unknown(data, {"task", "model", "train"}, source)
+        task_data = dict(data.get("task", {}))
+        task_cls = task_class(task_data.pop("name", "mixture"))
+        return cls(task=build(task_cls, task_data, f"{source}: task"),
+                   model=build(ModelConfig, data.get("model", {}), f"{source}: model"),
+                   train=build(TrainConfig, data.get("train", {}), f"{source}: train"))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RunConfig":
+        """Read a config file (JSON), with a clear error for a missing or malformed one."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist; check the path") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"config file {path} is not valid JSON ({e.msg} at line "
+                            f"{e.lineno}); fix or regenerate it") from None
+        if not isinstance(data, dict):
+            raise UserError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(data, source=str(path))
+
+    def replace(self, **sections: dict[str, Any]) -> "RunConfig":
+        """A copy with some fields of some sections changed: replace(model={"gamma": 0.8})."""
+        parts = {"task": self.task, "model": self.model, "train": self.train}
+        for section, changes in sections.items():
+            if changes:
+                parts[section] = build(type(parts[section]), {**_fields(parts[section]),
+                                                              **changes}, section)
+        return RunConfig(**parts)
+
+
+def _fields(obj) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _reject_unknown(data: dict, known: set[str], source: str) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys are "
+                        f"{', '.join(sorted(known))}")
+
+
+def build(cls, data: dict[str, Any], source: str):
+    """Instantiate a config dataclass from a dict, converting JSON lists back to tuples."""
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must be a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(data, set(fields), source)
+    return cls(**{k: _tuplify(v) for k, v in data.items()})
+
+
+def _tuplify(value):
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...], prefix_ok: str = "") -> None:
+    if value in allowed or (prefix_ok and str(value).startswith(prefix_ok)):
+        return
+    raise UserError(f"{name}={value!r} is not one of {', '.join(allowed)}")

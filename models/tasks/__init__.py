@@ -1,0 +1,20 @@
+"""Task generators: deterministic from a seed, returning a `datasets.Dataset`."""
+
+from models.errors import UserError
+from models.tasks.base import Group, Task, as_tensors, dataset_arrays, group_mask
+from models.tasks.composite import CompositeTask
+from models.tasks.mixture import MixtureTask
+
+TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask}
+
+
+def task_class(name: str) -> type[Task]:
+    """The task class called `name`, or a UserError listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+
+
+__all__ = ["TASKS", "CompositeTask", "Group", "MixtureTask", "Task", "as_tensors",
+           "dataset_arrays", "group_mask", "task_class"]
