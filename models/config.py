@@ -76,7 +76,7 @@ class TrainConfig:
 
     steps: int = 3000
     batch_size: int = 100
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.999

@@ -60,7 +60,7 @@ def test_same_seed_same_weights_other_seed_other_weights():
 
 
 def test_hook_names_are_transformerlens_names():
-    cfg = RunConfig(model=ModelConfig(d_model=32, n_heads=2))
+    cfg = RunConfig(task=MixtureTask(seq_len=9), model=ModelConfig(d_model=32, n_heads=2))
     model = build_model(cfg, "cpu")
     tokens = torch.randint(0, cfg.task.vocab_size, (3, cfg.task.seq_len))
     logits, cache = model.run_with_cache(tokens)

@@ -6,7 +6,7 @@ import pytest
 from models import CompositeTask, MixtureTask, UserError
 from models.tasks import dataset_arrays
 
-MIX = MixtureTask(samples_per_pair=50)
+MIX = MixtureTask(seq_len=9, samples_per_pair=50)  # with noise and random key positions
 COMP = CompositeTask(samples_per_pair=60)
 
 
@@ -120,3 +120,9 @@ def test_composite_extra_metrics_count_inferential_and_symmetric():
 def test_invalid_task_options_are_rejected(task, message):
     with pytest.raises(UserError, match=message):
         task.generate(0)
+
+
+def test_cpu_default_mixture_is_key_then_anchors():
+    rows = dataset_arrays(MixtureTask(samples_per_pair=5).generate(0))
+    assert rows["tokens"].shape[1] == 3 and (rows["key_pos"] == 0).all()
+    assert (rows["tokens"] == np.stack([rows["key"], rows["a1"], rows["a2"]], 1)).all()

@@ -28,7 +28,9 @@ def _span(bounds: tuple[int, int]) -> np.ndarray:
 class MixtureTask(Task):
     """Options of the mixture task; the defaults are a CPU-sized version of the paper's.
 
-    Ranges are inclusive. `MixtureTask.published()` gives the published values.
+    Ranges are inclusive. `MixtureTask.published()` gives the published values. The CPU
+    default `seq_len=3` (key, a1, a2, no noise tokens) is what a 2-core CPU learns within
+    minutes; with noise (seq_len >= 4) neither init scale reached 90% in 3000 steps here.
     """
 
     name: ClassVar[str] = "mixture"
@@ -36,14 +38,14 @@ class MixtureTask(Task):
     memory_anchors: tuple[int, int] = (1, 4)
     reasoning_anchors: tuple[int, int] = (11, 14)
     held_out: tuple[tuple[int, int], ...] = ((11, 13), (13, 11))
-    seq_len: int = 9
+    seq_len: int = 3
     samples_per_pair: int = 400
 
     @classmethod
     def published(cls) -> "MixtureTask":
         """Keys 21..120, memory anchors 1..10, reasoning anchors 11..20, ~200k samples."""
         return cls(keys=(21, 120), memory_anchors=(1, 10), reasoning_anchors=(11, 20),
-                   samples_per_pair=1000)
+                   seq_len=9, samples_per_pair=1000)
 
     @property
     def vocab_size(self) -> int:
