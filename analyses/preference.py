@@ -70,5 +70,7 @@ def preference_row(run: Run, threshold: float = 0.9) -> dict:
 
 def preference_table(runs: list[Run], threshold: float = 0.9) -> pd.DataFrame:
     """One row per run, sorted by gamma."""
-    rows = [preference_row(run, threshold) for run in runs]
-    return pd.DataFrame(rows).sort_values(["gamma", "run"]).reset_index(drop=True)
+    table = pd.DataFrame([preference_row(run, threshold) for run in runs])
+    steps = [c for c in table.columns if c.startswith("step_to_")]
+    table = table.astype({c: "Int64" for c in steps})  # integers, with <NA> for never
+    return table.sort_values(["gamma", "run"]).reset_index(drop=True)

@@ -29,8 +29,9 @@ code { background: #f4f4f4; padding: 0 3px; }
 """
 
 
-def _when(step) -> str:
-    return "never" if step is None or pd.isna(step) else f"at step {int(step)}"
+def _reached(step) -> str:
+    return "never reached 90%" if step is None or pd.isna(step) else \
+        f"reached 90% at step {int(step)}"
 
 
 def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
@@ -40,12 +41,12 @@ def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
     out = []
     for row in table.itertuples(index=False):
         d = row._asdict()
-        test_txt = (f"; held-out {reasoning} pairs reached 90% {_when(d[f'step_to_90_{test}'])}"
+        test_txt = (f"; held-out {reasoning} pairs {_reached(d[f'step_to_90_{test}'])}"
                     f" (final accuracy {d[f'final_acc_{test}']:.0%})") if has_test else ""
         out.append(
-            f"gamma = {row.gamma:g}: {reasoning} reached 90% accuracy "
-            f"{_when(d[f'step_to_90_{reasoning}'])} and {memory} "
-            f"{_when(d[f'step_to_90_{memory}'])} within {row.steps} steps "
+            f"gamma = {row.gamma:g}, within {row.steps} steps: {reasoning} "
+            f"{_reached(d[f'step_to_90_{reasoning}'])} and {memory} "
+            f"{_reached(d[f'step_to_90_{memory}'])} "
             f"(reasoning lead {row.reasoning_lead_steps:+d} steps; signed area "
             f"{row.signed_area:+.3f}; mean relative loss gap "
             f"{row.mean_relative_loss_gap:+.3f}){test_txt}.")
@@ -74,8 +75,18 @@ def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
     return out
 
 
+def _cell(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
+        return "never"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.3f}"
+    return str(int(value)) if isinstance(value, float) else str(value)
+
+
 def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, border=0, na_rep="never", float_format=lambda v: f"{v:.3f}")
+    """A plain HTML table; missing steps read "never", floats get 3 decimals."""
+    return '<div style="overflow-x:auto">' + df.map(_cell).to_html(
+        index=False, border=0, escape=True) + "</div>"
 
 
 def _figure(fig: go.Figure, caption: str) -> str:
@@ -117,8 +128,10 @@ def build_report(runs: list[Run], title: str = "InitLens report",
     parts += ["<h2>Does small init prefer reasoning?</h2>",
               '<div class="verdict">' + "".join(f"<p>{html.escape(s)}</p>"
                                                 for s in verdict(table, r, m)) + "</div>",
-              "<h3>Preference summary</h3>", _table_html(table),
-              '<p class="caption">One row per run. step_to_90_G: first evaluated step at '
+              "<h3>Preference summary</h3>",
+              _table_html(table.set_index("run").T.rename_axis(columns=None)
+                          .reset_index(names="")),
+              '<p class="caption">One column per run. step_to_90_G: first evaluated step at '
               'which group G reached 90% accuracy. reasoning_lead_steps: memory step minus '
               'reasoning step (a group that never got there counts as the last step). '
               'signed_area: integral of (reasoning - memory) accuracy over training time '

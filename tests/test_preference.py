@@ -46,7 +46,7 @@ def _table(lead_large, lead_small, test_large=0.05, test_small=0.97):
 
 def test_verdict_states_the_direction_only_when_the_numbers_show_it():
     good = " ".join(verdict(_table(300, 900), "reasoning", "memory"))
-    assert "Published direction reproduced" in good and "memory never" in good
+    assert "Published direction reproduced" in good and "memory never reached 90%" in good
     bad = " ".join(verdict(_table(900, 300), "reasoning", "memory"))
     assert "NOT reproduced" in bad
     flat = " ".join(verdict(_table(-100, 0), "reasoning", "memory"))
