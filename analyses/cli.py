@@ -27,13 +27,18 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 SECTIONS = {"model": [ModelConfig], "train": [TrainConfig], "task": list(TASKS.values())}
 
 
-def _field_options() -> dict[str, tuple[str, dataclasses.Field, Any]]:
-    """{option name: (section, field, example default)} for every config field."""
-    out = {}
+def _field_options() -> dict[str, tuple[str, dataclasses.Field, str]]:
+    """{option name: (section, field, help text)} for every config field."""
+    out: dict[str, tuple[str, dataclasses.Field, str]] = {}
     for section, classes in SECTIONS.items():
         for cls in classes:
             for f in dataclasses.fields(cls):
-                out.setdefault(f.name, (section, f, _default(f)))
+                owner = f"{cls.name}: " if section == "task" else ""
+                default = f"{owner}{_default(f)}"
+                if f.name in out:
+                    out[f.name] = (section, out[f.name][1], f"{out[f.name][2]}; {default}")
+                else:
+                    out[f.name] = (section, f, f"default {default}")
     return out
 
 
@@ -94,14 +99,14 @@ def with_config_options(func):
     """Append an option per config field to a command's signature."""
     sig = inspect.signature(func)
     params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
-    for name, (section, f, default) in FIELDS.items():
-        hint = f"[{section}] default: {default if not isinstance(default, tuple) else default}"
-        typ = str if name in INT_OR_NONE else _option_type(default)  # accepts "none"
+    for name, (section, f, hint) in FIELDS.items():
+        typ = str if name in INT_OR_NONE else _option_type(_default(f))  # accepts "none"
         flag = f"--{name.replace('_', '-')}"
         decl = [f"{flag}/--no-{name.replace('_', '-')}"] if typ is bool else [flag]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                         default=typer.Option(None, *decl, help=hint,
-                                                             show_default=False),
+                                                             show_default=False,
+                                                             rich_help_panel=section.title()),
                                         annotation=Optional[typ]))
     func.__signature__ = sig.replace(parameters=params)
     func.__annotations__ = {p.name: p.annotation for p in params}
