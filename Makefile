@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-fast clean
 
 install: $(STAMP)
 
@@ -24,8 +24,10 @@ demo: $(STAMP)
 	@echo "Open $(DEMO_OUT)/report.html in a browser."
 
 test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
