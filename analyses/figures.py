@@ -77,3 +77,25 @@ def steps_to_threshold(table: pd.DataFrame, threshold: int = 90) -> go.Figure:
     fig.update_layout(barmode="group", height=360, yaxis_title=f"step to {threshold}% accuracy",
                       margin=dict(t=30, b=40, l=60, r=20))
     return fig
+
+
+def task_metric_curves(runs: list[Run], metrics: tuple[str, ...]) -> go.Figure:
+    """Task-specific read-outs over steps (e.g. inferential vs symmetric fraction on the
+    composite task's held-out pair): one colour per gamma, one dash style per metric."""
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for i, run in enumerate(runs):
+        df = run.metrics()
+        for j, metric in enumerate(metrics):
+            sub = df[df.metric == metric].sort_values("step")
+            if sub.empty:
+                continue
+            name = f"{metric} ({sub.group.iloc[0]}), {_label(run)}"
+            fig.add_trace(go.Scatter(
+                x=sub.step, y=sub.value, mode="lines", name=name,
+                line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)],
+                          dash=dashes[j % len(dashes)]),
+                hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.3f}}<extra></extra>"))
+    fig.update_layout(height=360, xaxis_title="step", yaxis_title="fraction",
+                      yaxis_range=[0, 1.02], margin=dict(t=30, b=40, l=60, r=20))
+    return fig

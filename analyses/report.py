@@ -154,6 +154,15 @@ def build_report(runs: list[Run], title: str = "InitLens report",
                       "The paper's relative loss gap (L_memory - L_reasoning) / L_reasoning "
                       "over steps, one line per init scale; above zero means reasoning "
                       "loss is lower.")]
+    extra = sorted({m for r in runs for m in r.metrics().metric.unique()}
+                   - {"loss", "accuracy", "lr"})
+    if extra:
+        parts += ["<h2>Task read-outs</h2>",
+                  _figure(figures.task_metric_curves(runs, tuple(extra)),
+                          "Task-specific read-outs over steps, one colour per init scale. On "
+                          "the composite task: inferential_fraction = answers x - 10 on the "
+                          "held-out pair (4,3) (composing the rules), symmetric_fraction = "
+                          "answers x - 6 (copying the memorized (3,4)).")]
     parts.append("<h2>Runs</h2>")
     for run in runs:
         status = run.status

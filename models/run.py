@@ -114,6 +114,11 @@ class Run:
         model.eval()
         return model.to(resolve_device(str(device or self.config.train.device)), print_details=False)
 
+    def dataset(self):
+        """The run's task data (same data seed), torch-formatted: ds[:8]["tokens"] is a tensor."""
+        cfg = self.config
+        return cfg.task.generate(cfg.train.data_seed).with_format("torch")
+
     def metrics(self) -> pd.DataFrame:
         """Tidy metrics: one row per (step, group, metric), with the run's gamma attached."""
         f = self.path / "metrics.jsonl"

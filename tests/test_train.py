@@ -104,3 +104,11 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
     assert run.status["state"] == "failed" and "diverged" in run.status["reason"]
     assert 0 in run.checkpoint_steps()
     assert not math.isnan(float(_weights(run, 0)["embed.weight"].sum()))
+
+
+def test_run_dataset_feeds_the_model(tiny_run):
+    ds = tiny_run.dataset()
+    tokens = ds[:4]["tokens"]
+    assert isinstance(tokens, torch.Tensor) and tokens.shape == (4, tiny_run.config.task.seq_len)
+    logits, cache = tiny_run.load_model(device="cpu").run_with_cache(tokens)
+    assert logits.shape[:2] == tokens.shape and "blocks.1.hook_resid_post" in cache
