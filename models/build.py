@@ -73,10 +73,12 @@ def init_weights(model: TransformerBridge, cfg: ModelConfig, seed: int) -> None:
 
 
 def build_model(cfg: RunConfig, device: str | torch.device | None = None) -> TransformerBridge:
-    """A freshly initialized model for `cfg` (validated first), on `device`."""
+    """A freshly initialized model for `cfg` (validated first), on `device`, in eval mode
+    (TransformerLens analysis tools require it; `train()` switches modes itself)."""
     cfg.validate()
     model = TransformerBridge.boot_native(bridge_config(cfg))
     init_weights(model, cfg.model, cfg.train.seed)
+    model.eval()
     return model.to(resolve_device(str(device or cfg.train.device)), print_details=False)
 
 
