@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-fast clean
+.PHONY: install chromium demo test test-fast clean
 
 install: $(STAMP)
 
@@ -17,7 +17,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	@$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# kaleido renders PNG/SVG/PDF figures in a headless Chromium (HTML figures need none).
+# Install Debian's chromium where we can (root with apt-get); never fail the build without it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
+	{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	echo "note: chromium not installed; figures export as HTML only (PNG/SVG/PDF need it)"
 
 demo: $(STAMP)
 	$(BIN)/probe study --out $(DEMO_OUT) --overwrite

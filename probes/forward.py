@@ -1,0 +1,162 @@
+"""A functional forward pass of our TransformerLens-native models, hook by hook.
+
+Same arithmetic as the TransformerBridge (pre-LN or no-norm blocks, causal attention,
+learned positions), but plain tensor ops over the model's own weights. Two things make it
+the engine of the patching tools: every TransformerLens hook point (`resid_pre`, `q`, `k`,
+`v`, `pattern`, `z`, `attn_out`, `resid_mid`, `mlp_out`, `resid_post`) passes through a
+`hook(name, tensor)` callback, and a block can start from any cached residual stream and
+compute only the last (label) position. Tests check every hook against the bridge.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+
+Hook = Callable[[str, torch.Tensor], torch.Tensor]
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+               "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+BLOCK_HOOKS = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
+               "mlp_out", "resid_post")
+
+
+def hook_name(component: str, layer: int) -> str:
+    """TransformerLens name of a block hook: hook_name("z", 1) == "blocks.1.attn.hook_z"."""
+    inner = "attn." if component in ("q", "k", "v", "pattern", "z") else ""
+    return f"blocks.{layer}.{inner}hook_{component}"
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The model's weights in TransformerLens state-dict names, plus its shape."""
+
+    params: dict[str, torch.Tensor]
+    n_layers: int
+    n_heads: int
+    d_head: int
+    layer_norm: bool
+    attn_only: bool
+    act_fn: str
+    eps: float
+
+    @classmethod
+    def of(cls, model) -> "Weights":
+        """The weights of `model` (views, not copies), cached until a parameter tensor is
+        replaced (e.g. by `.to(device)`); in-place updates are seen through the views."""
+        key = tuple((p.data_ptr(), p.device, p.dtype) for p in model.parameters())
+        cached = _CACHE.get(model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        cfg = model.cfg
+        params = {k: v.detach() for k, v in model.state_dict().items()}
+        weights = cls(params, cfg.n_layers, cfg.n_heads, cfg.d_head,
+                      layer_norm=cfg.normalization_type is not None, attn_only=cfg.attn_only,
+                      act_fn=cfg.act_fn or "relu", eps=cfg.eps)
+        _CACHE[model] = (key, weights)
+        return weights
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.params[name]
+
+    def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
+        """LayerNorm written out as the bridge computes it (same rounding)."""
+        if not self.layer_norm:
+            return x
+        x = x - x.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+        return x * self[f"{prefix}.weight"] + self[f"{prefix}.bias"]
+
+
+def _no_hook(name: str, t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def embed(w: Weights, tokens: Int[torch.Tensor, "batch seq"]) -> Float[torch.Tensor, "batch seq d"]:
+    """Token plus position embedding: blocks.0.hook_resid_pre."""
+    return w["embed.weight"][tokens] + w["pos_embed.weight"][: tokens.shape[1]]
+
+
+def block(w: Weights, layer: int, x: Float[torch.Tensor, "n new d"], hook: Hook = _no_hook,
+          last_only: bool = False, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+          ) -> Float[torch.Tensor, "n out d"]:
+    """One transformer block from its resid_pre.
+
+    x holds the last `new` positions; `past_kv` gives the keys and values of the positions
+    before them (unchanged, e.g. from a cache). `last_only` keeps only the last position
+    after keys and values are formed (enough for the label logits in the final block).
+    Hooks see tensors over the positions computed: the last ones of the sequence.
+    """
+    p = f"blocks.{layer}"
+    n, s, _ = x.shape
+    x = hook("resid_pre", x)
+    a = w.norm(x, f"{p}.ln1")
+
+    def heads(name: str) -> torch.Tensor:
+        out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
+        return hook(name, out.view(n, s, w.n_heads, w.d_head))
+
+    q, k, v = heads("q"), heads("k"), heads("v")
+    if past_kv is not None:
+        k, v = torch.cat([past_kv[0], k], 1), torch.cat([past_kv[1], v], 1)
+    if last_only:
+        q, x = q[:, -1:], x[:, -1:]
+    # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
+    # rounding matches the bridge too.
+    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5
+    n_q, n_k = q.shape[1], k.shape[1]
+    if n_q > 1:  # query i sits at absolute position n_k - n_q + i
+        future = torch.ones(n_q, n_k, dtype=torch.bool, device=x.device).triu(n_k - n_q + 1)
+        scores = scores.masked_fill(future, float("-inf"))
+    pattern = hook("pattern", scores.softmax(-1))
+    z = hook("z", torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))
+    attn_out = F.linear(z.reshape(n, n_q, -1), w[f"{p}.attn.o.weight"], w[f"{p}.attn.o.bias"])
+    mid = hook("resid_mid", x + hook("attn_out", attn_out))
+    if w.attn_only:
+        return hook("resid_post", mid)
+    pre = F.linear(w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"], w[f"{p}.mlp.in.bias"])
+    mlp_out = F.linear(ACTIVATIONS[w.act_fn](pre), w[f"{p}.mlp.out.weight"],
+                       w[f"{p}.mlp.out.bias"])
+    return hook("resid_post", mid + hook("mlp_out", mlp_out))
+
+
+def unembed(w: Weights, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
+    """Final norm and unembedding."""
+    return F.linear(w.norm(x, "ln_final"), w["unembed.weight"], w["unembed.bias"])
+
+
+def label_logits_from(w: Weights, x: Float[torch.Tensor, "n new d"], start: int,
+                      hooks: dict[int, Hook] | None = None,
+                      past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+                      ) -> Float[torch.Tensor, "n vocab"]:
+    """Logits at the last position, running blocks `start`.. from their resid_pre `x`
+    (the last positions only, when `past_kv[layer]` supplies the earlier keys/values).
+    The final block computes only the label position."""
+    hooks, past_kv = hooks or {}, past_kv or {}
+    for layer in range(start, w.n_layers):
+        x = block(w, layer, x, hooks.get(layer, _no_hook), last_only=layer == w.n_layers - 1,
+                  past_kv=past_kv.get(layer))
+    return unembed(w, x[:, -1])
+
+
+def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
+                   names: tuple[str, ...] = BLOCK_HOOKS, label_only: bool = False
+                   ) -> tuple[Float[torch.Tensor, "batch seq vocab"], dict[str, torch.Tensor]]:
+    """Logits and the named block activations, keyed by TransformerLens name.
+
+    label_only: the final block computes only the last position after its q/k/v (its
+    later activations and the logits then cover the last position only)."""
+    cache: dict[str, torch.Tensor] = {}
+    x = embed(w, tokens)
+    for layer in range(w.n_layers):
+        def record(name: str, t: torch.Tensor, layer=layer) -> torch.Tensor:
+            if name in names:
+                cache[hook_name(name, layer)] = t
+            return t
+        x = block(w, layer, x, record, last_only=label_only and layer == w.n_layers - 1)
+    return unembed(w, x), cache
