@@ -149,7 +149,8 @@ def _check_inputs(w: Weights, clean: torch.Tensor, corrupted: torch.Tensor, comp
 def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
                      corrupted: Int[torch.Tensor, "batch seq"], metric: Metric,
                      component: str = "resid_pre", per_position: bool = True,
-                     direction: str = "denoising", max_memory_mb: float = 256) -> Patched:
+                     direction: str = "denoising", max_memory_mb: float = 256,
+                     only: torch.Tensor | None = None) -> Patched:
     """Patch `component` at every layer (x position, x head) and measure `metric`.
 
     Matches `transformer_lens.patching.get_act_patch_*` (for denoising: run on `corrupted`,
@@ -157,6 +158,7 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     residual/attn_out/mlp_out [layer, pos]; z/q/k/v [layer, pos, head]; pattern
     [layer, head, dest_pos]; without positions [layer] or [layer, head].
     `max_memory_mb` bounds the activations of one batched chunk of patched variants.
+    `only`: a boolean tensor shaped like the result; unselected patches are skipped (NaN).
     """
     w = Weights.of(model)
     device = w["embed.weight"].device
@@ -181,27 +183,37 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     chunk = max(1, int(max_memory_mb * 2**20 // per_variant))
     resid = [halves[hook_name("resid_pre", layer)][tgt] for layer in range(w.n_layers)]
     sources = [halves[hook_name(component, layer)][src] for layer in range(w.n_layers)]
-    values = torch.cat([_sweep(w, metric, resid, sources, part, component)
-                        for part in masks.split(chunk)], dim=1)
+    keep = (torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device) if only is None
+            else only.to(device).reshape(w.n_layers, len(masks)))
+    values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
+    for part in torch.arange(len(masks), device=device).split(chunk):
+        picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
+        results = _sweep(w, metric, resid, sources, [masks[i] for i in picked], component)
+        for layer, (i, v) in enumerate(zip(picked, results)):
+            values[layer, i] = v
     return Patched(values.view(w.n_layers, *out_shape), component, axes, float(base[0]),
                    float(base[1]))
 
 
 def _sweep(w: Weights, metric: Metric, resid_pre: list[torch.Tensor],
-           sources: list[torch.Tensor], masks: torch.Tensor, component: str) -> torch.Tensor:
-    """Mean metric [layer, variant] in one pass through the layers: at layer L the target's
-    cached resid_pre joins the batch once per variant and is patched in block L. The final
-    block computes only the label position (masks and sources sliced to match)."""
-    n, batch = len(masks), resid_pre[0].shape[0]
-    new = n * batch
+           sources: list[torch.Tensor], masks: list[torch.Tensor], component: str
+           ) -> list[torch.Tensor]:
+    """Mean metric of each variant of each layer (masks[L]: the variants patched in block
+    L), in one pass: at layer L the target's cached resid_pre joins the batch once per
+    variant of that layer and is patched in block L. The final block computes only the
+    label position (masks and sources sliced to match)."""
+    batch = resid_pre[0].shape[0]
     pos = 2 if component == "pattern" else 1  # the (destination) position axis
 
-    def patcher(src: torch.Tensor):
+    def patcher(m_all: torch.Tensor, src: torch.Tensor):
+        n = len(m_all)
+        new = n * batch
+
         def patch(name: str, act: torch.Tensor) -> torch.Tensor:
-            if name != component:
+            if name != component or n == 0:
                 return act
             p = act.shape[pos]  # the last p positions were computed
-            m = masks.narrow(pos, masks.shape[pos] - p, p)
+            m = m_all.narrow(pos, m_all.shape[pos] - p, p)
             s = src.narrow(pos, src.shape[pos] - p, p)
             fresh = act[-new:].view(n, batch, *act.shape[1:])
             fresh = torch.where(m[:, None], s, fresh).view(new, *act.shape[1:])
@@ -210,11 +222,13 @@ def _sweep(w: Weights, metric: Metric, resid_pre: list[torch.Tensor],
 
     x = resid_pre[0][:0]
     for layer in range(w.n_layers):
-        start = resid_pre[layer].unsqueeze(0).expand(n, *resid_pre[layer].shape)
-        x = torch.cat([x, start.reshape(new, *resid_pre[layer].shape[1:])])
-        x = block(w, layer, x, patcher(sources[layer]), last_only=layer == w.n_layers - 1)
-    logits = unembed(w, x[:, -1]).view(w.n_layers, n, batch, -1)
-    return _apply_metric(metric, logits).mean(-1)
+        n, r = len(masks[layer]), resid_pre[layer]
+        x = torch.cat([x, r.unsqueeze(0).expand(n, *r.shape).reshape(n * batch, *r.shape[1:])])
+        x = block(w, layer, x, patcher(masks[layer], sources[layer]),
+                  last_only=layer == w.n_layers - 1)
+    logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
+    return [_apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
+            for lg, m in zip(logits, masks)]
 
 
 def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_position=True,

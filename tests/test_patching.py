@@ -32,10 +32,12 @@ SHAPES = {
 }
 
 
-def setup(shape: str, seq: int = 5, batch: int = 4):
-    cfg = RunConfig(task=MixtureTask(seq_len=seq), model=SHAPES[shape])
+def setup(shape: str | ModelConfig, seq: int = 5, batch: int = 4):
+    """A random model (named shape or config), clean/corrupted tokens, a logit-diff metric."""
+    model_cfg = SHAPES[shape] if isinstance(shape, str) else shape
+    cfg = RunConfig(task=MixtureTask(seq_len=seq), model=model_cfg)
     model = build_model(cfg, "cpu")
-    g = torch.Generator().manual_seed(len(shape))
+    g = torch.Generator().manual_seed(model_cfg.n_layers * 100 + model_cfg.d_model)
     vocab = cfg.task.vocab_size
     clean = torch.randint(0, vocab, (batch, seq), generator=g)
     corrupted = clean.clone()
