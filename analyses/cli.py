@@ -191,6 +191,46 @@ def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
         typer.echo(f"final      {key:<28} {value:.4f}")
 
 
+@app.command("patch")
+def patch_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+    component: str = typer.Option("resid_pre", help="resid_pre, resid_mid, resid_post, "
+                                  "attn_out, mlp_out, z, q, k, v or pattern."),
+    corruption: str = typer.Option("key", help="mixture: key, anchor, reasoning_to_memory; "
+                                   "composite: key, anchor, held_out_vs_twist."),
+    out: Path = typer.Option(Path("patching"), "--out", "-o", help="Output folder."),
+    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the last)."),
+    n: int = typer.Option(256, help="Number of prompt pairs."),
+    metric: str = typer.Option("logit_diff", help="logit_diff, logprob or accuracy."),
+    direction: str = typer.Option("denoising", help="denoising (clean into corrupted) or "
+                                  "noising (corrupted into clean)."),
+    source: str = typer.Option("reasoning", help="Clean rows from the reasoning or the "
+                               "memory group (key and anchor corruptions)."),
+    all_positions: bool = typer.Option(False, help="Patch all positions at once."),
+    attribution: bool = typer.Option(False, help="Also estimate by attribution patching "
+                                     "and report its agreement."),
+    format: str = typer.Option("html", "--format", help="Figure formats: html,png,svg,pdf "
+                               "(PNG/SVG/PDF need Chromium)."),
+    seed: int = typer.Option(0, help="Seed for drawing the pairs."),
+    max_memory_mb: float = typer.Option(256, help="Memory budget of one patched chunk."),
+):
+    """Activation patching of a checkpoint on task corruptions: table and heatmaps."""
+    from analyses.patching_run import patch_run
+
+    formats = tuple(f.strip() for f in format.split(",") if f.strip())
+    info = patch_run(run, component, corruption, out, step, n, metric, direction, source,
+                     not all_positions, formats, attribution, seed, max_memory_mb)
+    typer.echo(f"{metric}: clean {info['clean']:.4f}, corrupted {info['corrupted']:.4f}")
+    if "agreement" in info:
+        typer.echo("attribution vs exact: " + ", ".join(
+            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in info["agreement"].items()))
+    for message in info["warnings"]:
+        typer.echo(f"note: {message}", err=True)
+    for f in info["files"]:
+        typer.echo(f"wrote {f}")
+
+
 @app.command("report")
 def report_cmd(target: Path = typer.Argument(..., help="A study folder or a run directory."),
                out: Optional[Path] = typer.Option(None, help="Where to write the HTML "

@@ -157,3 +157,31 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: gamma=0.0 is invalid")
+
+
+def test_patch_writes_tables_and_figures(capsys, tmp_path, tiny_run):
+    out = tmp_path / "patch"
+    code, stdout, err = run_cli(capsys, "patch", tiny_run.path, "--component", "z",
+                                "--corruption", "key", "--n", 16, "--out", out,
+                                "--attribution")
+    assert code == 0, err
+    import pandas as pd
+    table = pd.read_parquet(out / "patch_z_key.parquet")
+    assert set(table.columns) >= {"run", "step", "component", "layer", "position", "head",
+                                  "value", "normalized", "attribution"}
+    assert len(table) == 2 * 5 * 2 and table.step.eq(30).all()
+    assert pd.read_csv(out / "patch_z_key.csv").shape == table.shape
+    html = list(out.glob("patch_z_key_z_pos*.html"))
+    assert len(html) == 5 and "<script src=" not in html[0].read_text()
+    assert "attribution vs exact: pearson" in stdout
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--component", "resid"], "unknown component 'resid'.*resid_pre"),
+    (["--corruption", "swap"], "swap.*key.*anchor"),
+    (["--step", "7"], "no checkpoint at step 7; available: 0"),
+    (["--metric", "kl"], "unknown metric 'kl'.*logit_diff"),
+])
+def test_patch_bad_input(capsys, tmp_path, tiny_run, args, pattern):
+    assert_user_error(run_cli(capsys, "patch", tiny_run.path, "--n", 8, "--out",
+                              tmp_path / "p", *args), pattern)
