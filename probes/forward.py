@@ -82,15 +82,12 @@ def embed(w: Weights, tokens: Int[torch.Tensor, "batch seq"]) -> Float[torch.Ten
     return w["embed.weight"][tokens] + w["pos_embed.weight"][: tokens.shape[1]]
 
 
-def block(w: Weights, layer: int, x: Float[torch.Tensor, "n new d"], hook: Hook = _no_hook,
-          last_only: bool = False, past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
-          ) -> Float[torch.Tensor, "n out d"]:
+def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook = _no_hook,
+          last_only: bool = False) -> Float[torch.Tensor, "n out d"]:
     """One transformer block from its resid_pre.
 
-    x holds the last `new` positions; `past_kv` gives the keys and values of the positions
-    before them (unchanged, e.g. from a cache). `last_only` keeps only the last position
-    after keys and values are formed (enough for the label logits in the final block).
-    Hooks see tensors over the positions computed: the last ones of the sequence.
+    `last_only` keeps only the last position once keys and values are formed (enough for
+    the label logits in the final block); hooks after that point see that position only.
     """
     p = f"blocks.{layer}"
     n, s, _ = x.shape
@@ -102,16 +99,14 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n new d"], hook: Hook 
         return hook(name, out.view(n, s, w.n_heads, w.d_head))
 
     q, k, v = heads("q"), heads("k"), heads("v")
-    if past_kv is not None:
-        k, v = torch.cat([past_kv[0], k], 1), torch.cat([past_kv[1], v], 1)
     if last_only:
         q, x = q[:, -1:], x[:, -1:]
     # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
     # rounding matches the bridge too.
     scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5
-    n_q, n_k = q.shape[1], k.shape[1]
-    if n_q > 1:  # query i sits at absolute position n_k - n_q + i
-        future = torch.ones(n_q, n_k, dtype=torch.bool, device=x.device).triu(n_k - n_q + 1)
+    n_q = q.shape[1]
+    if n_q > 1:  # causal mask (a last-position-only query sees every key)
+        future = torch.ones(n_q, s, dtype=torch.bool, device=x.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
     pattern = hook("pattern", scores.softmax(-1))
     z = hook("z", torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))
@@ -128,20 +123,6 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n new d"], hook: Hook 
 def unembed(w: Weights, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
     """Final norm and unembedding."""
     return F.linear(w.norm(x, "ln_final"), w["unembed.weight"], w["unembed.bias"])
-
-
-def label_logits_from(w: Weights, x: Float[torch.Tensor, "n new d"], start: int,
-                      hooks: dict[int, Hook] | None = None,
-                      past_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
-                      ) -> Float[torch.Tensor, "n vocab"]:
-    """Logits at the last position, running blocks `start`.. from their resid_pre `x`
-    (the last positions only, when `past_kv[layer]` supplies the earlier keys/values).
-    The final block computes only the label position."""
-    hooks, past_kv = hooks or {}, past_kv or {}
-    for layer in range(start, w.n_layers):
-        x = block(w, layer, x, hooks.get(layer, _no_hook), last_only=layer == w.n_layers - 1,
-                  past_kv=past_kv.get(layer))
-    return unembed(w, x[:, -1])
 
 
 def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],

@@ -1,0 +1,45 @@
+"""The functional forward equals the TransformerBridge on every hook, bit for bit."""
+
+import pytest
+import torch
+
+from models import MixtureTask, ModelConfig, RunConfig, build_model
+from probes.forward import Weights, embed, run_with_cache, unembed, block
+
+
+@pytest.mark.parametrize("model_cfg", [
+    ModelConfig(n_layers=3, d_model=32, n_heads=2),
+    ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
+    ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0, gamma=0.3),
+    ModelConfig(n_layers=4, d_model=48, n_heads=3, act_fn="gelu"),
+])
+def test_every_hook_matches_the_bridge(model_cfg):
+    cfg = RunConfig(task=MixtureTask(seq_len=7), model=model_cfg)
+    model = build_model(cfg, "cpu")
+    tokens = torch.randint(0, cfg.task.vocab_size, (5, 7), generator=torch.Generator()
+                           .manual_seed(0))
+    ref_logits, ref = model.run_with_cache(tokens)
+    w = Weights.of(model)
+    logits, cache = run_with_cache(w, tokens)
+    assert torch.equal(logits, ref_logits)
+    shared = [k for k in cache if k in ref.cache_dict]
+    assert len(shared) >= 8 * model_cfg.n_layers
+    for name in shared:
+        assert torch.equal(cache[name], ref[name]), name
+    # The label-position-only final block gives the same label logits (to rounding).
+    x = embed(w, tokens)
+    for layer in range(w.n_layers):
+        x = block(w, layer, x, last_only=layer == w.n_layers - 1)
+    assert torch.allclose(unembed(w, x[:, -1]), ref_logits[:, -1], atol=1e-5)
+
+
+def test_weights_follow_the_model():
+    cfg = RunConfig(model=ModelConfig(d_model=16))
+    model = build_model(cfg, "cpu")
+    w = Weights.of(model)
+    assert Weights.of(model) is w  # cached
+    with torch.no_grad():
+        model.state_dict()["embed.weight"].add_(1.0)  # in place: seen through the views
+    assert torch.equal(Weights.of(model)["embed.weight"], model.state_dict()["embed.weight"])
+    model.to(torch.float64)  # parameters replaced: rebuilt
+    assert Weights.of(model)["embed.weight"].dtype == torch.float64
