@@ -18,8 +18,10 @@ from typing import Callable
 import pandas as pd
 import torch
 from jaxtyping import Int
+from tqdm.auto import tqdm
 
 from models.errors import UserError
+from models.train import show_progress
 from probes.forward import Weights, block, hook_name, run_with_cache, unembed
 
 # A metric maps label-position logits [..., batch, vocab] to per-example values [..., batch].
@@ -186,7 +188,9 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     keep = (torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device) if only is None
             else only.to(device).reshape(w.n_layers, len(masks)))
     values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
-    for part in torch.arange(len(masks), device=device).split(chunk):
+    parts = torch.arange(len(masks), device=device).split(chunk)
+    for part in tqdm(parts, desc=f"patching {component}", unit="chunk", leave=False,
+                     disable=not show_progress() or len(parts) < 2):
         picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
         results = _sweep(w, metric, resid, sources, [masks[i] for i in picked], component)
         for layer, (i, v) in enumerate(zip(picked, results)):
@@ -237,7 +241,8 @@ def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_positi
     lacks), with a normalized column (0 = corrupted, 1 = clean)."""
     w = Weights.of(model)
     frames = []
-    for component in components:
+    for component in tqdm(components, desc="patching", unit="component",
+                          disable=not show_progress()):
         if w.attn_only and component in ("resid_mid", "mlp_out"):
             continue
         result = activation_patch(model, clean, corrupted, metric, component, per_position,
