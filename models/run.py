@@ -119,10 +119,14 @@ class Run:
         cfg = self.config
         return cfg.task.generate(cfg.train.data_seed).with_format("torch")
 
+    @cached_property
+    def _metric_rows(self) -> list[dict]:
+        """metrics.jsonl, parsed once per Run object (reopen the run to see new rows)."""
+        f = self.path / "metrics.jsonl"
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] \
+            if f.exists() else []
+
     def metrics(self) -> pd.DataFrame:
         """Tidy metrics: one row per (step, group, metric), with the run's gamma attached."""
-        f = self.path / "metrics.jsonl"
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] \
-            if f.exists() else []
-        df = pd.DataFrame(rows, columns=["step", "group", "metric", "value"])
+        df = pd.DataFrame(self._metric_rows, columns=["step", "group", "metric", "value"])
         return df.assign(run=self.name, gamma=self.config.model.gamma)

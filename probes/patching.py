@@ -35,6 +35,7 @@ AXES = {
     "pattern": ("head", "dest_pos"),
 }
 COMPONENTS = tuple(AXES)
+MLP_COMPONENTS = ("resid_mid", "mlp_out")  # absent from attention-only models
 DIRECTIONS = ("denoising", "noising")
 
 
@@ -137,7 +138,7 @@ def _check_inputs(w: Weights, clean: torch.Tensor, corrupted: torch.Tensor, comp
     if component not in COMPONENTS:
         raise UserError(f"unknown component {component!r}; choose one of "
                         f"{', '.join(COMPONENTS)}")
-    if w.attn_only and component in ("resid_mid", "mlp_out"):
+    if w.attn_only and component in MLP_COMPONENTS:
         raise UserError(f"component {component!r} does not exist in an attention-only model; "
                         f"choose one of resid_pre, resid_post, attn_out, z, q, k, v, pattern")
     if direction not in DIRECTIONS:
@@ -175,9 +176,9 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     base = _apply_metric(metric, logits[:, -1].reshape(2, batch, -1)).mean(-1)
 
     d_model = w["embed.weight"].shape[1]
-    act_shape = {"pattern": (w.n_heads, seq, seq), "q": (seq, w.n_heads, w.d_head),
-                 "k": (seq, w.n_heads, w.d_head), "v": (seq, w.n_heads, w.d_head),
-                 "z": (seq, w.n_heads, w.d_head)}.get(component, (seq, d_model))
+    act_shape = ((w.n_heads, seq, seq) if component == "pattern"
+                 else (seq, w.n_heads, w.d_head) if "head" in AXES[component]
+                 else (seq, d_model))
     masks, out_shape, axes = _variant_masks(component, act_shape, per_position, device)
     width = max(d_model, w.n_heads * seq,
                 0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0])
@@ -243,7 +244,7 @@ def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_positi
     frames = []
     for component in tqdm(components, desc="patching", unit="component",
                           disable=not show_progress()):
-        if w.attn_only and component in ("resid_mid", "mlp_out"):
+        if w.attn_only and component in MLP_COMPONENTS:
             continue
         result = activation_patch(model, clean, corrupted, metric, component, per_position,
                                   direction, max_memory_mb)
