@@ -20,7 +20,8 @@ from jaxtyping import Float, Int
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+# relu in place: its input is a fresh matmul output nothing else reads (saves a buffer).
+ACTIVATIONS = {"relu": lambda x: F.relu(x, inplace=True), "gelu": F.gelu, "silu": F.silu,
                "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 BLOCK_HOOKS = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
                "mlp_out", "resid_post")
@@ -65,12 +66,11 @@ class Weights:
         return self.params[name]
 
     def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
-        """LayerNorm written out as the bridge computes it (same rounding)."""
+        """LayerNorm (the fused kernel: equal to the bridge's to float32 rounding)."""
         if not self.layer_norm:
             return x
-        x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        return x * self[f"{prefix}.weight"] + self[f"{prefix}.bias"]
+        return F.layer_norm(x, x.shape[-1:], self[f"{prefix}.weight"], self[f"{prefix}.bias"],
+                            self.eps)
 
 
 def _no_hook(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -110,7 +110,16 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
         scores = scores.masked_fill(future, float("-inf"))
     pattern = hook("pattern", scores.softmax(-1))
     z = hook("z", torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))
-    attn_out = F.linear(z.reshape(n, n_q, -1), w[f"{p}.attn.o.weight"], w[f"{p}.attn.o.bias"])
+    return block_tail(w, layer, x, z, hook)
+
+
+def block_tail(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"],
+               z: Float[torch.Tensor, "n seq head d_head"], hook: Hook = _no_hook
+               ) -> Float[torch.Tensor, "n seq d"]:
+    """The rest of a block once its head outputs `z` are known (x: its resid_pre). Every
+    step is per position, so any subset of positions can be computed on its own."""
+    p = f"blocks.{layer}"
+    attn_out = F.linear(z.flatten(-2), w[f"{p}.attn.o.weight"], w[f"{p}.attn.o.bias"])
     mid = hook("resid_mid", x + hook("attn_out", attn_out))
     if w.attn_only:
         return hook("resid_post", mid)

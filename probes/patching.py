@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from models.errors import UserError
 from models.train import show_progress
-from probes.forward import Weights, block, hook_name, run_with_cache, unembed
+from probes.forward import Weights, block, block_tail, hook_name, run_with_cache, unembed
 
 # A metric maps label-position logits [..., batch, vocab] to per-example values [..., batch].
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -169,8 +169,8 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     _check_inputs(w, clean, corrupted, component, direction)
     batch, seq = clean.shape
     # One forward over clean and corrupted together: both baselines and both caches.
-    logits, cache = run_with_cache(w, torch.cat([clean, corrupted]), ("resid_pre", component),
-                                   label_only=True)
+    logits, cache = run_with_cache(w, torch.cat([clean, corrupted]),
+                                   ("resid_pre", "z", component), label_only=True)
     halves = {k: v.split(batch) for k, v in cache.items()}
     src, tgt = (0, 1) if direction == "denoising" else (1, 0)
     base = _apply_metric(metric, logits[:, -1].reshape(2, batch, -1)).mean(-1)
@@ -184,56 +184,136 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
                 0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0])
     per_variant = w.n_layers * batch * seq * width * 4 * 12  # bytes, ~12 live tensors
     chunk = max(1, int(max_memory_mb * 2**20 // per_variant))
-    resid = [halves[hook_name("resid_pre", layer)][tgt] for layer in range(w.n_layers)]
+    target = {k: v[tgt] for k, v in halves.items()}
     sources = [halves[hook_name(component, layer)][src] for layer in range(w.n_layers)]
     keep = (torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device) if only is None
             else only.to(device).reshape(w.n_layers, len(masks)))
     values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
+    # Patches that cannot move the label logits give the target's own value, uncomputed.
+    inert = _inert(masks, component, sources,
+                   [target[hook_name(component, layer)] for layer in range(w.n_layers)])
+    values[keep & inert] = base[tgt]
+    keep &= ~inert
     parts = torch.arange(len(masks), device=device).split(chunk)
     for part in tqdm(parts, desc=f"patching {component}", unit="chunk", leave=False,
                      disable=not show_progress() or len(parts) < 2):
         picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
-        results = _sweep(w, metric, resid, sources, [masks[i] for i in picked], component)
+        results = _sweep(w, metric, target, sources, [masks[i] for i in picked], component)
         for layer, (i, v) in enumerate(zip(picked, results)):
             values[layer, i] = v
     return Patched(values.view(w.n_layers, *out_shape), component, axes, float(base[0]),
                    float(base[1]))
 
 
-def _sweep(w: Weights, metric: Metric, resid_pre: list[torch.Tensor],
+def _position_axis(component: str) -> int:
+    """Axis of the (destination) position in one example's activation."""
+    return 1 if component == "pattern" else 0
+
+
+def _last_positions(masks: torch.Tensor, like: torch.Tensor, component: str) -> torch.Tensor:
+    """`masks` [variant, *activation] cut to the positions `like` [batch, *activation] has:
+    the last block computes its later activations at the label position only."""
+    axis = _position_axis(component) + 1
+    p = like.shape[axis]
+    return masks.narrow(axis, masks.shape[axis] - p, p)
+
+
+def _inert(masks: torch.Tensor, component: str, sources: list[torch.Tensor],
+           targets: list[torch.Tensor]) -> torch.Tensor:
+    """[layer, variant] True where the patch leaves the target run's label logits exactly
+    as they are: it replaces nothing that differs (source equals target under the mask), or
+    it only touches non-label positions of the last block after its keys and values."""
+    inert = []
+    for s, t in zip(sources, targets):
+        m = _last_positions(masks, s, component)
+        inert.append(~((s != t).unsqueeze(1) & m).flatten(2).any(-1).any(0))
+    inert = torch.stack(inert)
+    if component not in ("resid_pre", "k", "v"):  # these feed later positions' attention
+        inert[-1] |= ~_last_positions(masks, sources[-1], component).flatten(1).any(-1)
+    return inert
+
+
+# Components read per position after attention: a patch changes only its own positions in
+# its block, so the block is finished from the target's cached head outputs there alone.
+AFTER_ATTENTION = ("z", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
            sources: list[torch.Tensor], masks: list[torch.Tensor], component: str
            ) -> list[torch.Tensor]:
     """Mean metric of each variant of each layer (masks[L]: the variants patched in block
-    L), in one pass: at layer L the target's cached resid_pre joins the batch once per
-    variant of that layer and is patched in block L. The final block computes only the
-    label position (masks and sources sliced to match)."""
-    batch = resid_pre[0].shape[0]
-    pos = 2 if component == "pattern" else 1  # the (destination) position axis
-
-    def patcher(m_all: torch.Tensor, src: torch.Tensor):
-        n = len(m_all)
-        new = n * batch
-
-        def patch(name: str, act: torch.Tensor) -> torch.Tensor:
-            if name != component or n == 0:
-                return act
-            p = act.shape[pos]  # the last p positions were computed
-            m = m_all.narrow(pos, m_all.shape[pos] - p, p)
-            s = src.narrow(pos, src.shape[pos] - p, p)
-            fresh = act[-new:].view(n, batch, *act.shape[1:])
-            fresh = torch.where(m[:, None], s, fresh).view(new, *act.shape[1:])
-            return torch.cat([act[:-new], fresh]) if len(act) > new else fresh
-        return patch
-
-    x = resid_pre[0][:0]
+    L), in one pass over the layers: at layer L the variants of L join the batch, the
+    target's cached state patched (row block v*batch..(v+1)*batch is variant v). The final
+    block computes only the label position."""
+    last = w.n_layers - 1
+    x = target[hook_name("resid_pre", 0)][:0]
     for layer in range(w.n_layers):
-        n, r = len(masks[layer]), resid_pre[layer]
-        x = torch.cat([x, r.unsqueeze(0).expand(n, *r.shape).reshape(n * batch, *r.shape[1:])])
-        x = block(w, layer, x, patcher(masks[layer], sources[layer]),
-                  last_only=layer == w.n_layers - 1)
+        m, src = masks[layer], sources[layer]
+        if component in AFTER_ATTENTION:
+            x = block(w, layer, x, last_only=layer == last)
+            x = torch.cat([x, _finish_patched(w, layer, target, m, src, component)])
+            continue
+        r = target[hook_name("resid_pre", layer)]
+        x = torch.cat([x, r.expand(len(m), *r.shape).flatten(0, 1)])
+        x = block(w, layer, x, _patcher(m, src, component), last_only=layer == last)
+    batch = len(target[hook_name("resid_pre", 0)])
     logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
     return [_apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
             for lg, m in zip(logits, masks)]
+
+
+def _patcher(masks: torch.Tensor, src: torch.Tensor, component: str):
+    """Hook patching `component` in the last len(masks) * batch rows (variant-major)."""
+    n, axis = len(masks), _position_axis(component) + 1
+
+    def patch(name: str, act: torch.Tensor) -> torch.Tensor:
+        if name != component or n == 0:
+            return act
+        m = masks.narrow(axis, masks.shape[axis] - act.shape[axis], act.shape[axis])
+        s = src.narrow(axis, src.shape[axis] - act.shape[axis], act.shape[axis])
+        new = n * len(src)
+        fresh = torch.where(m[:, None], s, act[-new:].view(n, len(src), *act.shape[1:]))
+        return torch.cat([act[:-new], fresh.flatten(0, 1)]) if len(act) > new else \
+            fresh.flatten(0, 1)
+    return patch
+
+
+def _finish_patched(w: Weights, layer: int, target: dict[str, torch.Tensor],
+                    masks: torch.Tensor, src: torch.Tensor, component: str
+                    ) -> torch.Tensor:
+    """resid_post of each variant patching `component` (one of AFTER_ATTENTION) in `layer`,
+    [variant * batch, seq (1 in the final block), d]: the block's tail at the patched
+    positions only, from the target's cached resid_pre and z; elsewhere the target's own."""
+    resid = target[hook_name("resid_pre", layer)]
+    z = target[hook_name("z", layer)]
+    (batch, seq, d), n = resid.shape, len(masks)
+    if n == 0:
+        return resid[:0, -1:] if layer == w.n_layers - 1 else resid[:0]
+    touched = masks.flatten(2).any(-1)  # [variant, pos]
+    if layer == w.n_layers - 1:  # only the label position matters (and was kept: _inert)
+        touched = torch.zeros_like(touched)
+        touched[:, -1] = True
+    elif not (touched.sum(1) == touched[:1].sum(1)).all():  # ragged: finish all positions
+        touched = torch.ones_like(touched)
+    pos = touched.nonzero()[:, 1].view(n, -1)  # [variant, k]
+
+    def at(t: torch.Tensor) -> torch.Tensor:  # [batch, p, ...] -> [variant*batch, k, ...]
+        return t[:, pos - seq + t.shape[1]].transpose(0, 1).flatten(0, 1)
+
+    m = masks[torch.arange(n, device=masks.device)[:, None], pos]  # [variant, k, ...]
+    s = at(src)
+
+    def patch(name: str, act: torch.Tensor) -> torch.Tensor:
+        if name != component:
+            return act
+        return torch.where(m.repeat_interleave(batch, 0), s, act)
+
+    post = block_tail(w, layer, at(resid), patch("z", at(z)), patch)
+    if layer == w.n_layers - 1:
+        return post
+    full = target[hook_name("resid_pre", layer + 1)].expand(n, batch, seq, d).clone()
+    index = pos[:, None, :, None].expand(n, batch, pos.shape[1], d)
+    return full.scatter_(2, index, post.view(n, batch, -1, d)).flatten(0, 1)
 
 
 def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_position=True,

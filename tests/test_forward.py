@@ -1,4 +1,7 @@
-"""The functional forward equals the TransformerBridge on every hook, bit for bit."""
+"""The functional forward equals the TransformerBridge on every hook.
+
+It differs only by float32 rounding: LayerNorm is the fused kernel (the bridge writes it
+out op by op), so values agree to a few units in the last place, not bit for bit."""
 
 import pytest
 import torch
@@ -21,11 +24,12 @@ def test_every_hook_matches_the_bridge(model_cfg):
     ref_logits, ref = model.run_with_cache(tokens)
     w = Weights.of(model)
     logits, cache = run_with_cache(w, tokens)
-    assert torch.equal(logits, ref_logits)
+    close = dict(rtol=1e-5, atol=1e-5)  # observed: <= 2.4e-6 on logits of size ~4
+    torch.testing.assert_close(logits, ref_logits, **close)
     shared = [k for k in cache if k in ref.cache_dict]
     assert len(shared) >= 8 * model_cfg.n_layers
     for name in shared:
-        assert torch.equal(cache[name], ref[name]), name
+        torch.testing.assert_close(cache[name], ref[name], **close, msg=name)
     # The label-position-only final block gives the same label logits (to rounding).
     x = embed(w, tokens)
     for layer in range(w.n_layers):
