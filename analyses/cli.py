@@ -191,6 +191,25 @@ def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
         typer.echo(f"final      {key:<28} {value:.4f}")
 
 
+def _steps(step: str) -> str | int:
+    return int(step) if step.lstrip("-").isdigit() else step
+
+
+def _formats(format: str) -> tuple[str, ...]:
+    return tuple(f.strip() for f in format.split(",") if f.strip())
+
+
+def _echo_written(info: dict) -> None:
+    for message in info["warnings"]:
+        typer.echo(f"note: {message}", err=True)
+    for f in info["files"]:
+        typer.echo(f"wrote {f}")
+
+
+STEP_HELP = "Checkpoints: all, last, or one step number."
+FORMAT_HELP = "Figure formats: html,png,svg,pdf (PNG/SVG/PDF need Chromium)."
+
+
 @app.command("patch")
 def patch_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
@@ -209,26 +228,40 @@ def patch_cmd(
     all_positions: bool = typer.Option(False, help="Patch all positions at once."),
     attribution: bool = typer.Option(False, help="Also estimate by attribution patching "
                                      "and report its agreement."),
-    format: str = typer.Option("html", "--format", help="Figure formats: html,png,svg,pdf "
-                               "(PNG/SVG/PDF need Chromium)."),
+    format: str = typer.Option("html", "--format", help=FORMAT_HELP),
     seed: int = typer.Option(0, help="Seed for drawing the pairs."),
     max_memory_mb: float = typer.Option(256, help="Memory budget of one patched chunk."),
 ):
     """Activation patching of a checkpoint on task corruptions: table and heatmaps."""
     from analyses.patching_run import patch_run
 
-    formats = tuple(f.strip() for f in format.split(",") if f.strip())
     info = patch_run(run, component, corruption, out, step, n, metric, direction, source,
-                     not all_positions, formats, attribution, seed, max_memory_mb)
+                     not all_positions, _formats(format), attribution, seed, max_memory_mb)
     typer.echo(f"{metric}: clean {info['clean']:.4f}, corrupted {info['corrupted']:.4f}")
     if "agreement" in info:
         typer.echo("attribution vs exact: " + ", ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
             for k, v in info["agreement"].items()))
-    for message in info["warnings"]:
-        typer.echo(f"note: {message}", err=True)
-    for f in info["files"]:
-        typer.echo(f"wrote {f}")
+    _echo_written(info)
+
+
+@app.command("geometry")
+def geometry_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Path = typer.Option(Path("geometry"), "--out", "-o", help="Output folder."),
+    step: str = typer.Option("all", help=STEP_HELP),
+    n: int = typer.Option(512, help="Task rows for activation-based metrics."),
+    cka: bool = typer.Option(True, help="Also CKA between layers, checkpoints and runs."),
+    format: str = typer.Option("html", "--format", help=FORMAT_HELP),
+):
+    """Embedding and weight geometry, attention entropy and CKA over training."""
+    from analyses.representations_run import geometry_run
+
+    info = geometry_run(runs, out, _steps(step), n, cka, _formats(format))
+    table = info["table"]
+    typer.echo(f"{len(table)} rows: {table.run.nunique()} run(s), {table.step.nunique()} "
+               f"step(s), {table.metric.nunique()} metrics")
+    _echo_written(info)
 
 
 @app.command("report")

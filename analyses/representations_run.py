@@ -1,0 +1,81 @@
+"""`probe geometry` and `probe linear`: read-outs over a run's checkpoints, written to disk.
+
+Each writes a tidy table (CSV and parquet) with run, gamma and step columns, and plotly
+figures (HTML always; PNG/SVG/PDF when Chromium is there).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from analyses.export import export_figure
+from analyses.over_training import (cka_over_training, geometry_over_training, open_runs,
+                                    select_steps)
+from analyses.representation_figures import cosine_heatmap, metric_over_steps, pca_scatter
+from models.checkpoint import atomic_write
+from models.errors import UserError
+
+# (file stem, filter) of the geometry lines drawn over training, when the table has them.
+GEOMETRY_LINES = (
+    ("within_cosine_reasoning", dict(metric="within_cosine", group="reasoning_anchor")),
+    ("within_cosine_memory", dict(metric="within_cosine", group="memory_anchor")),
+    ("separability", dict(metric="separability")),
+    ("embedding_effective_rank", dict(metric="effective_rank", hook="embed.weight",
+                                      group="all")),
+    ("attention_entropy_layer0", dict(metric="attention_entropy", layer=0)),
+    ("condensation_layer0_q", dict(metric="n_directions", hook="blocks.0.attn.q.weight")),
+    ("relative_weight_change", dict(metric="relative_weight_change")),
+)
+
+
+def write_table(table: pd.DataFrame, out: Path, stem: str) -> list[Path]:
+    """The table as CSV and parquet, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / f"{stem}.csv", table.to_csv(index=False))
+    atomic_write(out / f"{stem}.parquet", table.to_parquet(index=False))
+    return [out / f"{stem}.csv", out / f"{stem}.parquet"]
+
+
+def write_figures(figures: dict[str, go.Figure], out: Path, formats: Sequence[str]
+                  ) -> tuple[list[Path], list[str]]:
+    """Export each figure; returns the files and any notes (e.g. no browser for PNG)."""
+    files: list[Path] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, fig in figures.items():
+            files += export_figure(fig, out / name, formats, strict=False)
+    return files, sorted({str(w.message) for w in caught})
+
+
+def geometry_run(runs: Sequence[str | Path], out: str | Path, steps="all", n: int = 512,
+                 cka: bool = True, formats: Sequence[str] = ("html",)) -> dict[str, object]:
+    """Geometry over training (and CKA between layers, steps and runs) for `runs`: tables
+    geometry.csv/.parquet and cka.csv/.parquet, cosine and PCA figures of each run's last
+    selected checkpoint, and metric-over-steps lines (one per gamma)."""
+    runs = open_runs(runs)
+    out = Path(out)
+    table = geometry_over_training(runs, steps, n)
+    files = write_table(table, out, "geometry")
+    if cka:
+        files += write_table(cka_over_training(runs, steps, n=n), out, "cka")
+    figures: dict[str, go.Figure] = {}
+    for run in runs:
+        step = select_steps(run, steps)[-1]
+        model = run.load_model(step)
+        where = f"{run.name}, step {step}, gamma {run.config.model.gamma:g}"
+        figures[f"cosine_{run.name}"] = cosine_heatmap(
+            model, run.config.task, title=f"Token-embedding cosine similarity ({where})")
+        figures[f"pca_{run.name}"] = pca_scatter(
+            model, run.config.task, title=f"Token embeddings, PCA ({where})")
+    for name, where in GEOMETRY_LINES:
+        try:
+            figures[f"over_steps_{name}"] = metric_over_steps(table, **where)
+        except UserError:  # not measured for this task (composite has no memory anchors)
+            pass
+    more, notes = write_figures(figures, out, formats)
+    return {"table": table, "files": [str(f) for f in files + more], "warnings": notes}

@@ -1,0 +1,97 @@
+"""Read-outs over training (analyses/over_training.py), their figures, and `probe geometry`."""
+
+import pandas as pd
+import pytest
+import torch
+
+from analyses.over_training import (cka_over_training, geometry_over_training, over_training,
+                                    select_steps)
+from analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
+                                             probe_heatmap)
+from models.errors import UserError
+from probes.geometry import cosine_matrix, token_embeddings, token_roles
+from test_cli import assert_user_error, run_cli
+
+
+def test_over_training_stacks_every_checkpoint(tiny_run):
+    steps = tiny_run.checkpoint_steps()
+    table = over_training([tiny_run], lambda model, run, step: {"norm": float(
+        model.state_dict()["embed.weight"].norm()), "step_twice": 2 * step})
+    assert list(table.columns[:3]) == ["run", "gamma", "step"]
+    assert sorted(table.step.unique()) == steps and len(table) == 2 * len(steps)
+    twice = table[table.metric == "step_twice"]
+    assert (twice.value == 2 * twice.step).all()
+    assert select_steps(tiny_run, "last") == [steps[-1]]
+    assert select_steps(tiny_run, [steps[0], steps[-1]]) == [steps[0], steps[-1]]
+    with pytest.raises(UserError, match="no checkpoint at step 7"):
+        over_training([tiny_run], lambda *a: {}, steps=7)
+    with pytest.raises(UserError, match="no runs given"):
+        over_training([], lambda *a: {})
+
+
+def test_geometry_over_training_weight_change_starts_at_zero(tiny_run):
+    table = geometry_over_training([tiny_run], n=64)
+    change = table[table.metric == "relative_weight_change"]
+    assert (change[change.step == 0].value == 0).all()
+    last = change[change.step == change.step.max()]
+    assert (last.value > 0).all() and len(last) >= 10
+    ranks = table[(table.metric == "effective_rank") & (table.hook == "embed.weight")]
+    assert ranks.groupby("step").size().nunique() == 1  # same read-outs at every step
+
+
+def test_cka_over_training_is_one_on_the_diagonal_and_symmetric(tiny_run):
+    table = cka_over_training([tiny_run], steps=[0, "last"], n=64)
+    same = table[(table.step_a == table.step_b) & (table.layer_a == table.layer_b)]
+    assert len(same) == 2 * tiny_run.config.model.n_layers
+    assert torch.allclose(torch.tensor(same.cka.to_numpy()), torch.ones(len(same), dtype=torch.float64),
+                          atol=1e-9)
+    pivot = table.pivot_table(index=["step_a", "layer_a"], columns=["step_b", "layer_b"],
+                              values="cka")
+    assert torch.allclose(torch.tensor(pivot.to_numpy()), torch.tensor(pivot.to_numpy().T))
+
+
+def test_cosine_heatmap_and_pca_follow_roles(tiny_run):
+    model, task = tiny_run.load_model(), tiny_run.config.task
+    roles = token_roles(task)
+    order = roles["memory_anchor"] + roles["reasoning_anchor"] + roles["key"]
+    fig = cosine_heatmap(model, task)
+    expected = cosine_matrix(token_embeddings(model, order)).numpy()
+    assert torch.allclose(torch.tensor(fig.data[0].z), torch.tensor(expected))
+    assert len(fig.layout.shapes) == 4  # two role boundaries, drawn on both axes
+    scatter = pca_scatter(model, task)
+    assert [t.name for t in scatter.data] == ["memory_anchor", "reasoning_anchor", "key"]
+    assert sum(len(t.x) for t in scatter.data) == len(order)
+
+
+def test_metric_over_steps_and_probe_heatmap():
+    table = pd.DataFrame({"run": ["a"] * 4 + ["b"] * 4, "gamma": [0.3] * 4 + [0.8] * 4,
+                          "step": [0, 0, 10, 10] * 2, "metric": ["m"] * 8,
+                          "value": [1.0, 3.0, 2.0, 2.0, 5.0, 5.0, 6.0, 8.0]})
+    fig = metric_over_steps(table, metric="m")
+    assert [list(t.y) for t in fig.data] == [[2.0, 2.0], [5.0, 7.0]]  # mean per step
+    with pytest.raises(UserError, match="no rows with metric = 'x'; choose one of m"):
+        metric_over_steps(table, metric="x")
+    probes = pd.DataFrame({"run": "a", "step": 10, "target": "key",
+                           "component": "resid_post", "layer": [0, 0, 1, 1],
+                           "position": [0, 1, 0, 1], "selectivity": [0.1, 0.2, 0.3, 0.4]})
+    heat = probe_heatmap(probes, "selectivity")
+    assert heat.data[0].z.tolist() == [[0.1, 0.2], [0.3, 0.4]]
+    with pytest.raises(UserError, match="slices"):
+        probe_heatmap(pd.concat([probes, probes.assign(target="a1")]), "selectivity")
+
+
+def test_geometry_cli_writes_tables_and_figures(capsys, tmp_path, tiny_run):
+    code, out, err = run_cli(capsys, "geometry", tiny_run.path, "--out", tmp_path, "--n", 64)
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "geometry.parquet")
+    assert set(table.step) == set(tiny_run.checkpoint_steps())
+    assert {"within_cosine", "attention_entropy", "relative_weight_change",
+            "n_directions"} <= set(table.metric)
+    cka = pd.read_csv(tmp_path / "cka.csv")
+    assert cka.cka.max() == pytest.approx(1.0)
+    html = (tmp_path / f"cosine_{tiny_run.name}.html").read_text()
+    assert "plotly" in html and "Token-embedding cosine similarity" in html
+    assert (tmp_path / "over_steps_within_cosine_reasoning.html").exists()
+    assert_user_error(run_cli(capsys, "geometry", tmp_path / "nope"), "does not exist")
+    assert_user_error(run_cli(capsys, "geometry", tiny_run.path, "--step", "7", "--out",
+                              tmp_path), "no checkpoint at step 7; available")
