@@ -87,20 +87,21 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
     """One transformer block from its resid_pre.
 
     `last_only` keeps only the last position once keys and values are formed (enough for
-    the label logits in the final block); hooks after that point see that position only.
+    the label logits in the final block); later hooks, q included, see that position only.
     """
     p = f"blocks.{layer}"
     n, s, _ = x.shape
     x = hook("resid_pre", x)
     a = w.norm(x, f"{p}.ln1")
 
-    def heads(name: str) -> torch.Tensor:
+    def heads(name: str, a: torch.Tensor) -> torch.Tensor:
         out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
-        return hook(name, out.view(n, s, w.n_heads, w.d_head))
+        return hook(name, out.view(n, a.shape[1], w.n_heads, w.d_head))
 
-    q, k, v = heads("q"), heads("k"), heads("v")
+    k, v = heads("k", a), heads("v", a)
     if last_only:
-        q, x = q[:, -1:], x[:, -1:]
+        a, x = a[:, -1:], x[:, -1:]
+    q = heads("q", a)
     # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
     # rounding matches the bridge too.
     scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5
@@ -139,7 +140,7 @@ def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
                    ) -> tuple[Float[torch.Tensor, "batch seq vocab"], dict[str, torch.Tensor]]:
     """Logits and the named block activations, keyed by TransformerLens name.
 
-    label_only: the final block computes only the last position after its q/k/v (its
+    label_only: the final block computes only the last position after its k/v (its q,
     later activations and the logits then cover the last position only)."""
     cache: dict[str, torch.Tensor] = {}
     x = embed(w, tokens)
