@@ -264,6 +264,34 @@ def geometry_cmd(
     _echo_written(info)
 
 
+@app.command("linear")
+def linear_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    target: str = typer.Option("key", help="Comma-separated: key, a1, a2, intermediate, "
+                               "label, task_type, memorized."),
+    component: str = typer.Option("resid_pre,resid_mid,resid_post", help="Comma-separated "
+                                  "hooks to probe at every layer and position."),
+    out: Path = typer.Option(Path("linear"), "--out", "-o", help="Output folder."),
+    step: str = typer.Option("all", help=STEP_HELP),
+    n: int = typer.Option(4000, help="Task rows (80% train, 20% held out)."),
+    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength, as in scikit-learn."),
+    format: str = typer.Option("html", "--format", help=FORMAT_HELP),
+):
+    """Linear probes with control tasks at every layer and position, over training."""
+    from analyses.representations_run import linear_run
+
+    info = linear_run(runs, out, _formats(target), _formats(component), _steps(step), n, c,
+                      _formats(format))
+    table = info["table"]
+    last = table[table.step == table.groupby("run").step.transform("max")]
+    for (run, target), rows in last.groupby(["run", "target"]):
+        top = rows.loc[rows.selectivity.idxmax()]
+        typer.echo(f"{run} {target}: best selectivity {top.selectivity:.3f} (accuracy "
+                   f"{top.accuracy:.3f}, control {top.control_accuracy:.3f}) at {top.hook} "
+                   f"position {top.position}, step {top.step}")
+    _echo_written(info)
+
+
 @app.command("report")
 def report_cmd(target: Path = typer.Argument(..., help="A study folder or a run directory."),
                out: Optional[Path] = typer.Option(None, help="Where to write the HTML "

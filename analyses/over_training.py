@@ -127,3 +127,23 @@ def cka_over_training(runs: Sequence[str | Path | Run], steps="all",
                                 run_b=y[0], gamma_b=y[1], step_b=y[2], layer_b=y[3],
                                 cka=value))
     return pd.DataFrame(out)
+
+
+def probes_over_training(runs: Sequence[str | Path | Run], targets=("key",),
+                         components=("resid_pre", "resid_mid", "resid_post"), steps="all",
+                         n: int = 4000, seed: int = 0, C: float = 1.0,
+                         test_fraction: float = 0.2) -> pd.DataFrame:
+    """Linear probes (with control tasks) at every (component, layer, position) for each
+    target, at each checkpoint; each fit starts from the previous checkpoint's solution."""
+    from probes.linear import probe_model
+
+    runs = open_runs(runs)
+    rows = {run.name: eval_rows(run, n, seed) for run in runs}
+    states: dict[str, dict] = {run.name: {} for run in runs}
+
+    def measure(model, run, step):
+        return probe_model(model, rows[run.name], run.config.task, targets, components,
+                           test_fraction=test_fraction, seed=seed, C=C,
+                           state=states[run.name])
+
+    return over_training(runs, measure, steps)

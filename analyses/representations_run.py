@@ -15,8 +15,9 @@ import plotly.graph_objects as go
 
 from analyses.export import export_figure
 from analyses.over_training import (cka_over_training, geometry_over_training, open_runs,
-                                    select_steps)
-from analyses.representation_figures import cosine_heatmap, metric_over_steps, pca_scatter
+                                    probes_over_training, select_steps)
+from analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
+                                             probe_heatmap)
 from models.checkpoint import atomic_write
 from models.errors import UserError
 
@@ -77,5 +78,33 @@ def geometry_run(runs: Sequence[str | Path], out: str | Path, steps="all", n: in
             figures[f"over_steps_{name}"] = metric_over_steps(table, **where)
         except UserError:  # not measured for this task (composite has no memory anchors)
             pass
+    more, notes = write_figures(figures, out, formats)
+    return {"table": table, "files": [str(f) for f in files + more], "warnings": notes}
+
+
+def linear_run(runs: Sequence[str | Path], out: str | Path, targets=("key",),
+               components=("resid_pre", "resid_mid", "resid_post"), steps="all",
+               n: int = 4000, C: float = 1.0, formats: Sequence[str] = ("html",)
+               ) -> dict[str, object]:
+    """Probes over training for `runs`: probes.csv/.parquet, accuracy and selectivity
+    heatmaps (layer x position) at each run's last selected step per target and component,
+    and selectivity over steps (best layer and position, one line per gamma) per target."""
+    runs = open_runs(runs)
+    out = Path(out)
+    table = probes_over_training(runs, targets, components, steps, n, C=C)
+    files = write_table(table, out, "probes")
+    figures: dict[str, go.Figure] = {}
+    for run in runs:
+        step = select_steps(run, steps)[-1]
+        for (target, component), _ in table.groupby(["target", "component"]):
+            for value in ("accuracy", "selectivity"):
+                figures[f"probe_{value}_{target}_{component}_{run.name}"] = probe_heatmap(
+                    table, value, component, run=run.name, step=step, target=target)
+    best = (table.groupby(["run", "gamma", "step", "target"], as_index=False)
+            .selectivity.max())
+    for target in best.target.unique():
+        figures[f"over_steps_selectivity_{target}"] = metric_over_steps(
+            best, "selectivity", title=f"Best probe selectivity for {target} over training "
+            "(max over components, layers and positions)", target=target)
     more, notes = write_figures(figures, out, formats)
     return {"table": table, "files": [str(f) for f in files + more], "warnings": notes}

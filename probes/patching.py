@@ -3,8 +3,11 @@
 Every patch of one layer becomes a row block of one batched forward pass. The run starts
 at the patched layer from the target run's cached residual stream (nothing below it is
 recomputed), the patch is a `torch.where` between target and source activations under a
-per-variant mask, and the last block computes only the label position. Metric values stay
-on the device until the end.
+per-variant mask, and the last block computes only the label position. Two more cuts: a
+patch that cannot move the label logits (nothing differs under its mask, or it touches only
+non-label positions after attention in the last block) is not run at all, and a patch after
+attention (z, attn_out, resid_mid, mlp_out, resid_post) finishes its own block at the
+patched positions only. Metric values stay on the device until the end.
 
 Denoising (the default) runs the corrupted prompt with clean activations patched in;
 noising runs the clean prompt with corrupted activations patched in.

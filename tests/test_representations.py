@@ -95,3 +95,22 @@ def test_geometry_cli_writes_tables_and_figures(capsys, tmp_path, tiny_run):
     assert_user_error(run_cli(capsys, "geometry", tmp_path / "nope"), "does not exist")
     assert_user_error(run_cli(capsys, "geometry", tiny_run.path, "--step", "7", "--out",
                               tmp_path), "no checkpoint at step 7; available")
+
+
+def test_linear_cli_probes_every_hook_position_and_step(capsys, tmp_path, tiny_run):
+    code, out, err = run_cli(capsys, "linear", tiny_run.path, "--target", "key,memorized",
+                             "--component", "resid_pre,resid_post", "--n", 400, "--out",
+                             tmp_path)
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "probes.parquet")
+    cfg = tiny_run.config
+    per_step = 2 * 2 * cfg.model.n_layers * cfg.task.seq_len  # targets x components x ...
+    assert len(table) == per_step * len(tiny_run.checkpoint_steps())
+    assert (table.selectivity == table.accuracy - table.control_accuracy).all()
+    assert table.accuracy.between(0, 1).all() and (table.n_test > 0).all()
+    assert "best selectivity" in out
+    html = (tmp_path / f"probe_selectivity_key_resid_post_{tiny_run.name}.html").read_text()
+    assert "probe selectivity" in html
+    assert (tmp_path / "over_steps_selectivity_memorized.html").exists()
+    assert_user_error(run_cli(capsys, "linear", tiny_run.path, "--target", "colour", "--out",
+                              tmp_path), "unknown probe target.*choose from key")
