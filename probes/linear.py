@@ -1,0 +1,421 @@
+"""Linear probes: multinomial logistic regression from a cached activation to a variable.
+
+The objective is scikit-learn's `LogisticRegression(C=C)` (lbfgs, multinomial): mean
+cross-entropy + ||W||^2 / (2 C n), the intercept unpenalized. It is solved by a batched
+L-BFGS in torch, so many probes (every hook and position, and their control tasks) fit in
+one optimization, on CPU or CUDA. Two exact savings make a sweep cheap:
+- rows whose activations are known to be equal (same token prefix, in a causal model) are
+  fitted once, weighted by their label counts (`groups`);
+- a sweep over checkpoints starts each fit from the previous checkpoint's solution.
+
+Every probe comes with a control task (Hewitt & Liang 2019): the same probe on labels
+that are a fixed random function of the token at the probed position, and its selectivity
+= accuracy - control accuracy. `probe_model` is the researcher-facing call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool, Float, Int
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+from torch import Tensor
+
+from models.errors import UserError
+from models.tasks.base import dataset_arrays
+from probes.forward import Weights, hook_name, run_with_cache
+
+TARGETS = ("key", "a1", "a2", "intermediate", "label", "task_type", "memorized")
+# Block hooks with one d_model vector per position (attention-only models: no MLP hooks).
+COMPONENTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+TASK_TYPES = {"mixture": ("memory", "reasoning"), "composite": ("compose", "twist", "held_out")}
+# sklearn's default max_iter=100 stops 3-9 accuracy points short of the optimum on our
+# activations (BENCHMARKS.md); every fit here runs to its gradient tolerance instead.
+MAX_ITER = 2000
+
+
+# --------------------------------------------------------------------------- solver
+
+@dataclass(frozen=True)
+class ProbeFit:
+    """Fitted probes (on the inputs as given) and their accuracies."""
+
+    weight: Float[Tensor, "probe d k"]
+    bias: Float[Tensor, "probe k"]
+    accuracy: Float[Tensor, " probe"]  # held-out rows (nan when there are none)
+    train_accuracy: Float[Tensor, " probe"]
+    n_iter: Int[Tensor, " probe"]
+    converged: Bool[Tensor, " probe"]
+
+    def logits(self, X: Float[Tensor, "probe n d"]) -> Float[Tensor, "probe n k"]:
+        return X @ self.weight + self.bias[:, None]
+
+
+def _loss_grad(t: Tensor, X: Tensor, Y: Tensor, r: Tensor, lam: Tensor
+               ) -> tuple[Tensor, Tensor]:
+    """Objective and gradient per probe: sum_ik Y_ik CE_ik + 1/2 sum lam * t^2."""
+    Z = X @ t
+    Z = Z - Z.amax(-1, keepdim=True)
+    E = Z.exp()
+    total = E.sum(-1, keepdim=True)
+    # Cross-entropy as log(total) - Z per entry: no cancellation between large logits.
+    loss = (Y * (total.log() - Z)).sum((1, 2)) + 0.5 * (lam * t * t).sum((1, 2))
+    return loss, X.transpose(1, 2) @ (E * (r / total) - Y) + lam * t
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).sum((1, 2))
+
+
+def _line_search(t, d, loss, g, data, tries: int = 20):
+    """Step along d from t for every probe: the first of 1, then interpolated shorter steps,
+    that passes Armijo, or Hager-Zhang's approximate Wolfe test (which still works when a
+    float32 loss can no longer resolve the decrease). Returns the new point, loss, gradient
+    and which probes found a step."""
+    slope = _dot(g, d)  # < 0
+    step = torch.ones_like(loss)
+    out_t, out_loss, out_g = t.clone(), loss.clone(), g.clone()
+    found = torch.zeros_like(loss, dtype=torch.bool)
+    todo = torch.arange(len(t), device=t.device)
+    for _ in range(tries):
+        a = step[todo, None, None]
+        trial = t[todo] + a * d[todo]
+        tl, tg = _loss_grad(trial, *(x[todo] for x in data))
+        f0, s0 = loss[todo], slope[todo]
+        ok = (tl <= f0 + 1e-4 * step[todo] * s0) | (
+            (tl <= f0 + 1e-6 * f0.abs()) & (_dot(tg, d[todo]) <= -0.8 * s0))
+        done = todo[ok]
+        out_t[done], out_loss[done], out_g[done], found[done] = trial[ok], tl[ok], tg[ok], True
+        # Minimizer of the quadratic through f0, s0 and the trial value, kept in [0.1, 0.5].
+        curv = (tl - f0 - s0 * step[todo]).clamp(min=1e-30)
+        shorter = (-s0 * step[todo] ** 2 / (2 * curv)).clamp(0.1 * step[todo], 0.5 * step[todo])
+        step[todo] = shorter
+        todo = todo[~ok]
+        if len(todo) == 0:
+            break
+    return out_t, out_loss, out_g, found
+
+
+def _lbfgs(X: Float[Tensor, "p m e"], Y: Float[Tensor, "p m k"], lam: Float[Tensor, " p"],
+           theta: Float[Tensor, "p e k"], max_iter: int, tol: float, memory: int = 10
+           ) -> tuple[Tensor, Tensor, Tensor]:
+    """Minimize sum_ik Y_ik CE_ik + lam/2 ||theta[:-1]||^2 per probe (rows of X end in 1).
+
+    Y holds each row's label weights, summing to 1 per probe (so the loss is a mean).
+    L-BFGS batched over probes; a probe stops when its largest gradient entry is <= tol
+    (scipy's pgtol, as sklearn uses it), and finished probes leave the batch.
+    Returns theta, iterations and convergence per probe."""
+    theta = theta.clone()
+    n_iter = torch.zeros(len(X), dtype=torch.long, device=X.device)
+    pen = torch.ones_like(theta[0])
+    pen[-1] = 0  # the intercept row is not penalized
+    data = (X, Y, Y.sum(-1, keepdim=True), lam[:, None, None] * pen)
+    idx = torch.arange(len(X), device=X.device)  # probes still running
+    t = theta
+    loss, g = _loss_grad(t, *data)
+    gmax = g.abs().amax((1, 2))  # per probe, updated until it leaves the batch
+    found = torch.ones_like(gmax, dtype=torch.bool)
+    hist: list[tuple[Tensor, Tensor, Tensor]] = []  # (s, y, rho), oldest first
+    gamma = 1 / g.flatten(1).norm(dim=1).clamp(min=1)  # first step: a short one
+    for _ in range(max_iter):
+        keep = (g.abs().amax((1, 2)) > tol) & found  # stop when no step decreases the loss
+        if not keep.all():  # drop finished probes from every batched tensor
+            theta[idx[~keep]], gmax[idx[~keep]] = t[~keep], g[~keep].abs().amax((1, 2))
+            idx, t, loss, g, gamma = idx[keep], t[keep], loss[keep], g[keep], gamma[keep]
+            data = tuple(a[keep] for a in data)
+            hist = [(s[keep], y[keep], rho[keep]) for s, y, rho in hist]
+        if len(idx) == 0:
+            break
+        # Two-loop recursion; pairs that failed the curvature test have rho = 0 (no-ops).
+        q, alphas = g.clone(), []
+        for s, y, rho in reversed(hist):
+            a = rho * _dot(s, q)
+            q -= a[:, None, None] * y
+            alphas.append(a)
+        q *= gamma[:, None, None]
+        for (s, y, rho), a in zip(hist, reversed(alphas)):
+            q += s * (a - rho * _dot(y, q))[:, None, None]
+        d = -torch.where((_dot(g, q) <= 0)[:, None, None], g, q)  # keep a descent direction
+        new_t, loss, new_g, found = _line_search(t, d, loss, g, data)
+        n_iter[idx] += 1
+        s, y = new_t - t, new_g - g
+        sy = _dot(s, y)
+        valid = sy > 1e-10
+        hist = (hist + [(s, y, torch.where(valid, 1 / sy.clamp(min=1e-30), 0))])[-memory:]
+        gamma = torch.where(valid, sy / _dot(y, y).clamp(min=1e-30), gamma)
+        t, g = new_t, new_g
+    theta[idx], gmax[idx] = t, g.abs().amax((1, 2))
+    return theta, n_iter, gmax <= tol
+
+
+def fit_probes(X: Float[Tensor, "probe n d"], y: Int[Tensor, "probe n"] | Int[Tensor, " n"],
+               train_mask: Bool[Tensor, " n"], C: float = 1.0, *,
+               groups: Int[Tensor, " n"] | None = None, init: ProbeFit | None = None,
+               n_classes: int | None = None, max_iter: int = MAX_ITER, tol: float = 1e-4
+               ) -> ProbeFit:
+    """Fit one L2 multinomial logistic regression per probe, all in one batched solve.
+
+    y: class indices 0..k-1 (shared by all probes or one row per probe); negative = row
+    undefined for that probe (left out of both splits). groups: rows with the same group id
+    have equal features in every probe (e.g. the same token prefix in a causal model); they
+    are fitted once, weighted by their label counts: the same objective, far fewer rows.
+    init: a previous fit of the same shapes to start from (warm start)."""
+    p, n, d = X.shape
+    dev, dtype = X.device, X.dtype
+    y = torch.as_tensor(y, device=dev).expand(p, n)
+    train_mask = torch.as_tensor(train_mask, device=dev)
+    k = int(n_classes or int(y.max()) + 1)
+    if groups is None:
+        inverse, rep = torch.arange(n, device=dev), torch.arange(n, device=dev)
+    else:
+        groups = torch.as_tensor(groups, device=dev)
+        _, inverse = torch.unique(groups, return_inverse=True)
+        rep = torch.full((int(inverse.max()) + 1,), n, device=dev).scatter_reduce(
+            0, inverse, torch.arange(n, device=dev), "amin")  # first row of each group
+    m = len(rep)
+    train = train_mask & (y >= 0)
+    counts = torch.zeros(p, m, k, dtype=dtype, device=dev)
+    counts.view(p, m * k).index_put_((torch.arange(p, device=dev)[:, None].expand(p, n),
+                                      inverse * k + y.clamp(min=0)),
+                                     train.to(dtype), accumulate=True)
+    n_train = counts.sum((1, 2))
+    Xa = torch.cat([X[:, rep], torch.ones(p, m, 1, dtype=dtype, device=dev)], -1)
+    theta = torch.zeros(p, d + 1, k, dtype=dtype, device=dev)
+    if init is not None:
+        if init.weight.shape != (p, d, k):
+            raise ValueError(f"init has weight shapes {tuple(init.weight.shape)}, these probes "
+                             f"need {(p, d, k)}")
+        theta = torch.cat([init.weight, init.bias[:, None]], 1).to(dev, dtype)
+    with torch.no_grad():
+        theta, n_iter, converged = _lbfgs(Xa, counts / n_train.clamp(min=1)[:, None, None],
+                                          1 / (C * n_train.clamp(min=1)), theta, max_iter, tol)
+        correct = ((Xa @ theta).argmax(-1)[:, inverse] == y).to(dtype)
+        test = ~train_mask & (y >= 0)
+        acc = (correct * test).sum(1) / test.sum(1)
+        train_acc = (correct * train).sum(1) / train.sum(1)
+    return ProbeFit(theta[:, :-1], theta[:, -1], acc, train_acc, n_iter, converged)
+
+
+# ------------------------------------------------------------------ sklearn estimator
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """scikit-learn classifier with LogisticRegression(C)'s objective, fitted in torch.
+
+    Accepts numpy arrays or torch tensors; `classes_` keeps the original label values.
+    Two classes are fitted in the multinomial form (sklearn uses the binomial one, whose
+    penalty is twice as strong for the same C)."""
+
+    def __init__(self, C: float = 1.0, max_iter: int = MAX_ITER, tol: float = 1e-4,
+                 device: str = "cpu"):
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+
+    def _X(self, X) -> Tensor:
+        return torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X,
+                               dtype=torch.float32).to(self.device)
+
+    def fit(self, X, y) -> "LinearProbe":
+        X = self._X(X)
+        y = y.cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        y_idx = torch.as_tensor(y_idx, device=self.device)
+        fit = fit_probes(X[None], y_idx, torch.ones(len(y_idx), dtype=torch.bool,
+                                                    device=self.device),
+                         self.C, n_classes=len(self.classes_), max_iter=self.max_iter,
+                         tol=self.tol)
+        self.coef_ = fit.weight[0].T.cpu().numpy()
+        self.intercept_ = fit.bias[0].cpu().numpy()
+        self.n_iter_ = int(fit.n_iter[0])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = self._X(X)
+        W = torch.as_tensor(self.coef_, device=X.device)
+        return (X @ W.T + torch.as_tensor(self.intercept_, device=X.device)).cpu().numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        z = self.decision_function(X)
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(1)]
+
+
+# ---------------------------------------------------------------- targets, controls
+
+def _rows(rows) -> dict[str, np.ndarray]:
+    return rows if isinstance(rows, dict) else dataset_arrays(rows)
+
+
+def target_values(rows, task, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values, defined) of a probe target on every row, from the task's metadata.
+
+    intermediate: the value after the first rule (mixture key + a1 on reasoning rows;
+    composite key + shift(a1)), undefined where no rule applies (memory / twist rows).
+    memorized: 1 on rows only a lookup can answer (mixture memory, composite twist)."""
+    rows = _rows(rows)
+    n = len(rows["label"])
+    every = np.ones(n, dtype=bool)
+    if name in ("key", "a1", "a2", "label"):
+        return rows[name].astype(np.int64), every
+    kind = task.name
+    if name in ("task_type", "memorized", "intermediate") and kind not in TASK_TYPES:
+        raise UserError(f"target {name!r} is defined for the mixture and composite tasks, not "
+                        f"{kind!r}; use one of key, a1, a2, label")
+    types = rows["task_type"]
+    if name == "task_type":
+        order = TASK_TYPES[kind]
+        unknown = set(np.unique(types)) - set(order)
+        if unknown:
+            raise UserError(f"rows have task_type {sorted(unknown)}, not one of the {kind} "
+                            f"task's {order}; pass rows generated by that task")
+        return np.select([types == t for t in order], range(len(order))).astype(np.int64), every
+    memorized = types == ("memory" if kind == "mixture" else "twist")
+    if name == "memorized":
+        return memorized.astype(np.int64), every
+    if name == "intermediate":
+        if kind == "mixture":
+            return (rows["key"] + rows["a1"]).astype(np.int64), ~memorized
+        shifts = np.asarray(task.shifts)
+        return (rows["key"] + shifts[rows["a1"] - 1]).astype(np.int64), ~memorized
+    raise UserError(f"unknown probe target {name!r}; choose from {', '.join(TARGETS)}")
+
+
+def control_labels(tokens: Int[np.ndarray, " n"], values: np.ndarray, defined: np.ndarray,
+                   seed: int = 0) -> np.ndarray:
+    """Control task (Hewitt & Liang 2019): each token type gets one fixed random label,
+    drawn from the empirical distribution of the real target's values."""
+    rng = np.random.default_rng([seed, 7])
+    table = rng.choice(values[defined], size=int(tokens.max()) + 1)
+    return table[tokens]
+
+
+def holdout_mask(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """True for training rows: a random (1 - test_fraction) of n rows, fixed by seed."""
+    if not 0 < test_fraction < 1:
+        raise UserError(f"test_fraction={test_fraction} must lie strictly between 0 and 1")
+    n_test = int(round(test_fraction * n))
+    if n_test < 1 or n_test >= n:
+        raise UserError(f"{n} rows are too few to hold out test_fraction={test_fraction}; "
+                        f"pass more rows")
+    train = np.ones(n, dtype=bool)
+    train[np.random.default_rng([seed, 3]).permutation(n)[:n_test]] = False
+    return train
+
+
+# ------------------------------------------------------------------ researcher call
+
+def _components(model, components) -> list[str]:
+    valid = [c for c in COMPONENTS
+             if not (model.cfg.attn_only and c in ("resid_mid", "mlp_out"))]
+    bad = [c for c in components if c not in valid]
+    if bad:
+        raise UserError(f"cannot probe component(s) {bad}; choose from {', '.join(valid)}"
+                        + (" (attention-only model)" if model.cfg.attn_only else ""))
+    return list(components)
+
+
+def _classes(name: str, values: np.ndarray, defined: np.ndarray, train: np.ndarray):
+    """Class index per row (-1 where undefined), checking every class can be trained."""
+    if not defined.any():
+        raise UserError(f"target {name!r} is undefined on every row passed (e.g. intermediate "
+                        f"on memory rows only); pass rows where it applies")
+    classes, idx = np.unique(values[defined], return_inverse=True)
+    if len(classes) < 2:
+        raise UserError(f"target {name!r} takes a single value ({classes[0]}) on these rows; "
+                        f"a probe needs at least two classes")
+    y = np.full(len(values), -1, dtype=np.int64)
+    y[defined] = idx
+    in_train = np.bincount(y[defined & train], minlength=len(classes))
+    if in_train.min() == 0:
+        rare = classes[in_train == 0]
+        total = np.bincount(idx, minlength=len(classes))[in_train == 0]
+        raise UserError(f"target {name!r}: class(es) {rare.tolist()[:5]} have {total.tolist()[:5]}"
+                        f" row(s) and none in the training split ({int(defined.sum())} rows, "
+                        f"{len(classes)} classes); pass more rows or a smaller test_fraction")
+    return y, len(classes)
+
+
+def probe_model(model, rows, task, targets=("key",),
+                components=("resid_pre", "resid_mid", "resid_post"), positions=None,
+                test_fraction: float = 0.2, seed: int = 0, C: float = 1.0, device=None,
+                state: dict | None = None, max_iter: int = MAX_ITER, tol: float = 1e-4,
+                dedupe: bool = True) -> pd.DataFrame:
+    """Probe every (component, layer, position) of `model` for each target, with controls.
+
+    rows: a task Dataset or `dataset_arrays` dict. Activations come from one functional
+    forward pass; each (hook, position) is standardized once on the training rows; all
+    probes of a (target, position), and their controls, fit in one batched solve. Rows with
+    the same token prefix share their activations (causal model) and are fitted once
+    (`dedupe=False` fits every row: the same result, slower).
+    state: pass the same dict for successive checkpoints of a run; each fit then starts
+    from the previous checkpoint's solution (it is updated in place).
+    One row per (hook, position, target): accuracy (held-out), control_accuracy,
+    selectivity = accuracy - control_accuracy, train_accuracy, n_train, n_test, n_classes,
+    and converged (probe and control reached tol within max_iter)."""
+    rows = _rows(rows)
+    components = _components(model, components)
+    bad = [t for t in targets if t not in TARGETS]
+    if bad:
+        raise UserError(f"unknown probe target(s) {bad}; choose from {', '.join(TARGETS)}")
+    w = Weights.of(model)
+    dev = torch.device(device) if device is not None else next(iter(w.params.values())).device
+    tokens = torch.as_tensor(rows["tokens"])
+    seq = tokens.shape[1]
+    positions = list(range(seq)) if positions is None else list(positions)
+    if any(not -seq <= p < seq for p in positions):
+        raise UserError(f"positions {positions} out of range for sequences of length {seq}")
+    positions = list(dict.fromkeys(p % seq for p in positions))
+    train = holdout_mask(len(tokens), test_fraction, seed)
+    hooks = [(c, layer) for c in components for layer in range(w.n_layers)]
+    with torch.inference_mode():
+        _, cache = run_with_cache(w, tokens.to(w["embed.weight"].device), names=components)
+        acts = torch.stack([cache[hook_name(c, layer)] for c, layer in hooks]).to(
+            dev, torch.float32)  # [hook, n, seq, d]
+        tr = torch.as_tensor(train, device=dev)
+        mean = acts[:, tr].mean(1, keepdim=True)
+        std = acts[:, tr].std(1, unbiased=False, keepdim=True)
+        acts = (acts - mean) / torch.where(std > 0, std, 1)
+    labels = {t: target_values(rows, task, t) for t in targets}
+    out = []
+    for target in targets:
+        values, defined = labels[target]
+        y, k = _classes(target, values, defined, train)
+        classes = np.unique(values[defined])
+        for pos in positions:
+            _, prefix = np.unique(rows["tokens"][:, : pos + 1], axis=0, return_inverse=True)
+            ctrl = np.searchsorted(classes, control_labels(rows["tokens"][:, pos], values,
+                                                           defined, seed))
+            y_both = torch.as_tensor(np.stack([y] * len(hooks) + [np.where(y >= 0, ctrl, -1)]
+                                              * len(hooks)), device=dev)
+            X = acts[:, :, pos].repeat(2, 1, 1)  # real probes, then their controls
+            key = (target, pos)
+            init = (state or {}).get(key)
+            if init is not None and init.weight.shape != (len(X), X.shape[-1], k):
+                init = None  # other rows or components than last time: start cold
+            groups = torch.as_tensor(prefix.ravel()) if dedupe else None
+            fit = fit_probes(X, y_both, tr, C, groups=groups,
+                             init=init, n_classes=k, max_iter=max_iter, tol=tol)
+            if state is not None:
+                state[key] = fit
+            h = len(hooks)
+            for i, (comp, layer) in enumerate(hooks):
+                acc, ctrl_acc = fit.accuracy[i].item(), fit.accuracy[h + i].item()
+                out.append(dict(hook=hook_name(comp, layer), component=comp, layer=layer,
+                                position=pos, target=target, accuracy=acc,
+                                control_accuracy=ctrl_acc, selectivity=acc - ctrl_acc,
+                                train_accuracy=fit.train_accuracy[i].item(),
+                                n_train=int((defined & train).sum()),
+                                n_test=int((defined & ~train).sum()), n_classes=k,
+                                converged=bool(fit.converged[i] & fit.converged[h + i])))
+    return pd.DataFrame(out)
