@@ -273,7 +273,8 @@ def linear_cmd(
                                   "hooks to probe at every layer and position."),
     out: Path = typer.Option(Path("linear"), "--out", "-o", help="Output folder."),
     step: str = typer.Option("all", help=STEP_HELP),
-    n: int = typer.Option(4000, help="Task rows (80% train, 20% held out)."),
+    n: int = typer.Option(20000, help="Task rows, at most (80% train, 20% held out); "
+                          "fewer can leave rare labels out of the training split."),
     c: float = typer.Option(1.0, "--C", help="Inverse L2 strength, as in scikit-learn."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):

@@ -131,7 +131,7 @@ def cka_over_training(runs: Sequence[str | Path | Run], steps="all",
 
 def probes_over_training(runs: Sequence[str | Path | Run], targets=("key",),
                          components=("resid_pre", "resid_mid", "resid_post"), steps="all",
-                         n: int = 4000, seed: int = 0, C: float = 1.0,
+                         n: int = 20000, seed: int = 0, C: float = 1.0,
                          test_fraction: float = 0.2) -> pd.DataFrame:
     """Linear probes (with control tasks) at every (component, layer, position) for each
     target, at each checkpoint; each fit starts from the previous checkpoint's solution."""

@@ -84,7 +84,7 @@ def geometry_run(runs: Sequence[str | Path], out: str | Path, steps="all", n: in
 
 def linear_run(runs: Sequence[str | Path], out: str | Path, targets=("key",),
                components=("resid_pre", "resid_mid", "resid_post"), steps="all",
-               n: int = 4000, C: float = 1.0, formats: Sequence[str] = ("html",)
+               n: int = 20000, C: float = 1.0, formats: Sequence[str] = ("html",)
                ) -> dict[str, object]:
     """Probes over training for `runs`: probes.csv/.parquet, accuracy and selectivity
     heatmaps (layer x position) at each run's last selected step per target and component,
