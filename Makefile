@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install chromium demo test test-fast clean
+.PHONY: install chromium demo test test-fast notebooks clean
 
 install: $(STAMP)
 
@@ -39,5 +39,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The .ipynb notebooks are generated from their jupytext .py sources (without outputs);
+# edit the .py, then regenerate. tests/test_notebooks.py fails when they drift apart.
+notebooks: $(STAMP)
+	$(BIN)/jupytext --to ipynb notebooks/[0-9]*.py
+
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache notebook_out notebooks/notebook_out

@@ -113,6 +113,21 @@ def with_config_options(func):
     return func
 
 
+def _analysis(on: bool, pairs: int, probe_rows: int, probe_targets: str):
+    from analyses.run_analysis import AnalysisConfig
+    return AnalysisConfig(pairs=pairs, probe_rows=probe_rows,
+                          probe_targets=_formats(probe_targets)) if on else None
+
+
+ANALYSIS_HELP = ("Analyse each run for the report (patching, probes, geometry; computed once "
+                 "per run, then reused); --no-analysis: behaviour only.")
+PAIRS_HELP = "Prompt pairs per patching experiment in the analysis."
+ROWS_HELP = "Task rows for the analysis probes (80% fit, 20% held out)."
+TARGETS_HELP = "Probe targets in the analysis: key, a1, a2, intermediate, label, task_type."
+REPORT_FORMAT_HELP = ("Also export every report figure into REPORT_figures/: png,svg,pdf,html "
+                      "(PNG/SVG/PDF need Chromium).")
+
+
 @app.command("train")
 @with_config_options
 def train_cmd(
@@ -143,6 +158,11 @@ def study_cmd(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config file."),
     task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
     overwrite: bool = typer.Option(False, help="Replace an existing study in --out."),
+    analysis: bool = typer.Option(True, help=ANALYSIS_HELP),
+    pairs: int = typer.Option(256, help=PAIRS_HELP),
+    probe_rows: int = typer.Option(8000, help=ROWS_HELP),
+    probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
+    format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP),
     **fields,
 ):
     """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
@@ -154,8 +174,10 @@ def study_cmd(
         raise UserError(f"--gammas {gammas!r}: expected numbers like 0.3,0.8") from None
     given = {k: v for k, v in fields.items() if v is not None and k != "gamma"}
     base = build_config(config, task, given)
-    report = run_study(base, gamma_values, out, overwrite=overwrite)
-    typer.echo(f"report: {report}")
+    info = run_study(base, gamma_values, out, overwrite=overwrite,
+                     analysis=_analysis(analysis, pairs, probe_rows, probe_targets),
+                     formats=_formats(format))
+    _echo_report(info)
 
 
 @app.command("info")
@@ -296,19 +318,32 @@ def linear_cmd(
 @app.command("report")
 def report_cmd(target: Path = typer.Argument(..., help="A study folder or a run directory."),
                out: Optional[Path] = typer.Option(None, help="Where to write the HTML "
-                                                             "(default: TARGET/report.html).")):
+                                                             "(default: TARGET/report.html)."),
+               analysis: bool = typer.Option(True, help=ANALYSIS_HELP),
+               pairs: int = typer.Option(256, help=PAIRS_HELP),
+               probe_rows: int = typer.Option(8000, help=ROWS_HELP),
+               probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
+               format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP)):
     """(Re)build the self-contained HTML report of a study or a single run."""
     from analyses.report import write_report
+    from analyses.run_analysis import analyze_runs
     from analyses.study import report_study
     from models.run import Run
 
+    cfg = _analysis(analysis, pairs, probe_rows, probe_targets)
     if (target / "study.json").exists() and out is None:
-        path = report_study(target)
+        info = report_study(target, cfg, _formats(format))
     else:
         run = Run.open(target)
-        path = write_report([run], out or target / "report.html", title=f"InitLens run "
-                            f"{run.name}")
-    typer.echo(f"report: {path}")
+        tables, problems = analyze_runs([run], cfg) if cfg else ({}, {})
+        info = write_report([run], out or target / "report.html", f"InitLens run {run.name}",
+                            problems, tables, _formats(format))
+    _echo_report(info)
+
+
+def _echo_report(info: dict) -> None:
+    _echo_written(info)
+    typer.echo(f"report: {info['report']}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,10 @@
     STUDY/gamma_<g>/           one run directory per gamma
     STUDY/preference.csv       the preference summary, one row per gamma
     STUDY/metrics.csv          every run's tidy metrics, stacked
+    STUDY/localization.csv, agreement.csv, probes.csv, geometry.csv
+                               the runs' analyses stacked (see analyses.run_analysis)
     STUDY/report.html          the self-contained report
+    STUDY/report_figures/      every figure as PNG/SVG/PDF, when asked for
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pandas as pd
 
 from analyses.preference import preference_table
 from analyses.report import write_report
+from analyses.run_analysis import TABLES, AnalysisConfig, analyze_runs
 from models.checkpoint import atomic_write, read_json, write_json
 from models.config import RunConfig
 from models.errors import UserError
@@ -45,8 +49,11 @@ def _check_folder(out: Path, spec: dict, overwrite: bool) -> None:
 
 
 def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
-              overwrite: bool = False, progress: bool | None = None) -> Path:
-    """Train `base` at each gamma into `out` (resuming unfinished runs), then report.
+              overwrite: bool = False, progress: bool | None = None,
+              analysis: AnalysisConfig | None = AnalysisConfig(),
+              formats: tuple[str, ...] = ()) -> dict[str, object]:
+    """Train `base` at each gamma into `out` (resuming unfinished runs), then analyse and
+    report (`report_study`).
 
     A run that fails is listed in the report with its reason; the others still report.
     """
@@ -66,7 +73,7 @@ def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
             train(None if resume else cfg, folder, resume=resume, progress=progress)
         except UserError as e:  # e.g. diverged: keep going, the report says so
             print(f"gamma={cfg.model.gamma:g}: {e}")
-    return report_study(out)
+    return report_study(out, analysis, formats)
 
 
 def collect(study: str | Path) -> tuple[list[Run], dict[str, str]]:
@@ -90,16 +97,25 @@ def collect(study: str | Path) -> tuple[list[Run], dict[str, str]]:
     return runs, problems
 
 
-def report_study(study: str | Path) -> Path:
-    """(Re)write the tables and report.html of a study folder from what is on disk."""
+def report_study(study: str | Path, analysis: AnalysisConfig | None = AnalysisConfig(),
+                 formats: tuple[str, ...] = ()) -> dict[str, object]:
+    """(Re)write the tables and report.html of a study folder from what is on disk;
+    `analysis=None` leaves out the localization, probe and geometry sections."""
     study = Path(study)
     runs, problems = collect(study)
+    tables: dict[str, pd.DataFrame] = {}
     if runs:
         atomic_write(study / "preference.csv", preference_table(runs).to_csv(index=False))
         metrics = pd.concat([r.metrics() for r in runs], ignore_index=True)
         atomic_write(study / "metrics.csv", metrics.to_csv(index=False))
+        if analysis is not None:
+            tables, failed = analyze_runs(runs, analysis)
+            problems.update(failed)
+            for name in TABLES:
+                if name in tables:
+                    atomic_write(study / f"{name}.csv", tables[name].to_csv(index=False))
     task = runs[0].config.task.name if runs else "?"
     return write_report(runs, study / "report.html",
                         title=f"InitLens study: {task} task at init scales "
                         f"{', '.join(f'{r.config.model.gamma:g}' for r in runs)}",
-                        problems=problems)
+                        problems=problems, analysis=tables, formats=formats)

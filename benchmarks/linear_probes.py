@@ -1,7 +1,7 @@
 """Linear probes: `probe_model` vs a loop of sklearn LogisticRegression fits, same probes.
 
-Usage: .venv/bin/python benchmarks/linear_probes.py [--run DIR] [--checkpoints 10] [--threads N]
-       [--sklearn-max-iter 100 5000] [--ideas]
+Usage: .venv/bin/python benchmarks/linear_probes.py [--run DIR] [--checkpoints 10]
+       [--threads N] [--sklearn-max-iter 100] [--converged-check N] [--ideas] [--cache FILE]
 
 Workload (issue 4): the demo architecture (RunConfig() defaults: 2 layers, d_model 64,
 seq_len 3), probed at resid_pre, resid_mid and resid_post of every layer and position
@@ -10,13 +10,17 @@ seq_len 3), probed at resid_pre, resid_mid and resid_post of every layer and pos
 split (probes.linear.holdout_mask), same per-(hook, position) standardization on both sides.
 sklearn fits only the 18 probes; ours also fits their 18 control probes.
 Without --run, trains the demo config at gamma 0.8 with 10 checkpoints into a temp dir.
-Each sklearn setting is timed as a full loop; the accuracy check is against the last
-(largest) max_iter, which should be run to convergence.
+Each sklearn setting is timed as a full loop, and every probe's held-out accuracy is
+compared with ours (the issue's bar: within 1 point per probe). --converged-check N also fits
+sklearn to its tolerance (max_iter 5000) at the last N checkpoints, on the distinct (token
+prefix, label) rows with their counts as sample weights (the same objective, so the same
+optimum, in far fewer rows), and reports how far each side is from it.
 """
 
 import argparse
 import dataclasses
 import math
+import pickle
 import sys
 import tempfile
 import time
@@ -99,8 +103,16 @@ def main():
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--C", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--sklearn-max-iter", type=int, nargs="+", default=[100, 5000])
+    ap.add_argument("--sklearn-max-iter", type=int, nargs="+", default=[100],
+                    help="plain sklearn loops to time (100 = sklearn's default)")
+    ap.add_argument("--converged-max-iter", type=int, default=5000,
+                    help="max_iter of the converged reference")
+    ap.add_argument("--converged-check", type=int, default=0, metavar="N",
+                    help="also fit sklearn to its tolerance at the last N checkpoints and "
+                    "report each side's gap to it")
     ap.add_argument("--ideas", action="store_true", help="also time each speed-up alone")
+    ap.add_argument("--cache", help="pickle file keeping the sklearn loops' tables and times "
+                    "(reused when it exists)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(args.threads)
@@ -123,47 +135,68 @@ def main():
     print(f"{len(rows['label'])} rows, {len(np.unique(rows['label']))} classes, checkpoints "
           f"{steps}, {args.threads} threads (torch and sklearn)", flush=True)
 
-    refs = {}
-    for max_iter in args.sklearn_max_iter:
-        refs[max_iter] = sklearn_loop(models, rows, train_rows, max_iter, args.C)
-        df, t = refs[max_iter]
-        print(f"sklearn max_iter={max_iter}: {t:.1f} s, {len(df)} probes, "
-              f"{(df.n_iter >= max_iter).sum()} stopped at max_iter", flush=True)
+    cache = {}
+    if args.cache and Path(args.cache).exists():
+        cache = pickle.loads(Path(args.cache).read_bytes())
+
+    def sklearn(max_iter, which, dedupe=False):
+        key = (str(run.path.resolve()), tuple(which), len(rows["label"]), args.C, max_iter,
+               dedupe, args.threads)
+        if key not in cache:
+            cache[key] = sklearn_loop({s: models[s] for s in which}, rows, train_rows,
+                                      max_iter, args.C, dedupe)
+            if args.cache:
+                Path(args.cache).write_bytes(pickle.dumps(cache))
+        df, t = cache[key]
+        print(f"sklearn max_iter={max_iter}{', distinct rows' if dedupe else ''}, "
+              f"{len(which)} checkpoint(s): {t:.1f} s, {(df.n_iter >= max_iter).sum()} of "
+              f"{len(df)} stopped at max_iter", flush=True)
+        return df, t
+
+    loops = {m: sklearn(m, steps) for m in args.sklearn_max_iter}
     mine, t_ours = ours(models, rows, task, args.C)
     print(f"ours: {t_ours:.1f} s, {len(mine)} probes (+ as many controls), "
           f"{(~mine.converged).sum()} not converged", flush=True)
 
-    final = args.sklearn_max_iter[-1]
-    print(f"\n| side | time, {len(steps)} checkpoints | ratio | accuracy gap to sklearn "
-          f"max_iter={final} (points) |")
-    print("|---|---|---|---|")
-    ref = refs[final][0]
-    for max_iter, (df, t) in refs.items():
-        g = gap(df, ref)
+    print(f"\n| side ({len(steps)} checkpoints, {len(mine)} probes) | time | ours faster by | "
+          f"ours - sklearn accuracy, points: max abs, mean | probes within 1 point |")
+    print("|---|---|---|---|---|")
+    for max_iter, (df, t) in loops.items():
+        g = gap(mine, df)
         print(f"| sklearn loop, lbfgs, max_iter={max_iter} (18 probes/ckpt) | {t:.1f} s | "
-              f"{t / t_ours:.1f}x ours | max {g.abs().max():.2f}, mean {g.mean():+.2f} |")
-    g = gap(mine, ref)
+              f"{t / t_ours:.1f}x | {g.abs().max():.2f}, {g.mean():+.2f} | "
+              f"{(g.abs() <= 1).sum()} of {len(g)} |")
     print(f"| ours: probe_model, warm start (18 probes + 18 controls/ckpt) | {t_ours:.1f} s | "
-          f"1 | max {g.abs().max():.2f}, mean {g.mean():+.2f} |")
+          f"1 | | |", flush=True)
+
+    if args.converged_check:
+        # Who is nearer the optimum? sklearn run to its tolerance at the last checkpoint, on
+        # the distinct (prefix, label) rows weighted by count (the same objective).
+        checked = steps[-args.converged_check:]
+        ref, _ = sklearn(args.converged_max_iter, checked, dedupe=True)
+        print(f"\n| steps {checked}: accuracy - converged sklearn, points | max abs | mean | "
+              f"probes within 1 point |\n|---|---|---|---|")
+        for name, df in [*((f"sklearn max_iter={m}", df) for m, (df, _) in loops.items()),
+                         ("ours", mine)]:
+            g = gap(df[df.step.isin(checked)], ref)
+            print(f"| {name} | {g.abs().max():.2f} | {g.mean():+.2f} | "
+                  f"{(g.abs() <= 1).sum()} of {len(g)} |", flush=True)
 
     if args.ideas:
-        print("\n| variant (probe_model, with controls) | time | max gap (points) |")
+        print("\n| variant (probe_model, with controls) | time | max abs gap to ours (points) |")
         print("|---|---|---|")
         last = {steps[-1]: models[steps[-1]]}
         df, t = ours(last, rows, task, args.C, warm=False, dedupe=False)
-        print(f"| all rows, cold, last checkpoint only, x{len(steps)} | "
-              f"{t * len(steps):.1f} s | {gap(df, ref).abs().max():.2f} |", flush=True)
-        for name, kw in [("prefix dedupe, cold", dict(warm=False)),
-                         ("prefix dedupe, warm start", {}),
+        print(f"| plain batched L-BFGS, last checkpoint only (x{len(steps)} for all) | "
+              f"{t:.1f} s | {gap(df, mine).abs().max():.2f} |", flush=True)
+        for name, kw in [("+ prefix dedupe, no warm start", dict(warm=False)),
                          ("prefix dedupe, warm start, tol 1e-3", dict(tol=1e-3))]:
             df, t = ours(models, rows, task, args.C, **kw)
-            print(f"| {name} | {t:.1f} s | {gap(df, ref).abs().max():.2f} |", flush=True)
-        df, t = sklearn_loop(models, rows, train_rows, final, args.C, dedupe=True)
-        print(f"| sklearn loop (no controls), max_iter={final}, on distinct (prefix, label) "
-              f"rows with sample_weight | {t:.1f} s | {gap(df, ref).abs().max():.2f} |")
+            print(f"| {name} | {t:.1f} s | {gap(df, mine).abs().max():.2f} |", flush=True)
 
-    worst = g.abs().max()
-    assert worst <= 1.0, f"ours differs from sklearn (max_iter={final}) by {worst:.2f} points"
+    for max_iter, (df, _) in loops.items():
+        worst = gap(mine, df).abs().max()
+        print(f"ours vs sklearn max_iter={max_iter}: largest per-probe gap {worst:.2f} points")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ TINY = ["--keys", "21,30", "--memory-anchors", "1,2", "--reasoning-anchors", "11
         "--seq-len", "5", "--samples-per-pair", "30", "--d-model", "16", "--steps", "30",
         "--batch-size", "32", "--eval-every", "10", "--eval-size", "64",
         "--n-checkpoints", "3", "--warmup-steps", "5"]
+SMALL_ANALYSIS = ["--pairs", "32", "--probe-rows", "600", "--probe-targets", "task_type"]
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:
@@ -126,7 +127,8 @@ def test_info_prints_config_init_and_final_metrics(capsys, tiny_run):
 
 def test_tiny_study_end_to_end(capsys, tmp_path):
     study = tmp_path / "study"
-    code, out, err = run_cli(capsys, "study", "--out", study, "--gammas", "0.3,0.8", *TINY)
+    code, out, err = run_cli(capsys, "study", "--out", study, "--gammas", "0.3,0.8", *TINY,
+                             *SMALL_ANALYSIS)
     assert code == 0, err
     html = (study / "report.html").read_text()
     assert "<script src=" not in html and "Plotly" in html  # plotly.js inlined: offline
@@ -136,16 +138,28 @@ def test_tiny_study_end_to_end(capsys, tmp_path):
     assert "relative loss gap" in html and "Preference summary" in html
     pref = (study / "preference.csv").read_text().splitlines()
     assert len(pref) == 3 and pref[0].startswith("run,gamma,task")
+    # The localization study: every analysis section, for both gammas.
+    for heading in ("Which components carry each task type?", "When do these components form?",
+                    "Can attribution patching find them?", "What do the layers represent?",
+                    "How are key and anchor tokens embedded?",
+                    "How do attention and the weights move?"):
+        assert heading in html
+    import pandas as pd
+    loc = pd.read_csv(study / "localization.csv")
+    assert set(loc.gamma) == {0.3, 0.8} and set(loc.experiment) == {"reasoning", "memory"}
+    assert set(pd.read_csv(study / "probes.csv").gamma) == {0.3, 0.8}
+    assert (study / "gamma_0.8" / "analysis" / "analysis.json").exists()
     # Re-running the same study resumes (nothing retrained); a different one is refused.
     before = (study / "gamma_0.3" / "checkpoints" / "step_0000030.safetensors").stat().st_mtime
-    assert run_cli(capsys, "study", "--out", study, "--gammas", "0.3,0.8", *TINY)[0] == 0
+    assert run_cli(capsys, "study", "--out", study, "--gammas", "0.3,0.8", *TINY,
+                   *SMALL_ANALYSIS)[0] == 0
     assert (study / "gamma_0.3" / "checkpoints" /
             "step_0000030.safetensors").stat().st_mtime == before
     assert_user_error(run_cli(capsys, "study", "--out", study, "--gammas", "0.5", *TINY),
                       "different study")
     # A missing run is listed in the report, not silently dropped.
     shutil.rmtree(study / "gamma_0.8")
-    assert run_cli(capsys, "report", study)[0] == 0
+    assert run_cli(capsys, "report", study, *SMALL_ANALYSIS)[0] == 0
     html = (study / "report.html").read_text()
     assert "Missing or failed runs" in html and "gamma_0.8" in html
 

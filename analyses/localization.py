@@ -1,0 +1,243 @@
+"""The localization study: which components carry each task type, at each init scale.
+
+For one run at a few telling checkpoints (init, early, where each task type first reaches
+90%, the end), exact activation patching of a key corruption on reasoning prompts and on
+memorization prompts (on `composite` also the held-out (4,3) against the twisted (3,4)),
+the attribution-patching estimate of the same patches and its agreement with exact
+patching, then the components ranked by their effect, compared between task types and
+between init scales, and said in sentences that quote the numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from analyses.patching_run import position_labels
+from analyses.preference import curves, first_step_reaching
+from models.run import Run
+from probes.attribution import agreement, attribution_patch
+from probes.corruptions import CORRUPTIONS, make_pairs
+from probes.patching import activation_patch, logit_diff
+
+# Components whose patches are ranked: the outputs that write into the residual stream
+# (per position), and each head's output. The residual stream itself is patched and drawn
+# (it shows where the information sits) but not ranked: restoring it restores everything.
+RANKED = ("attn_out", "mlp_out", "z")
+COMPONENTS = ("resid_pre",) + RANKED
+# Below this clean-corrupted gap (in logits) the normalized score is noise over noise.
+MIN_GAP = 0.1
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One patching experiment: clean rows of `source`, corrupted by `corruption`."""
+
+    name: str  # what the report calls it: the task type (group) it probes
+    corruption: str
+    source: str = "reasoning"
+
+
+def experiments(task) -> list[Experiment]:
+    """Key corruption on each task type; plus (4,3) vs (3,4) on composite; none for tasks
+    without corruptions."""
+    name = getattr(task, "name", "")
+    if name not in CORRUPTIONS:
+        return []
+    out = [Experiment(task.reasoning_group, "key", "reasoning"),
+           Experiment(task.memory_group, "key", "memory")]
+    if "held_out_vs_twist" in CORRUPTIONS[name]:
+        out.append(Experiment("held_out_vs_twist", "held_out_vs_twist"))
+    return out
+
+
+def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:
+    """{checkpoint step: stage} for init, early (the checkpoint nearest a tenth of
+    training), the first checkpoint at or after each task type reaches `threshold`, and the
+    end. Stages that fall on one checkpoint share it ("end, reasoning 90%")."""
+    steps = run.checkpoint_steps()
+    stages: dict[int, list[str]] = {}
+
+    def add(step: int, label: str) -> None:
+        stages.setdefault(step, []).append(label)
+
+    add(steps[0], "init")
+    if len(steps) > 2:
+        add(min(steps[1:-1], key=lambda s: abs(s - steps[-1] / 10)), "early")
+    task = run.config.task
+    acc = curves(run.metrics(), "accuracy")
+    for group in (task.reasoning_group, task.memory_group):
+        if group in acc:
+            reached = first_step_reaching(acc[group], threshold)
+            if reached is not None:
+                add(next(s for s in steps if s >= reached) if reached <= steps[-1]
+                    else steps[-1], f"{group} {threshold:.0%}")
+    add(steps[-1], "end")
+    return {s: ", ".join(stages[s]) for s in sorted(stages)}
+
+
+def localize(model, task, experiment: Experiment, components: Sequence[str] = COMPONENTS,
+             n: int = 256, seed: int = 0, data_seed: int = 0, top_k: int = 5,
+             **labels) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Exact and attribution patching of `components` for one experiment (denoising, logit
+    difference between the clean and the corrupted answer): a tidy table (value,
+    normalized, attribution, attribution_normalized) and one agreement row per component."""
+    device = next(model.parameters()).device
+    pairs = make_pairs(task, experiment.corruption, n=n, seed=seed, data_seed=data_seed,
+                       source=experiment.source).to(device)
+    metric = logit_diff(pairs.clean_label, pairs.corrupted_label)
+    tokens = position_labels(pairs, pairs.clean.shape[1])
+    tables, agreements = [], []
+    for component in components:
+        if component in ("resid_mid", "mlp_out") and model.cfg.attn_only:
+            continue
+        exact = activation_patch(model, pairs.clean, pairs.corrupted, metric, component)
+        estimate = attribution_patch(model, pairs.clean, pairs.corrupted, metric, component)
+        gap = exact.clean - exact.corrupted
+        ok = abs(gap) >= MIN_GAP
+        table = exact.table(**labels, experiment=experiment.name,
+                            corruption=experiment.corruption)
+        table["attribution"] = estimate.values.flatten().tolist()
+        table["normalized"] = exact.normalized().flatten().tolist() if ok else float("nan")
+        table["attribution_normalized"] = ((table.attribution - exact.corrupted) / gap
+                                           if ok else float("nan"))
+        table["clean"], table["corrupted"] = exact.clean, exact.corrupted
+        table["token"] = [tokens[p] if p >= 0 else "all" for p in table.position]
+        tables.append(table)
+        agree = agreement(exact, estimate, k=min(top_k, exact.values.numel()))
+        agreements.append({**labels, "experiment": experiment.name, "component": component,
+                           "pearson": agree["pearson"], "spearman": agree["spearman"],
+                           "top_k_overlap": agree[f"top{min(top_k, exact.values.numel())}"
+                                                  "_overlap"],
+                           "n_patches": agree["n_patches"], "clean": exact.clean,
+                           "corrupted": exact.corrupted})
+    return pd.concat(tables, ignore_index=True), pd.DataFrame(agreements)
+
+
+def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
+                 components: Sequence[str] = COMPONENTS, n: int = 256, seed: int = 0
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`localize` for every experiment of the run's task at each step (default: the
+    `stage_steps`; a list of steps gets their stage names where they have one), with run,
+    gamma, step and stage columns."""
+    stages = stage_steps(run)
+    if steps is None:
+        steps = stages
+    elif not isinstance(steps, dict):
+        steps = {run.resolve_step(s): stages.get(run.resolve_step(s), f"step {s}")
+                 for s in steps}
+    tables, agreements = [], []
+    for step, stage in steps.items():
+        model = run.load_model(step)
+        for experiment in experiments(run.config.task):
+            t, a = localize(model, run.config.task, experiment, components, n, seed,
+                            run.config.train.data_seed, run=run.name,
+                            gamma=run.config.model.gamma, step=step, stage=stage)
+            tables.append(t)
+            agreements.append(a)
+    if not tables:
+        return pd.DataFrame(), pd.DataFrame()
+    return pd.concat(tables, ignore_index=True), pd.concat(agreements, ignore_index=True)
+
+
+def _final(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each run's last analysed step (its last checkpoint, with the default steps)."""
+    return table[table.step == table.groupby("run").step.transform("max")]
+
+
+def component_label(row) -> str:
+    """'head L1 H0 @a2' style name of one patch."""
+    name = {"z": "head"}.get(row.component, row.component)
+    head = f" H{int(row.head)}" if row.head >= 0 else ""
+    return f"{name} L{int(row.layer)}{head} @{row.token}"
+
+
+def rank_components(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """The `top` component patches by |normalized effect| per run (gamma) and experiment,
+    at each run's last analysed step, among attention/MLP outputs and heads (not the
+    residual stream)."""
+    rows = _final(table)
+    rows = rows[rows.component.isin(RANKED) & rows.normalized.notna()]
+    rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()],
+                       effect=rows.normalized.abs())
+    keys = ["gamma", "run", "experiment"]
+    ranked = (rows.sort_values("effect", ascending=False).groupby(keys, sort=False).head(top)
+              .sort_values(keys + ["effect"], ascending=[True, True, True, False]))
+    ranked["rank"] = ranked.groupby(keys).cumcount() + 1
+    return ranked[["gamma", "run", "step", "experiment", "rank", "patch", "component",
+                   "layer", "position", "head", "normalized", "attribution_normalized"]
+                  ].reset_index(drop=True)
+
+
+def compare_tasks(table: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
+    """Per run (gamma) and ranked patch at the last step: normalized effect on `first` and
+    on `second` prompts and their difference, largest |difference| first."""
+    rows = _final(table)
+    rows = rows[rows.component.isin(RANKED) & rows.experiment.isin([first, second])]
+    rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()])
+    wide = rows.pivot_table(index=["gamma", "run", "patch"], columns="experiment",
+                            values="normalized").reset_index()
+    if first not in wide or second not in wide:
+        return pd.DataFrame(columns=["gamma", "run", "patch", first, second, "difference"])
+    wide["difference"] = wide[first] - wide[second]
+    wide = wide.dropna(subset=["difference"])
+    return (wide.assign(size=wide.difference.abs())
+            .sort_values(["gamma", "run", "size"], ascending=[True, True, False])
+            .drop(columns="size").reset_index(drop=True)[["gamma", "run", "patch", first,
+                                                          second, "difference"]])
+
+
+def summary(table: pd.DataFrame, first: str, second: str) -> list[str]:
+    """Sentences stating the ranking and the differences, each with its numbers: one per
+    run (at its last analysed step), then the small-init top patches at large init."""
+    if table.empty:
+        return ["No patching results: this task has no clean/corrupted pairs."]
+    ranked = rank_components(table, top=1)
+    diffs = compare_tasks(table, first, second)
+    finals = _final(table)
+    finals = finals.assign(patch=[component_label(r) for r in finals.itertuples()])
+    runs = finals[["gamma", "run"]].drop_duplicates().sort_values(["gamma", "run"])
+    many = runs.gamma.duplicated().any()  # several runs per gamma: name them
+    out = []
+    for gamma, run in runs.itertuples(index=False, name=None):
+        rows = finals[finals.run == run]
+        parts = []
+        for experiment in rows.experiment.unique():
+            top = ranked[(ranked.run == run) & (ranked.experiment == experiment)]
+            gap = rows[rows.experiment == experiment].iloc[0]
+            if top.empty:
+                parts.append(f"on {experiment} prompts the clean and corrupted logit "
+                             f"differences ({gap.clean:.2f} vs {gap.corrupted:.2f}) are too "
+                             f"close to localize anything")
+                continue
+            t = top.iloc[0]
+            parts.append(f"on {experiment} prompts the strongest single patch is {t.patch} "
+                         f"(restores {t.normalized:.0%} of the clean-corrupted logit "
+                         f"difference gap of {gap.clean - gap.corrupted:.2f})")
+        name = f" ({run})" if many else ""
+        sentence = (f"Gamma = {gamma:g}{name}, step {int(rows.step.iloc[0])}: "
+                    + "; ".join(parts) + ".")
+        d = diffs[diffs.run == run]
+        if not d.empty:
+            r = d.iloc[0]
+            sentence += (f" The patch that differs most between the two task types is "
+                         f"{r.patch}: {r[first]:.0%} on {first} vs {r[second]:.0%} on "
+                         f"{second} prompts.")
+        out.append(sentence)
+    if runs.gamma.nunique() < 2:
+        return out
+    (small, small_run), (large, large_run) = runs.iloc[-1], runs.iloc[0]
+    for experiment in finals.experiment.unique():
+        top = ranked[(ranked.run == small_run) & (ranked.experiment == experiment)]
+        if top.empty:
+            continue
+        patch = top.iloc[0].patch
+        match = finals[(finals.run == large_run) & (finals.experiment == experiment)
+                       & (finals.patch == patch)].normalized
+        if len(match) and pd.notna(match.iloc[0]):
+            out.append(f"Across init scales, {experiment} prompts: {patch} restores "
+                       f"{top.iloc[0].normalized:.0%} at small init (gamma = {small:g}) "
+                       f"and {match.iloc[0]:.0%} at large init (gamma = {large:g}).")
+    return out
