@@ -20,6 +20,7 @@ from typing import Callable
 
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
@@ -173,7 +174,8 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     batch, seq = clean.shape
     # One forward over clean and corrupted together: both baselines and both caches.
     logits, cache = run_with_cache(w, torch.cat([clean, corrupted]),
-                                   ("resid_pre", "z", component), label_only=True)
+                                   ("resid_pre", "q", "k", "v", "z", component),
+                                   label_only=True)
     halves = {k: v.split(batch) for k, v in cache.items()}
     src, tgt = (0, 1) if direction == "denoising" else (1, 0)
     base = _apply_metric(metric, logits[:, -1].reshape(2, batch, -1)).mean(-1)
@@ -193,13 +195,19 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
             else only.to(device).reshape(w.n_layers, len(masks)))
     values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
     # Patches that cannot move the label logits give the target's own value, uncomputed.
-    inert = _inert(masks, component, sources,
-                   [target[hook_name(component, layer)] for layer in range(w.n_layers)])
+    diffs = [s != target[hook_name(component, layer)] for layer, s in enumerate(sources)]
+    inert = _inert(masks, component, diffs)
     values[keep & inert] = base[tgt]
     keep &= ~inert
+    # A residual-stream patch that replaces every entry that differs gives the source run.
+    if component in RESIDUAL:
+        complete = _complete(masks, diffs)
+        values[keep & complete] = base[src]
+        keep &= ~complete
     parts = torch.arange(len(masks), device=device).split(chunk)
-    for part in tqdm(parts, desc=f"patching {component}", unit="chunk", leave=False,
-                     disable=not show_progress() or len(parts) < 2):
+    if len(parts) > 1 and show_progress():
+        parts = tqdm(parts, desc=f"patching {component}", unit="chunk", leave=False)
+    for part in parts:
         picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
         results = _sweep(w, metric, target, sources, [masks[i] for i in picked], component)
         for layer, (i, v) in enumerate(zip(picked, results)):
@@ -221,19 +229,28 @@ def _last_positions(masks: torch.Tensor, like: torch.Tensor, component: str) -> 
     return masks.narrow(axis, masks.shape[axis] - p, p)
 
 
-def _inert(masks: torch.Tensor, component: str, sources: list[torch.Tensor],
-           targets: list[torch.Tensor]) -> torch.Tensor:
+def _inert(masks: torch.Tensor, component: str, diffs: list[torch.Tensor]) -> torch.Tensor:
     """[layer, variant] True where the patch leaves the target run's label logits exactly
-    as they are: it replaces nothing that differs (source equals target under the mask), or
-    it only touches non-label positions of the last block after its keys and values."""
-    inert = []
-    for s, t in zip(sources, targets):
-        m = _last_positions(masks, s, component)
-        inert.append(~((s != t).unsqueeze(1) & m).flatten(2).any(-1).any(0))
-    inert = torch.stack(inert)
+    as they are: it replaces nothing that differs (diffs[layer]: source != target,
+    [batch, *activation]; none under the mask), or it only touches non-label positions of
+    the last block after its keys and values."""
+    inert = torch.stack([~(d.any(0) & _last_positions(masks, d, component)).flatten(1)
+                         .any(-1) for d in diffs])
     if component not in ("resid_pre", "k", "v"):  # these feed later positions' attention
-        inert[-1] |= ~_last_positions(masks, sources[-1], component).flatten(1).any(-1)
+        inert[-1] |= ~_last_positions(masks, diffs[-1], component).flatten(1).any(-1)
     return inert
+
+
+# The whole state of the forward pass at their hook: the run continues from them alone.
+RESIDUAL = ("resid_pre", "resid_mid", "resid_post")
+
+
+def _complete(masks: torch.Tensor, diffs: list[torch.Tensor]) -> torch.Tensor:
+    """[layer, variant] True where the patch replaces every entry in which source and
+    target differ (diffs[layer]: [batch, *activation], in any example): the patched state
+    is the source run's."""
+    return torch.stack([~(d.any(0) & ~_last_positions(masks, d, "resid_pre")).flatten(1)
+                        .any(-1) for d in diffs])
 
 
 # Components read per position after attention: a patch changes only its own positions in
@@ -246,23 +263,108 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
            ) -> list[torch.Tensor]:
     """Mean metric of each variant of each layer (masks[L]: the variants patched in block
     L), in one pass over the layers: at layer L the variants of L join the batch, the
-    target's cached state patched (row block v*batch..(v+1)*batch is variant v). The final
-    block computes only the label position."""
+    target's cached state patched (row block v*batch..(v+1)*batch is variant v). Variants
+    whose final-block input differs from the target's at a few positions only (patched in
+    the final block before attention, or after attention in the block below it) skip the
+    full pass: the final block reuses the target's cached keys and values elsewhere."""
     last = w.n_layers - 1
-    x = target[hook_name("resid_pre", 0)][:0]
-    for layer in range(w.n_layers):
+    x = target[hook_name("resid_pre", 0)][:0]  # variants that run every block above them
+    sparse = []  # label-position resid_post of the others, in layer order
+    for layer in range(last):
         m, src = masks[layer], sources[layer]
         if component in AFTER_ATTENTION:
-            x = block(w, layer, x, last_only=layer == last)
-            x = torch.cat([x, _finish_patched(w, layer, target, m, src, component)])
+            x = block(w, layer, x)
+            post, pos = _finish_patched(w, layer, target, m, src, component)
+            if layer == last - 1:
+                sparse.append(_final_block(w, target, post, pos, len(m)))
+            else:
+                x = torch.cat([x, _scatter(target[hook_name("resid_pre", layer + 1)], post,
+                                           pos)])
             continue
         r = target[hook_name("resid_pre", layer)]
         x = torch.cat([x, r.expand(len(m), *r.shape).flatten(0, 1)])
-        x = block(w, layer, x, _patcher(m, src, component), last_only=layer == last)
+        x = block(w, layer, x, _patcher(m, src, component))
+    m, src = masks[last], sources[last]
+    if component in AFTER_ATTENTION:  # only the label position matters (kept: _inert)
+        sparse.append(_finish_patched(w, last, target, m, src, component)[0])
+    else:
+        resid = target[hook_name("resid_pre", last)]
+        pos = _touched(m, resid.shape[1]) if component == "resid_pre" else m.new_zeros(
+            len(m), 0, dtype=torch.long)
+        x_at = (_at(torch.where(m[:, None], src, resid).flatten(0, 1), pos.repeat_interleave(
+            len(resid), 0)) if component == "resid_pre" else None)
+        sparse.append(_final_block(w, target, x_at, pos, len(m),
+                                   _patcher(m, src, component)))
+    x = torch.cat([block(w, last, x, last_only=True), *sparse])
     batch = len(target[hook_name("resid_pre", 0)])
     logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
     return [_apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
             for lg, m in zip(logits, masks)]
+
+
+def _touched(masks: torch.Tensor, seq: int) -> torch.Tensor:
+    """[variant, k]: the positions each per-position patch (mask [variant, pos, ...])
+    touches; all positions where variants touch different numbers of them."""
+    touched = masks.flatten(2).any(-1)
+    if len(masks) == 0:
+        return touched.nonzero()[:, 1].view(0, 0)
+    if not (touched.sum(1) == touched[:1].sum(1)).all():
+        touched = torch.ones_like(touched)
+    return touched.nonzero()[:, 1].view(len(masks), -1)
+
+
+def _at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Rows of t [rows, seq, ...] at their own positions pos [rows, k]: [rows, k, ...]."""
+    return t[torch.arange(len(t), device=t.device)[:, None], pos]
+
+
+def _scatter(full: torch.Tensor, rows_at: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """The target's `full` [batch, seq, ...] for each variant, with rows_at
+    [variant * batch, k, ...] written at positions pos [variant, k]: [variant * batch, ...]."""
+    n, batch = len(pos), len(full)
+    out = full.expand(n, *full.shape).clone()
+    index = pos[:, None, :].expand(n, batch, pos.shape[1])
+    index = index.view(*index.shape, *[1] * (full.dim() - 2)).expand(
+        n, batch, pos.shape[1], *full.shape[2:])
+    return out.scatter_(2, index, rows_at.view(n, batch, *rows_at.shape[1:])).flatten(0, 1)
+
+
+def _final_block(w: Weights, target: dict[str, torch.Tensor], x_at: torch.Tensor | None,
+                 pos: torch.Tensor, n: int, hook=None) -> torch.Tensor:
+    """Label-position resid_post [variant * batch, 1, d] of n variants whose final-block
+    input equals the target's except at positions pos [variant, k] (there: x_at
+    [variant * batch, k, d]). Keys and values elsewhere, and the query unless the label
+    position changed, are the target's cached ones; `hook` may still patch q, k, v or
+    pattern. Same arithmetic as `block` with last_only."""
+    last = w.n_layers - 1
+    p = f"blocks.{last}"
+    cached = {c: target[hook_name(c, last)] for c in ("resid_pre", "q", "k", "v")}
+    batch, seq = cached["resid_pre"].shape[:2]
+    hook = hook or (lambda name, t: t)
+    x = cached["resid_pre"][:, -1:].repeat(n, 1, 1)
+    q, k, v = (cached[c].expand(n, *cached[c].shape) for c in ("q", "k", "v"))  # views
+    if pos.shape[1]:
+        a = w.norm(x_at, f"{p}.ln1")
+        rows = pos.repeat_interleave(batch, 0)
+        index = pos.view(n, 1, -1, 1, 1).expand(n, batch, pos.shape[1], w.n_heads, w.d_head)
+
+        def heads(name: str) -> torch.Tensor:
+            out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
+            return out.view(len(a), a.shape[1], w.n_heads, w.d_head)
+
+        k = k.scatter(2, index, heads("k").view(index.shape))
+        v = v.scatter(2, index, heads("v").view(index.shape))
+        label = rows[:, -1] == seq - 1  # the label position is among the changed ones
+        if label.any():
+            x = torch.where(label[:, None, None], x_at[:, -1:], x)
+            q = torch.where(label[:, None, None, None], heads("q")[:, -1:],
+                            q.reshape(n * batch, *q.shape[2:])).view(n, batch, *q.shape[2:])
+    q, k, v = (t.reshape(n * batch, *t.shape[2:]) for t in (q, k, v))
+    q, k, v = hook("q", q), hook("k", k), hook("v", v)
+    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5
+    pattern = hook("pattern", scores.softmax(-1))
+    z = torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+    return block_tail(w, last, x, z)
 
 
 def _patcher(masks: torch.Tensor, src: torch.Tensor, component: str):
@@ -283,40 +385,31 @@ def _patcher(masks: torch.Tensor, src: torch.Tensor, component: str):
 
 def _finish_patched(w: Weights, layer: int, target: dict[str, torch.Tensor],
                     masks: torch.Tensor, src: torch.Tensor, component: str
-                    ) -> torch.Tensor:
-    """resid_post of each variant patching `component` (one of AFTER_ATTENTION) in `layer`,
-    [variant * batch, seq (1 in the final block), d]: the block's tail at the patched
-    positions only, from the target's cached resid_pre and z; elsewhere the target's own."""
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """resid_post of each variant patching `component` (one of AFTER_ATTENTION) in `layer`
+    at the positions it touches, [variant * batch, k, d], and those positions [variant, k]
+    (the label position only in the final block): the block's tail there only, from the
+    target's cached resid_pre and z. Everywhere else resid_post is the target's own."""
     resid = target[hook_name("resid_pre", layer)]
     z = target[hook_name("z", layer)]
-    (batch, seq, d), n = resid.shape, len(masks)
-    if n == 0:
-        return resid[:0, -1:] if layer == w.n_layers - 1 else resid[:0]
-    touched = masks.flatten(2).any(-1)  # [variant, pos]
+    (batch, seq, _), n = resid.shape, len(masks)
     if layer == w.n_layers - 1:  # only the label position matters (and was kept: _inert)
-        touched = torch.zeros_like(touched)
-        touched[:, -1] = True
-    elif not (touched.sum(1) == touched[:1].sum(1)).all():  # ragged: finish all positions
-        touched = torch.ones_like(touched)
-    pos = touched.nonzero()[:, 1].view(n, -1)  # [variant, k]
+        pos = torch.full((n, 1), seq - 1, device=masks.device)
+    else:
+        pos = _touched(masks, seq)
+    rows = pos.repeat_interleave(batch, 0)
+    example = torch.arange(batch, device=pos.device).repeat(n)[:, None]
 
-    def at(t: torch.Tensor) -> torch.Tensor:  # [batch, p, ...] -> [variant*batch, k, ...]
-        return t[:, pos - seq + t.shape[1]].transpose(0, 1).flatten(0, 1)
+    def tile(t: torch.Tensor) -> torch.Tensor:  # [batch, p, ...] -> [variant * batch, k, ...]
+        return t[example, rows - seq + t.shape[1]]
 
-    m = masks[torch.arange(n, device=masks.device)[:, None], pos]  # [variant, k, ...]
-    s = at(src)
+    m = _at(masks, pos).repeat_interleave(batch, 0)
+    s = tile(src)
 
     def patch(name: str, act: torch.Tensor) -> torch.Tensor:
-        if name != component:
-            return act
-        return torch.where(m.repeat_interleave(batch, 0), s, act)
+        return torch.where(m, s, act) if name == component else act
 
-    post = block_tail(w, layer, at(resid), patch("z", at(z)), patch)
-    if layer == w.n_layers - 1:
-        return post
-    full = target[hook_name("resid_pre", layer + 1)].expand(n, batch, seq, d).clone()
-    index = pos[:, None, :, None].expand(n, batch, pos.shape[1], d)
-    return full.scatter_(2, index, post.view(n, batch, -1, d)).flatten(0, 1)
+    return block_tail(w, layer, tile(resid), patch("z", tile(z)), patch), pos
 
 
 def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_position=True,
