@@ -10,14 +10,16 @@ when no Chromium is installed (`make install` installs Debian's where it can).
 """
 
 import re
+from pathlib import Path
 
 import pytest
 
-from analyses.report import write_report
+from analyses.report import build_report, write_report
 from analyses.run_analysis import AnalysisConfig
 from analyses.study import run_study
 from browser import browser, inject_probe, render
 from conftest import tiny_config
+from test_patch_figures import decode_png
 
 pytestmark = pytest.mark.skipif(browser() is None,
                                 reason="no Chromium/Chrome found (apt-get install chromium, "
@@ -89,3 +91,19 @@ def test_probe_goes_first_in_head():
     probed = inject_probe(page)
     assert probed.startswith("<!DOCTYPE html><html><head><meta charset='utf-8'><script>")
     assert probed.endswith("<title>t</title></head></html>")
+
+
+def test_report_figures_export_as_nonblank_png_of_their_size(tiny_run, tmp_path):
+    """`--format png`: every figure of the report as a PNG of the figure's own size
+    (plotly's default width 700 where the layout sets none), with more than a background."""
+    info = write_report([tiny_run], tmp_path / "report.html", formats=("png",))
+    figures = build_report([tiny_run]).figures
+    pngs = sorted(Path(f) for f in info["files"] if f.endswith(".png"))
+    assert [p.stem for p in pngs] == sorted(figures) and info["warnings"] == []
+    for png in pngs:
+        layout = figures[png.stem].layout
+        width, height, rows = decode_png(png.read_bytes())
+        assert (width, height) == (layout.width or 700, layout.height or 500), png.name
+        bpp = len(rows[0]) // width
+        colours = {row[i:i + 3] for row in rows[::4] for i in range(0, len(row), bpp * 4)}
+        assert len(colours) > 8, png.name  # lines, text and background: not blank
