@@ -301,12 +301,13 @@ def linear_cmd(
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
     """Linear probes with control tasks at every layer and position, over training."""
+    from analyses.over_training import last_steps
     from analyses.representations_run import linear_run
 
     info = linear_run(runs, out, _formats(target), _formats(component), _steps(step), n, c,
                       _formats(format))
     table = info["table"]
-    last = table[table.step == table.groupby("run").step.transform("max")]
+    last = last_steps(table)
     for (run, target), rows in last.groupby(["run", "target"]):
         top = rows.loc[rows.selectivity.idxmax()]
         typer.echo(f"{run} {target}: best selectivity {top.selectivity:.3f} (accuracy "

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from analyses.over_training import last_steps as _final  # the last analysed step
 from analyses.patching_run import position_labels
 from analyses.preference import curves, first_step_reaching
 from models.run import Run
 from probes.attribution import agreement, attribution_patch
 from probes.corruptions import CORRUPTIONS, make_pairs
-from probes.patching import activation_patch, logit_diff
+from probes.patching import MLP_COMPONENTS, activation_patch, logit_diff
 
 # Components whose patches are ranked: the outputs that write into the residual stream
 # (per position), and each head's output. The residual stream itself is patched and drawn
@@ -91,7 +92,7 @@ def localize(model, task, experiment: Experiment, components: Sequence[str] = CO
     tokens = position_labels(pairs, pairs.clean.shape[1])
     tables, agreements = [], []
     for component in components:
-        if component in ("resid_mid", "mlp_out") and model.cfg.attn_only:
+        if component in MLP_COMPONENTS and model.cfg.attn_only:
             continue
         exact = activation_patch(model, pairs.clean, pairs.corrupted, metric, component)
         estimate = attribution_patch(model, pairs.clean, pairs.corrupted, metric, component)
@@ -140,11 +141,6 @@ def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
     if not tables:
         return pd.DataFrame(), pd.DataFrame()
     return pd.concat(tables, ignore_index=True), pd.concat(agreements, ignore_index=True)
-
-
-def _final(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows of each run's last analysed step (its last checkpoint, with the default steps)."""
-    return table[table.step == table.groupby("run").step.transform("max")]
 
 
 def component_label(row) -> str:

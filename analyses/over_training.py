@@ -58,6 +58,17 @@ def over_training(runs: Sequence[str | Path | Run], measure: Measure,
     return table[first + [c for c in table.columns if c not in first]]
 
 
+def last_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last step in a tidy over-training table."""
+    return table[table.step == table.groupby("run").step.transform("max")]
+
+
+def best_selectivity(probes: pd.DataFrame) -> pd.DataFrame:
+    """Per run, step and target: the best probe selectivity over hooks and positions."""
+    return (probes.groupby(["run", "gamma", "step", "target"], as_index=False)
+            .selectivity.max())
+
+
 def eval_rows(run: Run, n: int = 512, seed: int = 0) -> dict:
     """A fixed sample of the run's task rows (numpy columns), the same at every step."""
     rows = dataset_arrays(run.config.task.generate(run.config.train.data_seed))

@@ -23,6 +23,7 @@ import plotly.offline
 from analyses import figures, study_figures
 from analyses.export import export_figure
 from analyses.localization import compare_tasks, rank_components, summary
+from analyses.over_training import best_selectivity, last_steps
 from analyses.preference import preference_table
 from analyses.representation_figures import cosine_heatmap, metric_over_steps, pca_scatter
 from models.checkpoint import atomic_write
@@ -232,8 +233,7 @@ def _localization(doc: Report, runs: list[Run], loc: pd.DataFrame, agree: pd.Dat
                "the last step) over the analysed checkpoints, one panel per task type.")
     doc.add("<h2>Can attribution patching find them?</h2>")
     if not agree.empty:
-        last = agree[agree.step == agree.groupby("run").step.transform("max")]
-        doc.add(_table_html(last[["gamma", "experiment", "component", "pearson", "spearman",
+        doc.add(_table_html(last_steps(agree)[["gamma", "experiment", "component", "pearson", "spearman",
                                   "top_k_overlap", "n_patches"]]),
                 '<p class="caption">Agreement of attribution patching (one forward and '
                 'backward pass) with exact patching at the last step: Pearson and Spearman '
@@ -254,8 +254,7 @@ def _representations(doc: Report, runs: list[Run], probes: pd.DataFrame,
                        f"run's last step: held-out accuracy (solid) and the accuracy of the "
                        f"same probe on a control task (dotted: random labels tied to the "
                        f"token identity, Hewitt & Liang); selectivity is the gap.")
-        best = (probes.groupby(["run", "gamma", "step", "target"], as_index=False)
-                .selectivity.max())
+        best = best_selectivity(probes)
         for target in dict.fromkeys(best.target):
             doc.figure(f"selectivity_over_training_{target}",
                        metric_over_steps(best, "selectivity", target=target,

@@ -14,8 +14,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from analyses.export import export_figure
-from analyses.over_training import (cka_over_training, geometry_over_training, open_runs,
-                                    probes_over_training, select_steps)
+from analyses.over_training import (best_selectivity, cka_over_training,
+                                    geometry_over_training, open_runs, probes_over_training,
+                                    select_steps)
 from analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
                                              probe_heatmap)
 from models.checkpoint import atomic_write
@@ -100,8 +101,7 @@ def linear_run(runs: Sequence[str | Path], out: str | Path, targets=("key",),
             for value in ("accuracy", "selectivity"):
                 figures[f"probe_{value}_{target}_{component}_{run.name}"] = probe_heatmap(
                     table, value, component, run=run.name, step=step, target=target)
-    best = (table.groupby(["run", "gamma", "step", "target"], as_index=False)
-            .selectivity.max())
+    best = best_selectivity(table)
     for target in best.target.unique():
         figures[f"over_steps_selectivity_{target}"] = metric_over_steps(
             best, "selectivity", title=f"Best probe selectivity for {target} over training "

@@ -13,12 +13,9 @@ from plotly.subplots import make_subplots
 
 from analyses.figures import GAMMA_COLORS
 from analyses.localization import component_label, rank_components
+from analyses.over_training import last_steps as _last
 
 SYMBOLS = {"attn_out": "circle", "mlp_out": "square", "z": "diamond", "resid_pre": "x"}
-
-
-def _last(table: pd.DataFrame) -> pd.DataFrame:
-    return table[table.step == table.groupby("run").step.transform("max")]
 
 
 def _gammas(table: pd.DataFrame) -> list[float]:

@@ -305,9 +305,9 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
 def _touched(masks: torch.Tensor, seq: int) -> torch.Tensor:
     """[variant, k]: the positions each per-position patch (mask [variant, pos, ...])
     touches; all positions where variants touch different numbers of them."""
-    touched = masks.flatten(2).any(-1)
     if len(masks) == 0:
-        return touched.nonzero()[:, 1].view(0, 0)
+        return masks.new_zeros((0, 0), dtype=torch.long)
+    touched = masks.flatten(2).any(-1)
     if not (touched.sum(1) == touched[:1].sum(1)).all():
         touched = torch.ones_like(touched)
     return touched.nonzero()[:, 1].view(len(masks), -1)
