@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Int
+from jaxtyping import Float, Int
 
 from models.tasks import Task, group_mask
 
@@ -57,6 +57,12 @@ def evaluate(model: torch.nn.Module, task: Task, data: EvalSet) -> dict[tuple[st
     model.eval()
     logits = label_logits(model, data.tokens)
     model.train(was_training)
+    return score_logits(logits, task, data)
+
+
+def score_logits(logits: Float[torch.Tensor, "n vocab"], task: Task,
+                 data: EvalSet) -> dict[tuple[str, str], float]:
+    """Per-group mean loss and accuracy of label logits for `data`'s rows, plus task extras."""
     loss = F.cross_entropy(logits.float(), data.labels, reduction="none")
     pred = logits.argmax(-1)
     correct = (pred == data.labels).float()

@@ -74,7 +74,7 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def _prepare_dir(out: Path, resume: bool) -> None:
+def prepare_dir(out: Path, resume: bool) -> None:
     if resume:
         return
     if (out / "config.json").exists():
@@ -93,7 +93,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     stop_at: stop resumably after this step (for training in chunks, and tests).
     """
     out = Path(out)
-    _prepare_dir(out, resume)
+    prepare_dir(out, resume)
     if resume:
         saved = Run.open(out)
         if cfg is not None and cfg != saved.config:
@@ -106,9 +106,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     tc = cfg.train
     device = resolve_device(tc.device)
 
-    rows = dataset_arrays(cfg.task.generate(tc.data_seed))
-    train_rows = {k: v[rows["split"] == "train"] for k, v in rows.items()}
-    x_train, y_train = as_tensors(train_rows, device)
+    rows, x_train, y_train = training_data(cfg, device)
     evalset = make_eval_set(cfg.task, rows, tc.eval_size, tc.seed).to(device)
 
     model = build_model(cfg, device)
@@ -122,10 +120,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
         load_optimizer_tensors(opt, opt_tensors)
         _truncate_metrics(out / "metrics.jsonl", start)
     else:  # a new run, or one that died before its first checkpoint
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "config.json", cfg.to_json() + "\n")
-        write_json(out / "init.json", realized_init(model, cfg.model))
-        atomic_write(out / "metrics.jsonl", "")
+        start_run_dir(out, cfg, model)
     model.train()
 
     evals = set(eval_steps(tc.steps, tc.eval_every))
@@ -136,20 +131,11 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
 
     def record(step: int, train_loss: float | None) -> dict:
         scores = evaluate(model, cfg.task, evalset)
-        if train_loss is not None:
-            scores[("train", "loss")] = train_loss
-        scores[("train", "lr")] = lr_at(max(step - 1, 0), tc)
-        for (group, metric), value in scores.items():
-            metrics_file.write(json.dumps({"step": step, "group": group, "metric": metric,
-                                           "value": value}) + "\n")
-        metrics_file.flush()
+        write_scores(metrics_file, step, scores, train_loss, tc)
         return scores
 
     def save(step: int) -> None:
-        save_tensors(checkpoint_path(out, step), model.state_dict(), {"step": str(step)})
-        save_tensors(out / "checkpoints" / "optimizer.safetensors", optimizer_tensors(opt),
-                     {"step": str(step)})
-        write_json(out / "status.json", {"state": "running", "step": step})
+        save_checkpoint(out, step, model.state_dict(), optimizer_tensors(opt))
 
     if start == 0:
         record(0, None)
@@ -175,9 +161,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
             if step in evals or step in ckpts or step == last:
                 train_loss = float(loss_sum) / n_loss
                 if not math.isfinite(train_loss):
-                    _fail(out, step, f"training diverged: the loss became {train_loss} by "
-                          f"step {step}; lower --lr or raise --gamma (checkpoints up to "
-                          f"step {Run(out).resolve_step()} are kept)")
+                    _fail(out, step, diverged(out, step, train_loss))
                 loss_sum.zero_()
                 n_loss = 0
                 scores = record(step, train_loss)
@@ -190,17 +174,67 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
         metrics_file.close()
 
     if last == tc.steps:
-        final = Run(out).metrics().query("step == @last")
-        write_json(out / "summary.json", {
-            "final": {f"{r.group}/{r.metric}": r.value for r in final.itertuples()},
-            "steps": tc.steps, "n_params": n_params(model), "device": str(device),
-            "train_seconds_last_session": round(time.time() - t0, 2)})
-        write_json(out / "status.json", {"state": "done", "step": last})
+        finish(out, n_params(model), device, time.time() - t0)
     return Run(out)
 
 
-def _fail(out: Path, step: int, message: str) -> None:
+def training_data(cfg: RunConfig, device) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The task's rows (all splits) and the training split's tokens and labels on `device`."""
+    rows = dataset_arrays(cfg.task.generate(cfg.train.data_seed))
+    train_rows = {k: v[rows["split"] == "train"] for k, v in rows.items()}
+    return (rows, *as_tensors(train_rows, device))
+
+
+def start_run_dir(out: Path, cfg: RunConfig, model) -> None:
+    """config.json, the realized init and an empty metrics file of a new run."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "config.json", cfg.to_json() + "\n")
+    write_json(out / "init.json", realized_init(model, cfg.model))
+    atomic_write(out / "metrics.jsonl", "")
+
+
+def write_scores(file, step: int, scores: dict, train_loss: float | None, tc) -> None:
+    """Append one evaluation (plus the train loss and lr) to metrics.jsonl as tidy rows."""
+    scores = dict(scores)
+    if train_loss is not None:
+        scores[("train", "loss")] = train_loss
+    scores[("train", "lr")] = lr_at(max(step - 1, 0), tc)
+    for (group, metric), value in scores.items():
+        file.write(json.dumps({"step": step, "group": group, "metric": metric,
+                               "value": value}) + "\n")
+    file.flush()
+
+
+def save_checkpoint(out: Path, step: int, weights: dict, opt_tensors: dict) -> None:
+    """Weights at `step`, the optimizer state to resume from, and the status."""
+    save_tensors(checkpoint_path(out, step), weights, {"step": str(step)})
+    save_tensors(out / "checkpoints" / "optimizer.safetensors", opt_tensors,
+                 {"step": str(step)})
+    write_json(out / "status.json", {"state": "running", "step": step})
+
+
+def finish(out: Path, n_params: int, device, seconds: float) -> None:
+    """summary.json (final metrics) and the done status of a run that reached its last step."""
+    steps = Run(out).config.train.steps
+    final = Run(out).metrics().query("step == @steps")
+    write_json(out / "summary.json", {
+        "final": {f"{r.group}/{r.metric}": r.value for r in final.itertuples()},
+        "steps": steps, "n_params": n_params, "device": str(device),
+        "train_seconds_last_session": round(seconds, 2)})
+    write_json(out / "status.json", {"state": "done", "step": steps})
+
+
+def diverged(out: Path, step: int, train_loss: float) -> str:
+    return (f"training diverged: the loss became {train_loss} by step {step}; lower --lr or "
+            f"raise --gamma (checkpoints up to step {Run(out).resolve_step()} are kept)")
+
+
+def mark_failed(out: Path, step: int, message: str) -> None:
     write_json(out / "status.json", {"state": "failed", "step": step, "reason": message})
+
+
+def _fail(out: Path, step: int, message: str) -> None:
+    mark_failed(out, step, message)
     raise UserError(message)
 
 

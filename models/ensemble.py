@@ -1,0 +1,195 @@
+"""Train K models that differ only in init scale and/or seed at once, with stacked weights.
+
+Each member's weights live in one [K, ...] tensor per TransformerLens parameter; the
+forward pass is `torch.func.vmap` of the functional forward in `probes.forward` over that
+leading axis, so one batched matmul does the work of K small ones. AdamW and weight decay
+are elementwise and gradient clipping is done per member, so every member follows exactly
+the updates it would get trained alone (`train()`, same seed and gamma) up to float32
+rounding, and is written as an ordinary run directory (resumable on its own by `train`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch.func import vmap
+from tqdm.auto import tqdm
+
+from models.build import build_model, n_params, resolve_device
+from models.config import RunConfig
+from models.errors import UserError
+from models.evaluate import make_eval_set, score_logits
+from models.run import Run
+from models.train import (prepare_dir, batch_indices, checkpoint_steps, diverged, eval_steps,
+                          finish, lr_at, mark_failed, save_checkpoint, show_progress,
+                          start_run_dir, training_data, write_scores)
+from probes.forward import Weights, block, embed, unembed
+
+EVAL_CHUNK = 2048  # evaluation rows per member in one vmapped pass
+
+
+def ensemble_key(cfg: RunConfig) -> RunConfig:
+    """What members of one ensemble share: everything but gamma and the seed."""
+    return cfg.replace(model={"gamma": 1.0}, train={"seed": 0})
+
+
+def label_logits(template: Weights, params: dict[str, torch.Tensor],
+                 tokens: Int[torch.Tensor, "n seq"]) -> Float[torch.Tensor, "n vocab"]:
+    """One member's logits at the label (last) position; vmapped over members."""
+    w = dataclasses.replace(template, params=params)
+    x = embed(w, tokens)
+    for layer in range(w.n_layers):
+        x = block(w, layer, x, last_only=layer == w.n_layers - 1)
+    return unembed(w, x[:, -1])
+
+
+def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None,
+                   shared_batches: bool = False) -> list[Run]:
+    """Train every config in `cfgs` into its run directory in `outs`, as one ensemble.
+
+    shared_batches: all members see the batches of the first member's seed (else each
+    draws its own, as it would alone). A member whose loss stops being finite is marked
+    failed (status.json says why) and its files stop changing; the others go on.
+    """
+    outs = [Path(o) for o in outs]
+    if not cfgs or len(cfgs) != len(outs) or len(set(outs)) != len(outs):
+        raise UserError("train_ensemble needs one distinct output folder per config")
+    for cfg in cfgs:
+        cfg.validate()
+        if ensemble_key(cfg) != ensemble_key(cfgs[0]):
+            raise UserError("ensemble members may differ only in gamma and seed; train the "
+                            "others in another ensemble (probe sweep groups them for you)")
+    for out in outs:
+        prepare_dir(out, resume=False)
+    tc, task = cfgs[0].train, cfgs[0].task
+    device = resolve_device(tc.device)
+    rows, x_train, y_train = training_data(cfgs[0], device)
+    evalsets = [make_eval_set(task, rows, tc.eval_size, c.train.seed).to(device) for c in cfgs]
+
+    models = [build_model(cfg, "cpu") for cfg in cfgs]  # exactly the standalone init
+    for cfg, out, model in zip(cfgs, outs, models):
+        start_run_dir(out, cfg, model)
+    order = _optimizer_order(models[0])  # state-dict names in `make_optimizer`'s order
+    states = [m.state_dict() for m in models]
+    stacked = {name: torch.stack([s[name] for s in states]).to(device)
+               for name in states[0]}
+    for name in order:
+        stacked[name].requires_grad_(True)
+    template = Weights.of(models[0])
+    size = n_params(models[0])
+    del models, states
+    matrices = [stacked[n] for n in order if stacked[n].ndim >= 3]
+    vectors = [stacked[n] for n in order if stacked[n].ndim < 3]
+    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": tc.weight_decay},
+                             {"params": vectors, "weight_decay": 0.0}],
+                            lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    group_order = [n for n in order if stacked[n].ndim >= 3] + \
+                  [n for n in order if stacked[n].ndim < 3]
+    forward = vmap(label_logits, in_dims=(None, 0, 0))
+    k = len(cfgs)
+    alive = [True] * k
+    files = [(out / "metrics.jsonl").open("a") for out in outs]
+
+    def member_weights(i: int) -> dict[str, torch.Tensor]:
+        return {name: t[i].detach() for name, t in stacked.items()}
+
+    def member_optimizer(i: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for j, name in enumerate(group_order):
+            for key, value in opt.state.get(stacked[name], {}).items():
+                out[f"{j}.{key}"] = value if key == "step" else value[i]
+        return out
+
+    def record(step: int, losses: list[float | None]) -> None:
+        logits = _eval_logits(forward, template, stacked, evalsets)
+        for i in range(k):
+            if alive[i]:
+                write_scores(files[i], step, score_logits(logits[i], task, evalsets[i]),
+                             losses[i], tc)
+
+    def save(step: int) -> None:
+        for i in range(k):
+            if alive[i]:
+                save_checkpoint(outs[i], step, member_weights(i), member_optimizer(i))
+
+    evals = set(eval_steps(tc.steps, tc.eval_every))
+    ckpts = set(checkpoint_steps(tc.steps, tc.eval_every, tc.n_checkpoints))
+    seeds = [cfgs[0].train.seed if shared_batches else c.train.seed for c in cfgs]
+    t0 = time.time()
+    record(0, [None] * k)
+    save(0)
+    bar = tqdm(total=tc.steps, desc=f"ensemble of {k}", unit="step",
+               disable=not (show_progress() if progress is None else progress))
+    loss_sum, n_loss = torch.zeros(k, device=device), 0
+    try:
+        for step in range(1, tc.steps + 1):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step - 1, tc)
+            idx = torch.stack([batch_indices(step - 1, len(x_train), tc.batch_size, s)
+                               for s in seeds]).to(device)
+            logits = forward(template, stacked, x_train[idx])  # [k, batch, vocab]
+            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
+                                     reduction="none").view(k, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            if tc.grad_clip > 0:
+                _clip_per_member([stacked[n] for n in order], tc.grad_clip)
+            opt.step()
+            loss_sum += losses.detach()
+            n_loss += 1
+            bar.update(1)
+            if step in evals or step in ckpts or step == tc.steps:
+                means = (loss_sum / n_loss).tolist()
+                for i, value in enumerate(means):
+                    if alive[i] and not math.isfinite(value):
+                        mark_failed(outs[i], step, diverged(outs[i], step, value))
+                        alive[i] = False
+                loss_sum.zero_()
+                n_loss = 0
+                record(step, means)
+            if step in ckpts or step == tc.steps:
+                save(step)
+            if not any(alive):
+                break
+    finally:
+        bar.close()
+        for f in files:
+            f.close()
+    seconds = time.time() - t0
+    for i in range(k):
+        if alive[i]:
+            finish(outs[i], size, device, seconds)
+    return [Run(out) for out in outs]
+
+
+def _optimizer_order(model: torch.nn.Module) -> list[str]:
+    """State-dict names of the trainable parameters, in `model.parameters()` order."""
+    names = {t.data_ptr(): name for name, t in model.state_dict().items()}
+    return [names[p.data_ptr()] for p in model.parameters()]
+
+
+@torch.no_grad()
+def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
+    """`clip_grad_norm_` applied to each member's gradients on its own."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], 1).norm(dim=1)
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
+
+
+@torch.no_grad()
+def _eval_logits(forward, template: Weights, stacked: dict[str, torch.Tensor],
+                 evalsets: list) -> list[torch.Tensor]:
+    """Label logits of every member on its own evaluation rows (all the same size)."""
+    tokens = torch.stack([e.tokens for e in evalsets])  # [k, n, seq]
+    params = {name: t.detach() for name, t in stacked.items()}
+    chunks = [forward(template, params, tokens[:, i:i + EVAL_CHUNK])
+              for i in range(0, tokens.shape[1], EVAL_CHUNK)]
+    return list(torch.cat(chunks, 1))

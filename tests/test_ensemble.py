@@ -1,0 +1,92 @@
+"""Ensembles: each member trains exactly as it would alone, and fails alone."""
+
+import pytest
+import torch
+
+import models.ensemble as ensemble
+from conftest import tiny_config
+from models import Run, UserError, train
+from models.checkpoint import load_tensors
+from models.ensemble import train_ensemble
+
+MEMBERS = [(0.3, 0), (0.5, 1), (0.8, 0)]  # (gamma, seed)
+# The attention key bias adds the same amount to every score of a query, which softmax
+# ignores: its gradient is zero up to rounding, and Adam turns that rounding into random
+# +-lr steps in any run, alone or not. It is compared through the logits instead.
+NO_GRADIENT = "attn.k.bias"
+
+
+def _cfgs(steps=25):
+    return [tiny_config(steps=steps).replace(model={"gamma": g}, train={"seed": s})
+            for g, s in MEMBERS]
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ensemble")
+    cfgs = _cfgs()
+    runs = train_ensemble(cfgs, [root / f"m{i}" for i in range(len(cfgs))], progress=False)
+    alone = [train(c, root / f"alone{i}", progress=False) for i, c in enumerate(cfgs)]
+    return runs, alone
+
+
+def test_each_member_equals_a_model_trained_alone(members):
+    runs, alone = members
+    tokens = torch.as_tensor(runs[0].dataset()[:200]["tokens"])
+    for run, ref in zip(runs, alone):
+        assert run.done and run.config == ref.config
+        assert run.checkpoint_steps() == ref.checkpoint_steps()
+        for step in (ref.checkpoint_steps()[1], None):
+            a = run.load_model(step, device="cpu")
+            b = ref.load_model(step, device="cpu")
+            wa, wb = a.state_dict(), b.state_dict()
+            for name in wb:
+                if not name.endswith(NO_GRADIENT):
+                    torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4,
+                                               msg=name)
+            with torch.no_grad():
+                torch.testing.assert_close(a(tokens)[:, -1], b(tokens)[:, -1], atol=1e-4,
+                                           rtol=1e-4)
+        ma, mb = run.metrics(), ref.metrics()
+        assert list(ma.step) == list(mb.step) and list(ma.metric) == list(mb.metric)
+        assert (ma.value - mb.value).abs().max() < 1e-4
+
+
+def test_member_optimizer_state_has_the_standalone_layout(members):
+    """So `probe train --resume` continues any member on its own."""
+    runs, alone = members
+    for run, ref in zip(runs, alone):
+        mine, meta = load_tensors(run.path / "checkpoints" / "optimizer.safetensors")
+        theirs, ref_meta = load_tensors(ref.path / "checkpoints" / "optimizer.safetensors")
+        assert meta == ref_meta and mine.keys() == theirs.keys()
+        for key in theirs:
+            torch.testing.assert_close(mine[key], theirs[key], atol=1e-5, rtol=1e-3, msg=key)
+
+
+def test_failed_member_is_isolated(tmp_path, monkeypatch):
+    real = ensemble.build_model
+
+    def poisoned(cfg, device):  # the seed-1 member starts with NaN weights
+        model = real(cfg, device)
+        if cfg.train.seed == 1:
+            with torch.no_grad():
+                model.state_dict()["embed.weight"].fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(ensemble, "build_model", poisoned)
+    cfgs = _cfgs(steps=12)
+    runs = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(3)], progress=False)
+    states = [r.status for r in runs]
+    assert states[1]["state"] == "failed" and "diverged" in states[1]["reason"]
+    assert states[0]["state"] == states[2]["state"] == "done"
+    ref = train(cfgs[2], tmp_path / "alone", progress=False)
+    torch.testing.assert_close(runs[2].load_model(device="cpu").state_dict()["embed.weight"],
+                               ref.load_model(device="cpu").state_dict()["embed.weight"],
+                               atol=2e-5, rtol=1e-4)
+
+
+def test_members_must_share_everything_but_gamma_and_seed(tmp_path):
+    a, b = tiny_config(), tiny_config().replace(model={"n_layers": 1})
+    with pytest.raises(UserError, match="only in gamma and seed"):
+        train_ensemble([a, b], [tmp_path / "a", tmp_path / "b"], progress=False)
+    assert not (tmp_path / "a").exists()
