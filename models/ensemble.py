@@ -2,7 +2,8 @@
 
 Each member's weights live in one [K, ...] tensor per TransformerLens parameter; the
 forward pass is `torch.func.vmap` of the functional forward in `probes.forward` over that
-leading axis, so one batched matmul does the work of K small ones. AdamW and weight decay
+leading axis, so one batched matmul does the work of K small ones (on a CPU, in groups
+of members small enough to stay in cache). AdamW and weight decay
 are elementwise and gradient clipping is done per member, so every member follows exactly
 the updates it would get trained alone (`train()`, same seed and gamma) up to float32
 rounding, and is written as an ordinary run directory (resumable on its own by `train`).
@@ -31,7 +32,11 @@ from models.train import (prepare_dir, batch_indices, checkpoint_steps, diverged
                           start_run_dir, training_data, write_scores)
 from probes.forward import Weights, block, embed, unembed
 
-EVAL_CHUNK = 2048  # evaluation rows per member in one vmapped pass
+EVAL_ROWS = 2048  # evaluation rows per member in one pass
+# On a CPU, batching members only pays while their activations stay in cache: beyond about
+# this many floats per layer (rows x width) a pass runs one member at a time, which also
+# lets the final block compute the label position alone (measured: benchmarks/ensemble.py).
+CPU_FLOATS_PER_PASS = 1 << 20
 
 
 def ensemble_key(cfg: RunConfig) -> RunConfig:
@@ -40,13 +45,33 @@ def ensemble_key(cfg: RunConfig) -> RunConfig:
 
 
 def label_logits(template: Weights, params: dict[str, torch.Tensor],
-                 tokens: Int[torch.Tensor, "n seq"]) -> Float[torch.Tensor, "n vocab"]:
-    """One member's logits at the label (last) position; vmapped over members."""
+                 tokens: Int[torch.Tensor, "n seq"], last_only: bool = True
+                 ) -> Float[torch.Tensor, "n vocab"]:
+    """One member's logits at the label (last) position.
+
+    last_only: the final block computes the label position alone (off under vmap, whose
+    batching of that backward pass is slow)."""
     w = dataclasses.replace(template, params=params)
     x = embed(w, tokens)
     for layer in range(w.n_layers):
-        x = block(w, layer, x, last_only=layer == w.n_layers - 1)
+        x = block(w, layer, x, last_only=last_only and layer == w.n_layers - 1)
     return unembed(w, x[:, -1])
+
+
+def stacked_logits(template: Weights, params: dict[str, torch.Tensor],
+                   tokens: Int[torch.Tensor, "k n seq"]) -> Float[torch.Tensor, "k n vocab"]:
+    """Label logits of k members (weights stacked along the first axis), each on its rows."""
+    if len(tokens) == 1:
+        return label_logits(template, {n: t[0] for n, t in params.items()}, tokens[0])[None]
+    return vmap(label_logits, in_dims=(None, 0, 0, None))(template, params, tokens, False)
+
+
+def members_per_pass(k: int, rows: int, width: int, device: torch.device) -> int:
+    """How many members share one forward pass: all on a GPU; on a CPU, as many as keep
+    the activations of `rows` rows x `width` floats per member in cache."""
+    if device.type != "cpu":
+        return k
+    return max(1, min(k, CPU_FLOATS_PER_PASS // max(rows * width, 1)))
 
 
 def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None,
@@ -91,8 +116,10 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
                             lr=tc.lr, betas=(tc.beta1, tc.beta2))
     group_order = [n for n in order if stacked[n].ndim >= 3] + \
                   [n for n in order if stacked[n].ndim < 3]
-    forward = vmap(label_logits, in_dims=(None, 0, 0))
     k = len(cfgs)
+    width = max(t.shape[0] for t in template.params.values())  # widest layer (or vocab)
+    per_pass = members_per_pass(k, tc.batch_size * x_train.shape[1], width, device)
+    eval_pass = members_per_pass(k, EVAL_ROWS * x_train.shape[1], width, device)
     alive = [True] * k
     files = [(out / "metrics.jsonl").open("a") for out in outs]
 
@@ -107,7 +134,7 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
         return out
 
     def record(step: int, losses: list[float | None]) -> None:
-        logits = _eval_logits(forward, template, stacked, evalsets)
+        logits = _eval_logits(template, stacked, evalsets, eval_pass)
         for i in range(k):
             if alive[i]:
                 write_scores(files[i], step, score_logits(logits[i], task, evalsets[i]),
@@ -133,11 +160,10 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
                 g["lr"] = lr_at(step - 1, tc)
             idx = torch.stack([batch_indices(step - 1, len(x_train), tc.batch_size, s)
                                for s in seeds]).to(device)
-            logits = forward(template, stacked, x_train[idx])  # [k, batch, vocab]
-            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(),
-                                     reduction="none").view(k, -1).mean(1)
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            losses = torch.cat([_backward(template, stacked, x_train[i], y_train[i], start)
+                                for start, i in zip(range(0, k, per_pass),
+                                                    idx.split(per_pass))])
             if tc.grad_clip > 0:
                 _clip_per_member([stacked[n] for n in order], tc.grad_clip)
             opt.step()
@@ -184,12 +210,32 @@ def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
         g.mul_(coef.view(-1, *[1] * (g.ndim - 1)))
 
 
+def _members(stacked: dict[str, torch.Tensor], start: int, n: int) -> dict[str, torch.Tensor]:
+    return {name: t[start:start + n] for name, t in stacked.items()}
+
+
+def _backward(template: Weights, stacked: dict[str, torch.Tensor],
+              tokens: Int[torch.Tensor, "k batch seq"], labels: Int[torch.Tensor, "k batch"],
+              start: int = 0) -> Float[torch.Tensor, " k"]:
+    """Mean cross-entropy of k consecutive members from `start`; gradients accumulate."""
+    k = len(tokens)
+    logits = stacked_logits(template, _members(stacked, start, k), tokens)
+    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
+                             reduction="none").view(k, -1).mean(1)
+    losses.sum().backward()
+    return losses.detach()
+
+
 @torch.no_grad()
-def _eval_logits(forward, template: Weights, stacked: dict[str, torch.Tensor],
-                 evalsets: list) -> list[torch.Tensor]:
+def _eval_logits(template: Weights, stacked: dict[str, torch.Tensor], evalsets: list,
+                 per_pass: int) -> list[torch.Tensor]:
     """Label logits of every member on its own evaluation rows (all the same size)."""
     tokens = torch.stack([e.tokens for e in evalsets])  # [k, n, seq]
     params = {name: t.detach() for name, t in stacked.items()}
-    chunks = [forward(template, params, tokens[:, i:i + EVAL_CHUNK])
-              for i in range(0, tokens.shape[1], EVAL_CHUNK)]
-    return list(torch.cat(chunks, 1))
+    out = []
+    for start in range(0, len(tokens), per_pass):
+        members = _members(params, start, per_pass)
+        rows = tokens[start:start + per_pass]
+        out += torch.cat([stacked_logits(template, members, rows[:, i:i + EVAL_ROWS])
+                          for i in range(0, rows.shape[1], EVAL_ROWS)], 1)
+    return out

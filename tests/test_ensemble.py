@@ -52,6 +52,23 @@ def test_each_member_equals_a_model_trained_alone(members):
         assert (ma.value - mb.value).abs().max() < 1e-4
 
 
+def test_one_member_per_pass_trains_the_same(members, tmp_path, monkeypatch):
+    """The CPU path for large batches (members one at a time, label position alone in the
+    final block) gives the same members as the batched path."""
+    monkeypatch.setattr(ensemble, "CPU_FLOATS_PER_PASS", 1)
+    runs, _ = members
+    cfgs = _cfgs()
+    again = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(len(cfgs))],
+                           progress=False)
+    for a, b in zip(again, runs):
+        wa = a.load_model(device="cpu").state_dict()
+        wb = b.load_model(device="cpu").state_dict()
+        for name in wb:
+            if not name.endswith(NO_GRADIENT):
+                torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4, msg=name)
+        assert (a.metrics().value - b.metrics().value).abs().max() < 1e-4
+
+
 def test_member_optimizer_state_has_the_standalone_layout(members):
     """So `probe train --resume` continues any member on its own."""
     runs, alone = members
