@@ -35,6 +35,12 @@ def _train_loss(run):
 
 
 gammas = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+with tempfile.TemporaryDirectory() as tmp:  # warm-up: first kernel launches, allocator
+    warm = RunConfig().replace(train={"steps": 2, "eval_every": 2, "eval_size": 50,
+                                      "device": str(device)})
+    train(warm, Path(tmp) / "alone", progress=False)
+    train_ensemble([warm, warm.replace(train={"seed": 1})], [Path(tmp) / "a", Path(tmp) / "b"],
+                   progress=False)
 for batch in (int(b) for b in args.batch.split(",")):
     base = RunConfig().replace(train={"steps": args.steps, "batch_size": batch,
                                       "eval_every": args.steps, "eval_size": 200,
