@@ -232,6 +232,95 @@ STEP_HELP = "Checkpoints: all, last, or one step number."
 FORMAT_HELP = "Figure formats: html,png,svg,pdf (PNG/SVG/PDF need Chromium)."
 
 
+SWEEP_AXES = {"gammas": "gamma", "layers": "n_layers", "seeds": "seed"}
+
+
+def sweep_grid(cfg: RunConfig, axes: dict[str, Optional[str]], vary: list[str]) -> dict:
+    """{field: values} from --gammas/--layers/--seeds and --vary NAME=V1,V2 (values of
+    tuple fields, such as --vary 'keys=21,120|30,40', are separated by '|')."""
+    items = [f"{SWEEP_AXES[option]}={raw}" for option, raw in axes.items() if raw is not None]
+    grid = {}
+    for item in items + list(vary):
+        name, sep, raw = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in FIELDS:
+            raise UserError(f"--vary {item!r}: expected NAME=V1,V2 with NAME a config field "
+                            f"(e.g. lr=0.001,0.003 or n_heads=1,2)")
+        is_tuple = isinstance(_parse(name, "1", type(cfg.task)), tuple)
+        grid[name] = [_field_value(name, v, type(cfg.task))
+                      for v in raw.split("|" if is_tuple else ",") if v.strip()]
+    return grid
+
+
+def _field_value(name: str, text: str, task_cls) -> Any:
+    """A field's value from text, typed like its default (e.g. gamma '1' -> 1.0)."""
+    value = _parse(name, text.strip(), task_cls)
+    if not isinstance(value, str):
+        return value
+    kind = _option_type(_default(FIELDS[name][1]))
+    if kind is str:
+        return value
+    if kind is bool and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    try:
+        if kind is bool:
+            raise ValueError
+        return kind(value)
+    except ValueError:
+        raise UserError(f"{name}={value!r}: expected a {kind.__name__}") from None
+
+
+@app.command("sweep")
+@with_config_options
+def sweep_cmd(
+    out: Path = typer.Option(Path("sweep"), "--out", "-o", help="Sweep folder (resumes "
+                             "when it holds the same sweep)."),
+    gammas: Optional[str] = typer.Option(None, help="Init scales, e.g. 0.3,0.5,0.8."),
+    layers: Optional[str] = typer.Option(None, help="Depths, e.g. 1,2,4."),
+    seeds: Optional[str] = typer.Option(None, help="Seeds, e.g. 0,1,2."),
+    vary: list[str] = typer.Option([], help="Any other config field: NAME=V1,V2 "
+                                   "(repeatable; tuple fields: NAME=1,2|3,4)."),
+    grid: Optional[Path] = typer.Option(None, help="JSON sweep file: {\"base\": {config}, "
+                                        "\"grid\": {\"gamma\": [...], ...}}; options add "
+                                        "to it."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config file "
+                                          "(the base of the grid)."),
+    task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
+    backend: str = typer.Option("local", help="local (this process) or ray (Ray tasks; "
+                                "a local Ray instance unless --address)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. "
+                                          "ray://head:10001 or auto); the sweep folder must "
+                                          "be on storage every node sees."),
+    strategy: str = typer.Option("auto", help="auto or ensemble: train runs that differ "
+                                 "only in gamma/seed together; sequential: one by one."),
+    cpus_per_task: int = typer.Option(1, help="CPU cores per Ray task."),
+    overwrite: bool = typer.Option(False, help="Replace an existing sweep in --out."),
+    format: str = typer.Option("html", "--format", help=FORMAT_HELP),
+    **fields,
+):
+    """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
+    from analyses.sweep import Sweep, make_sweep, run_sweep
+    from models.checkpoint import read_json
+
+    given = {k: v for k, v in fields.items() if v is not None}
+    spec = Sweep.from_dict(read_json(grid, "sweep file"), str(grid)) if grid else None
+    base = build_config(config, task, given, base=spec.base if spec else None)
+    values = {**(dict(spec.grid) if spec else {}),
+              **sweep_grid(base, {"gammas": gammas, "layers": layers, "seeds": seeds}, vary)}
+    if not values:
+        raise UserError("nothing to sweep: give --gammas, --layers, --seeds, --vary NAME=V1,V2 "
+                        "or --grid FILE")
+    info = run_sweep(make_sweep(base, values), out, backend, strategy, address, cpus_per_task,
+                     overwrite, formats=_formats(format))
+    table = info["table"]
+    value = "inferential_fraction" if "inferential_fraction" in table else "signed_area"
+    for row in table.itertuples():
+        shown = f"{value} {getattr(row, value):.3f}" if row.state == "done" else row.error
+        typer.echo(f"{row.run:<24} {row.state:<8} {shown}")
+    typer.echo(f"{(table.state == 'done').sum()} of {len(table)} runs done")
+    _echo_written(info)
+
+
 @app.command("patch")
 def patch_cmd(
     run: Path = typer.Argument(..., help="Run directory."),

@@ -34,17 +34,19 @@ def run_dir(study: Path, gamma: float) -> Path:
     return Path(study) / f"gamma_{gamma:g}"
 
 
-def _check_folder(out: Path, spec: dict, overwrite: bool) -> None:
-    marker = out / "study.json"
-    if overwrite and marker.exists():
+def check_folder(out: Path, marker: str, spec: dict, overwrite: bool) -> None:
+    """Refuse to mix work: `out` must be new, empty, or hold the same spec in its `marker`
+    file (then it resumes); --overwrite replaces only a folder with that marker."""
+    kind, file = Path(marker).stem, out / marker
+    if overwrite and file.exists():
         shutil.rmtree(out)
     elif overwrite and out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not a study folder (no study.json); refusing to overwrite "
+        raise UserError(f"{out} is not a {kind} folder (no {marker}); refusing to overwrite "
                         f"it: choose another --out")
-    elif marker.exists() and read_json(marker, "study file") != spec:
-        raise UserError(f"{out} holds a different study; pass --overwrite to replace it, or "
+    elif file.exists() and read_json(file, f"{kind} file") != spec:
+        raise UserError(f"{out} holds a different {kind}; pass --overwrite to replace it, or "
                         f"choose another --out")
-    elif not marker.exists() and out.exists() and any(out.iterdir()):
+    elif not file.exists() and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --out folder")
 
 
@@ -63,7 +65,7 @@ def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
     configs = [base.replace(model={"gamma": float(g)}).validate() for g in gammas]
     spec = json.loads(json.dumps({"gammas": [float(g) for g in gammas],
                                   "base": base.to_dict()}))  # as it reads back from disk
-    _check_folder(out, spec, overwrite)
+    check_folder(out, "study.json", spec, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "study.json", spec)
     for cfg in configs:

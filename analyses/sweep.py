@@ -1,0 +1,303 @@
+"""A sweep: one base config trained over a grid (gamma x layers x seed x any option).
+
+    SWEEP/sweep.json            the base RunConfig and the grid
+    SWEEP/runs/<name>/          one ordinary run directory per grid point (g0.3_L2_s0, ...)
+    SWEEP/results.csv/.parquet  one row per grid point: its values, state, error, preference
+    SWEEP/phase_diagram.html    gamma x depth coloured by the preference index
+
+Every combination is validated before anything trains. Runs that differ only in gamma and
+seed train together as an ensemble (`models.ensemble`), locally or as Ray tasks. Finished
+and failed runs are kept when a sweep is run again; half-written ones are retrained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from analyses.phase_diagram import phase_diagram
+from analyses.preference import preference_row
+from analyses.representations_run import write_figures, write_table
+from analyses.study import check_folder
+from models.checkpoint import read_json, write_json
+from models.config import RunConfig
+from models.ensemble import ensemble_key, train_ensemble
+from models.errors import UserError
+from models.run import Run
+from models.train import mark_failed, show_progress, train
+
+SHORT = {"gamma": "g", "n_layers": "L", "seed": "s"}
+STRATEGIES = ("auto", "ensemble", "sequential")
+BACKENDS = ("local", "ray")
+MAX_MEMBERS = 32  # runs per ensemble at most (memory of the stacked weights and batches)
+
+
+def section_of(name: str, cfg: RunConfig) -> str:
+    """Which config section holds the field `name` (task fields depend on the task)."""
+    for section, obj in (("model", cfg.model), ("train", cfg.train), ("task", cfg.task)):
+        if name in {f.name for f in dataclasses.fields(obj)}:
+            return section
+    known = sorted({f.name for obj in (cfg.model, cfg.train, cfg.task)
+                    for f in dataclasses.fields(obj)})
+    raise UserError(f"cannot sweep {name!r}: not a field of the {cfg.task.name} config; "
+                    f"choose from {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A base config and the values each swept field takes (the grid is their product)."""
+
+    base: RunConfig
+    grid: dict[str, tuple]
+
+    def points(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run name, {field: value}) for every grid point, in grid order."""
+        names = list(self.grid)
+        return [(_run_name(dict(zip(names, values))), dict(zip(names, values)))
+                for values in itertools.product(*self.grid.values())]
+
+    def configs(self) -> list[tuple[str, RunConfig]]:
+        """Every grid point's validated config; a UserError lists every invalid one."""
+        out, bad = [], []
+        for name, values in self.points():
+            changes: dict[str, dict] = {"task": {}, "model": {}, "train": {}}
+            for field, value in values.items():
+                changes[section_of(field, self.base)][field] = value
+            try:
+                out.append((name, self.base.replace(**changes).validate()))
+            except (UserError, TypeError, ValueError) as e:
+                bad.append(f"{name}: {e}")
+        if bad:
+            raise UserError(f"{len(bad)} of {len(out) + len(bad)} grid combinations are "
+                            f"invalid, nothing was trained: " + "; ".join(bad))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "grid": {k: list(v) for k, v in self.grid.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "sweep file") -> "Sweep":
+        if not isinstance(data, dict) or not isinstance(data.get("grid"), dict):
+            raise UserError(f"{source} must be a JSON object with a \"grid\" object "
+                            f"({{\"gamma\": [0.3, 0.8], \"n_layers\": [1, 2]}}) and an "
+                            f"optional \"base\" config")
+        base = RunConfig.from_dict(data.get("base", {}), source)
+        grid = {}
+        for name, values in data["grid"].items():
+            section_of(name, base)
+            values = values if isinstance(values, list) else [values]
+            grid[name] = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+        return make_sweep(base, grid)
+
+
+def make_sweep(base: RunConfig, grid: dict[str, Sequence]) -> Sweep:
+    """A Sweep with gamma, n_layers and seed first (the phase-diagram axes), then the rest."""
+    for name, values in grid.items():
+        section_of(name, base)
+        if not len(values) or len(set(values)) != len(values):
+            raise UserError(f"sweep values of {name} must be a non-empty list without "
+                            f"repeats (got {list(values)})")
+    order = sorted(grid, key=lambda n: list(SHORT).index(n) if n in SHORT else len(SHORT))
+    return Sweep(base, {n: tuple(grid[n]) for n in order})
+
+
+def _run_name(values: dict[str, Any]) -> str:
+    parts = []
+    for name, value in values.items():
+        text = f"{value:g}" if isinstance(value, float) else \
+            ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        parts.append(f"{SHORT.get(name, name)}{text}")
+    return "_".join(parts).replace("/", "-") or "run"
+
+
+# --- training ----------------------------------------------------------------------------
+
+Unit = list[tuple[RunConfig, Path]]  # runs trained together (one ensemble, or one run)
+
+
+def pending(runs: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
+    """The runs still to train: done and failed runs are kept, half-written ones removed."""
+    todo = []
+    for cfg, path in runs:
+        state = Run(path).status.get("state") if (path / "config.json").exists() else None
+        if state in ("done", "failed"):
+            continue
+        if path.exists():
+            shutil.rmtree(path)
+        todo.append((cfg, path))
+    return todo
+
+
+def plan(runs: list[tuple[RunConfig, Path]], strategy: str = "auto",
+         min_units: int = 1) -> list[Unit]:
+    """Group runs into units: ensembles of runs that differ only in gamma and seed (auto,
+    ensemble) or one run each (sequential); groups are split to give at least `min_units`
+    units (e.g. one per Ray worker) and at most MAX_MEMBERS runs each."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if strategy == "sequential":
+        return [[r] for r in runs]
+    groups: dict[RunConfig, Unit] = {}
+    for cfg, path in runs:
+        groups.setdefault(ensemble_key(cfg), []).append((cfg, path))
+    units = []
+    for group in groups.values():
+        parts = max(-(-len(group) // MAX_MEMBERS),
+                    min(len(group), -(-min_units * len(group) // max(len(runs), 1))))
+        units += [group[i::parts] for i in range(parts)]
+    return units
+
+
+def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str, str]]:
+    """Train one unit; never raises: returns (run path, state, error) per run."""
+    cfgs, paths = [c for c, _ in unit], [p for _, p in unit]
+    try:
+        if len(unit) == 1:
+            train(cfgs[0], paths[0], progress=progress)
+        else:
+            train_ensemble(cfgs, paths, progress=progress)
+    except Exception as e:  # recorded, so the rest of the sweep goes on
+        for path in paths:
+            if Run(path).status.get("state") not in ("done", "failed"):
+                _failed(path, Run(path).status.get("step", 0), f"{type(e).__name__}: {e}")
+    return [(str(p), Run(p).status.get("state", "unknown"), Run(p).status.get("reason", ""))
+            for p in paths]
+
+
+def run_local(units: list[Unit], bar) -> None:
+    """Train the units one after another in this process."""
+    for unit in units:
+        _record(train_unit(unit, progress=False), bar)
+
+
+def run_ray(runs: list[tuple[RunConfig, Path]], strategy: str, bar, address: str | None = None,
+            cpus_per_task: int = 1) -> None:
+    """Train the runs as Ray tasks (one per unit, `cpus_per_task` cores each) on the Ray
+    instance already started, else a local one (or the cluster at `address`). On a cluster
+    the sweep folder must be on a filesystem every node sees."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray backend needs Ray: pip install 'initlens[ray]' (or "
+                        "ray[default]); or use --backend local") from None
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_task)
+    task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(_ray_unit)
+    pending_tasks = {task.remote(unit, cpus_per_task): unit
+                     for unit in plan(runs, strategy, min_units=slots)}
+    while pending_tasks:
+        [ready], _ = ray.wait(list(pending_tasks), num_returns=1)
+        unit = pending_tasks.pop(ready)
+        try:
+            result = ray.get(ready)
+        except Exception as e:  # the worker died (e.g. out of memory): the others go on
+            result = [_failed(path, 0, f"Ray task failed: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}")
+                      for _, path in unit]
+        _record(result, bar)
+
+
+def _ray_unit(unit: Unit, threads: int) -> list[tuple[str, str, str]]:
+    import torch
+    torch.set_num_threads(threads)
+    return train_unit(unit, progress=False)
+
+
+def _failed(path: Path, step: int, reason: str) -> tuple[str, str, str]:
+    """Mark `path` failed (creating it if training never started) and return its result."""
+    if (path / "config.json").exists():
+        mark_failed(path, step, reason)
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        write_json(path / "status.json", {"state": "failed", "step": step, "reason": reason})
+    return str(path), "failed", reason
+
+
+def _record(result: list[tuple[str, str, str]], bar) -> None:
+    for path, state, error in result:
+        bar.update(1)
+        if state != "done":
+            bar.write(f"{Path(path).name}: {state}: {error}")
+
+
+def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
+              strategy: str = "auto", address: str | None = None, cpus_per_task: int = 1,
+              overwrite: bool = False, progress: bool | None = None,
+              formats: Sequence[str] = ("html",)) -> dict[str, object]:
+    """Train every grid point of `sweep` into `out/runs/` (skipping finished runs), then
+    gather results.csv/.parquet and the phase diagram (`report_sweep`)."""
+    out = Path(out)
+    if backend not in BACKENDS:
+        raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if strategy not in STRATEGIES:
+        raise UserError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    if cpus_per_task < 1:
+        raise UserError(f"--cpus-per-task must be at least 1 (got {cpus_per_task})")
+    configs = sweep.configs()  # every combination valid before anything trains
+    spec = json.loads(json.dumps(sweep.to_dict()))  # as it reads back from disk
+    check_folder(out, "sweep.json", spec, overwrite)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    write_json(out / "sweep.json", spec)
+    todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])
+    with tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
+              disable=not (show_progress() if progress is None else progress)) as bar:
+        if backend == "ray":
+            run_ray(todo, strategy, bar, address, cpus_per_task)
+        else:
+            run_local(plan(todo, strategy), bar)
+    return report_sweep(out, formats)
+
+
+def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[str, object]:
+    """(Re)write results.csv/.parquet and phase_diagram.* of a sweep folder from disk."""
+    out = Path(out)
+    if not (out / "sweep.json").exists():
+        raise UserError(f"{out} is not a sweep folder (no sweep.json); run `probe sweep` "
+                        f"first")
+    sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
+    table = results_table(sweep, out)
+    files = write_table(table, out, "results")
+    figures, notes = write_figures({"phase_diagram": phase_diagram(table)}, out, formats)
+    return {"table": table, "files": files + figures, "warnings": notes}
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
+    """One row per grid point: gamma, n_layers, seed and the other swept values, its state
+    and error, and the preference read-outs of finished runs (`preference_row`)."""
+    rows = []
+    for (name, cfg), (_, values) in zip(sweep.configs(), sweep.points()):
+        run = Run(root / "runs" / name)
+        status = run.status if run.path.exists() else {"state": "missing"}
+        row = {"run": name, "gamma": cfg.model.gamma, "n_layers": cfg.model.n_layers,
+               "seed": cfg.train.seed, **{k: _cell(v) for k, v in values.items()},
+               "state": status.get("state", "unknown"), "error": status.get("reason", "")}
+        if run.done:
+            row.update({k: v for k, v in preference_row(run).items() if k not in row})
+            final = run.summary.get("final", {})
+            if "held_out/inferential_fraction" in final:
+                row["inferential_fraction"] = final["held_out/inferential_fraction"]
+            row["train_seconds"] = run.summary.get("train_seconds_last_session")
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.astype({c: "Int64" for c in table if c.startswith("step_to_")})
+
+
+def _cell(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else value
+
+
+__all__ = ["Sweep", "make_sweep", "pending", "plan", "report_sweep", "results_table",
+           "run_sweep", "section_of", "train_unit"]
