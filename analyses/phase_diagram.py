@@ -12,7 +12,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 VALUES = {"signed_area": ("reasoning - memory accuracy area", -1.0, 1.0, "RdBu"),
-          "inferential_fraction": ("inferential fraction on (4,3)", 0.0, 1.0, "Viridis")}
+          "inferential_fraction": ("inferential fraction on (4,3)", 0.0, 1.0, "Viridis"),
+          "final_acc_reasoning_test": ("held-out reasoning accuracy", 0.0, 1.0, "Viridis")}
 
 
 def default_value(table: pd.DataFrame) -> str:

@@ -55,10 +55,13 @@ for batch in (int(b) for b in args.batch.split(",")):
         t0 = time.perf_counter()
         runs = train_ensemble(cfgs, [root / f"m{i}" for i in range(args.k)], progress=False)
         together = time.perf_counter() - t0
-        worst = max((_train_loss(a) - _train_loss(b)).abs().max() for a, b in zip(alone, runs))
+        diffs = [(_train_loss(a) - _train_loss(b)).abs().max() for a, b in zip(alone, runs)]
+        worst = max(diffs)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
              f"{platform.processor() or platform.machine()}, "
              f"{len(os.sched_getaffinity(0))} cores")
     print(f"| K={args.k}, batch {batch}, {args.steps} steps | {sequential:.1f} s | "
           f"{together:.1f} s | {sequential / together:.2f}x | {worst:.1e} | {where} |",
           flush=True)
+    print("  train-loss difference by member: " + ", ".join(
+        f"gamma {c.model.gamma:g} seed {c.train.seed}: {d:.1e}" for c, d in zip(cfgs, diffs)))

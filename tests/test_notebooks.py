@@ -25,7 +25,7 @@ from nbformat.v4 import new_code_cell
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("01_quick_start", "02_localizing_with_patching", "03_probes_and_geometry",
-         "04_published_figures_cpu")
+         "04_published_figures_cpu", "05_phase_diagram")
 CELL_TIMEOUT = 180  # seconds per cell; the SMALL setting needs a few
 PLOTLY = "application/vnd.plotly.v1+json"
 
@@ -157,8 +157,19 @@ def check_figures(r: dict) -> None:
     assert r["files"] == len(r["figures"])  # one HTML file per figure
 
 
+def check_phase_diagram(r: dict) -> None:
+    assert r["runs"] == r["done"] == 8
+    assert r["grid"] == {"gamma": [0.3, 0.8], "n_layers": [1, 2], "seed": [0, 1]}
+    assert r["panels"] == ["seed 0", "seed 1", "mean over 2 seeds"]
+    assert r["held_out_by_gamma"].keys() == r["table_mean"].keys() == {"0.3", "0.8"}
+    for g, v in r["held_out_by_gamma"].items():
+        assert _close(v, r["table_mean"][g])
+    assert r["files"] == 2
+
+
 CHECKS = {"01_quick_start": check_quick_start, "02_localizing_with_patching": check_localizing,
-          "03_probes_and_geometry": check_probes, "04_published_figures_cpu": check_figures}
+          "03_probes_and_geometry": check_probes, "04_published_figures_cpu": check_figures,
+          "05_phase_diagram": check_phase_diagram}
 
 
 @pytest.mark.slow
