@@ -55,7 +55,7 @@ def _option_type(default) -> type:
 
 
 FIELDS = _field_options()
-INT_OR_NONE = {"d_head", "d_mlp", "n_ctx"}
+INT_OR_NONE = {"d_head", "d_mlp", "n_ctx", "batch_seed"}
 
 
 def _parse(name: str, raw, task_cls) -> Any:

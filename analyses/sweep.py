@@ -167,7 +167,7 @@ def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str,
     except Exception as e:  # recorded, so the rest of the sweep goes on
         for path in paths:
             if Run(path).status.get("state") not in ("done", "failed"):
-                _failed(path, Run(path).status.get("step", 0), f"{type(e).__name__}: {e}")
+                _failed(path, Run(path).status.get("step", 0), _error(e))
     return [(str(p), Run(p).status.get("state", "unknown"), Run(p).status.get("reason", ""))
             for p in paths]
 
@@ -178,19 +178,30 @@ def run_local(units: list[Unit], bar) -> None:
         _record(train_unit(unit, progress=False), bar)
 
 
-def run_ray(runs: list[tuple[RunConfig, Path]], strategy: str, bar, address: str | None = None,
-            cpus_per_task: int = 1) -> None:
-    """Train the runs as Ray tasks (one per unit, `cpus_per_task` cores each) on the Ray
-    instance already started, else a local one (or the cluster at `address`). On a cluster
-    the sweep folder must be on a filesystem every node sees."""
+def connect_ray(address: str | None = None):
+    """The `ray` module, connected: to the Ray instance already started, else to the
+    cluster at `address`, else to a new local instance on every core."""
     try:
         import ray
     except ImportError:
         raise UserError("the ray backend needs Ray: pip install 'initlens[ray]' (or "
                         "ray[default]); or use --backend local") from None
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                     configure_logging=False)
+        except Exception as e:  # e.g. no cluster at that address
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise UserError(f"could not start or reach {where}: {_error(e)}") from None
+    return ray
+
+
+def run_ray(runs: list[tuple[RunConfig, Path]], strategy: str, bar, address: str | None = None,
+            cpus_per_task: int = 1) -> None:
+    """Train the runs as Ray tasks, one per unit with `cpus_per_task` cores (torch threads)
+    each, split so every worker gets one (`connect_ray`). On a cluster the sweep folder
+    must be on a filesystem every node sees."""
+    ray = connect_ray(address)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_task)
     task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(_ray_unit)
     pending_tasks = {task.remote(unit, cpus_per_task): unit
@@ -201,9 +212,7 @@ def run_ray(runs: list[tuple[RunConfig, Path]], strategy: str, bar, address: str
         try:
             result = ray.get(ready)
         except Exception as e:  # the worker died (e.g. out of memory): the others go on
-            result = [_failed(path, 0, f"Ray task failed: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}")
-                      for _, path in unit]
+            result = [_failed(path, 0, f"Ray task failed: {_error(e)}") for _, path in unit]
         _record(result, bar)
 
 
@@ -221,6 +230,11 @@ def _failed(path: Path, step: int, reason: str) -> tuple[str, str, str]:
         path.mkdir(parents=True, exist_ok=True)
         write_json(path / "status.json", {"state": "failed", "step": step, "reason": reason})
     return str(path), "failed", reason
+
+
+def _error(e: Exception) -> str:
+    """The exception's type and the first line of its message."""
+    return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
 def _record(result: list[tuple[str, str, str]], bar) -> None:
@@ -244,6 +258,8 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     if cpus_per_task < 1:
         raise UserError(f"--cpus-per-task must be at least 1 (got {cpus_per_task})")
     configs = sweep.configs()  # every combination valid before anything trains
+    if backend == "ray":
+        connect_ray(address)  # before anything is written
     spec = json.loads(json.dumps(sweep.to_dict()))  # as it reads back from disk
     check_folder(out, "sweep.json", spec, overwrite)
     (out / "runs").mkdir(parents=True, exist_ok=True)

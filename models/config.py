@@ -88,7 +88,13 @@ class TrainConfig:
     n_checkpoints: int = 12  # besides step 0 and the last step
     seed: int = 0  # init and batch order
     data_seed: int = 0  # task data (e.g. the memorized lookup table)
+    batch_seed: int | None = None  # batch order when set (one value: runs share batches)
     device: str = "auto"  # auto = cuda when present, else cpu
+
+    @property
+    def batch_order_seed(self) -> int:
+        """The seed of the batch order: batch_seed, else seed."""
+        return self.seed if self.batch_seed is None else self.batch_seed
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_size"):

@@ -74,13 +74,13 @@ def members_per_pass(k: int, rows: int, width: int, device: torch.device) -> int
     return max(1, min(k, CPU_FLOATS_PER_PASS // max(rows * width, 1)))
 
 
-def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None,
-                   shared_batches: bool = False) -> list[Run]:
+def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None
+                   ) -> list[Run]:
     """Train every config in `cfgs` into its run directory in `outs`, as one ensemble.
 
-    shared_batches: all members see the batches of the first member's seed (else each
-    draws its own, as it would alone). A member whose loss stops being finite is marked
-    failed (status.json says why) and its files stop changing; the others go on.
+    Each member draws its batches as it would alone (members with the same seed, or the
+    same `train.batch_seed`, see the same batches). A member whose loss stops being finite
+    is marked failed (status.json says why) and its files stop changing; the others go on.
     """
     outs = [Path(o) for o in outs]
     if not cfgs or len(cfgs) != len(outs) or len(set(outs)) != len(outs):
@@ -147,7 +147,7 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
 
     evals = set(eval_steps(tc.steps, tc.eval_every))
     ckpts = set(checkpoint_steps(tc.steps, tc.eval_every, tc.n_checkpoints))
-    seeds = [cfgs[0].train.seed if shared_batches else c.train.seed for c in cfgs]
+    seeds = [c.train.batch_order_seed for c in cfgs]
     t0 = time.time()
     record(0, [None] * k)
     save(0)

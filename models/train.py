@@ -147,7 +147,8 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
         for step in range(start + 1, last + 1):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step - 1, tc)
-            idx = batch_indices(step - 1, len(x_train), tc.batch_size, tc.seed).to(device)
+            idx = batch_indices(step - 1, len(x_train), tc.batch_size,
+                                tc.batch_order_seed).to(device)
             logits = model(x_train[idx])[:, -1]
             loss = F.cross_entropy(logits, y_train[idx])
             opt.zero_grad(set_to_none=True)

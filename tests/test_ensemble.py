@@ -107,3 +107,23 @@ def test_members_must_share_everything_but_gamma_and_seed(tmp_path):
     with pytest.raises(UserError, match="only in gamma and seed"):
         train_ensemble([a, b], [tmp_path / "a", tmp_path / "b"], progress=False)
     assert not (tmp_path / "a").exists()
+
+
+def test_members_with_one_batch_seed_share_batches(tmp_path, monkeypatch):
+    """train.batch_seed: every member sees the same batches, and still equals its run alone."""
+    used = []
+
+    def spy(step, n_rows, batch_size, seed):
+        used.append(seed)
+        return real(step, n_rows, batch_size, seed)
+
+    real = ensemble.batch_indices
+    monkeypatch.setattr(ensemble, "batch_indices", spy)
+    cfgs = [c.replace(train={"batch_seed": 7}) for c in _cfgs(steps=12)]
+    runs = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(3)], progress=False)
+    assert set(used) == {7}
+    ref = train(cfgs[1], tmp_path / "alone", progress=False)  # seed 1, batches of seed 7
+    assert (runs[1].metrics().value - ref.metrics().value).abs().max() < 1e-4
+    other = train(cfgs[1].replace(train={"batch_seed": None}), tmp_path / "own",
+                  progress=False)
+    assert (other.metrics().value - ref.metrics().value).abs().max() > 1e-3

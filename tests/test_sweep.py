@@ -2,6 +2,7 @@
 to their runs, gathered into one table and a phase diagram."""
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -175,3 +176,12 @@ def test_cli_sweep(tmp_path, capsys):
                       "--vary 'nope=1': expected NAME=V1,V2")
     assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "bad"), "nothing to sweep")
     assert not (tmp_path / "bad").exists()
+
+
+def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails
+    with pytest.raises(UserError, match=r"pip install 'initlens\[ray\]'"):
+        sweep_module.run_sweep(_sweep({"gamma": [0.3]}), tmp_path / "s", backend="ray")
+    with pytest.raises(UserError, match="backend 'slurm' is not one of local, ray"):
+        sweep_module.run_sweep(_sweep({"gamma": [0.3]}), tmp_path / "s", backend="slurm")
+    assert not (tmp_path / "s").exists()
