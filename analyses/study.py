@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -34,20 +35,27 @@ def run_dir(study: Path, gamma: float) -> Path:
     return Path(study) / f"gamma_{gamma:g}"
 
 
-def check_folder(out: Path, marker: str, spec: dict, overwrite: bool) -> None:
+def check_folder(out: Path, marker: str, spec: dict, overwrite: bool,
+                 normalize: Callable[[dict], dict] = lambda d: d) -> None:
     """Refuse to mix work: `out` must be new, empty, or hold the same spec in its `marker`
-    file (then it resumes); --overwrite replaces only a folder with that marker."""
+    file (then it resumes; `normalize` fills in config fields added since it was written);
+    --overwrite replaces only a folder with that marker."""
     kind, file = Path(marker).stem, out / marker
     if overwrite and file.exists():
         shutil.rmtree(out)
     elif overwrite and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not a {kind} folder (no {marker}); refusing to overwrite "
                         f"it: choose another --out")
-    elif file.exists() and read_json(file, f"{kind} file") != spec:
+    elif file.exists() and normalize(read_json(file, f"{kind} file")) != spec:
         raise UserError(f"{out} holds a different {kind}; pass --overwrite to replace it, or "
                         f"choose another --out")
     elif not file.exists() and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new --out folder")
+
+
+def _study_spec(gammas: list[float], base: RunConfig) -> dict:
+    """study.json's content, as it reads back from disk."""
+    return json.loads(json.dumps({"gammas": gammas, "base": base.to_dict()}))
 
 
 def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
@@ -63,9 +71,9 @@ def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
     if not gammas:
         raise UserError("a study needs at least one gamma")
     configs = [base.replace(model={"gamma": float(g)}).validate() for g in gammas]
-    spec = json.loads(json.dumps({"gammas": [float(g) for g in gammas],
-                                  "base": base.to_dict()}))  # as it reads back from disk
-    check_folder(out, "study.json", spec, overwrite)
+    spec = _study_spec([float(g) for g in gammas], base)
+    check_folder(out, "study.json", spec, overwrite,
+                 lambda d: _study_spec(d.get("gammas"), RunConfig.from_dict(d.get("base", {}))))
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "study.json", spec)
     for cfg in configs:

@@ -81,7 +81,9 @@ class Sweep:
         return out
 
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "grid": {k: list(v) for k, v in self.grid.items()}}
+        """The base config and the grid, as they read back from a JSON file."""
+        return json.loads(json.dumps({"base": self.base.to_dict(),
+                                      "grid": {k: list(v) for k, v in self.grid.items()}}))
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "sweep file") -> "Sweep":
@@ -260,8 +262,9 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     configs = sweep.configs()  # every combination valid before anything trains
     if backend == "ray":
         connect_ray(address)  # before anything is written
-    spec = json.loads(json.dumps(sweep.to_dict()))  # as it reads back from disk
-    check_folder(out, "sweep.json", spec, overwrite)
+    spec = sweep.to_dict()
+    check_folder(out, "sweep.json", spec, overwrite,
+                 lambda d: Sweep.from_dict(d, str(out)).to_dict())
     (out / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", spec)
     todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])

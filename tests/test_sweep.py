@@ -106,6 +106,12 @@ def test_rerun_skips_finished_runs_and_restarts_half_written_ones(done):
     assert (_train_loss(Run(broken)) - reference).abs().max() < 1e-4
     with pytest.raises(UserError, match="holds a different sweep"):
         sweep_module.run_sweep(_sweep({"gamma": [0.5]}), out, progress=False)
+    # A sweep.json written before a config field existed (here batch_seed) still resumes.
+    spec = json.loads((out / "sweep.json").read_text())
+    del spec["base"]["train"]["batch_seed"]
+    (out / "sweep.json").write_text(json.dumps(spec))
+    sweep_module.run_sweep(_sweep(), out, progress=False)
+    assert (kept / "metrics.jsonl").stat().st_mtime_ns == before
 
 
 def test_a_failed_member_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
