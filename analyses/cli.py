@@ -293,7 +293,9 @@ def sweep_cmd(
                                           "be on storage every node sees."),
     strategy: str = typer.Option("auto", help="auto or ensemble: train runs that differ "
                                  "only in gamma/seed together; sequential: one by one."),
-    cpus_per_task: int = typer.Option(1, help="CPU cores per Ray task."),
+    cpus_per_task: int = typer.Option(1, help="CPU cores (torch threads) per Ray task."),
+    gpus_per_task: float = typer.Option(0, help="GPUs per Ray task (0.25: four share one); "
+                                        "0 trains on CPUs."),
     overwrite: bool = typer.Option(False, help="Replace an existing sweep in --out."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
     **fields,
@@ -311,7 +313,7 @@ def sweep_cmd(
         raise UserError("nothing to sweep: give --gammas, --layers, --seeds, --vary NAME=V1,V2 "
                         "or --grid FILE")
     info = run_sweep(make_sweep(base, values), out, backend, strategy, address, cpus_per_task,
-                     overwrite, formats=_formats(format))
+                     gpus_per_task, overwrite, formats=_formats(format))
     table = info["table"]
     value = "inferential_fraction" if "inferential_fraction" in table else "signed_area"
     for row in table.itertuples():

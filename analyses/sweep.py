@@ -198,14 +198,24 @@ def connect_ray(address: str | None = None):
     return ray
 
 
+def ray_slots(resources: dict, cpus_per_task: int, gpus_per_task: float) -> int:
+    """How many tasks the cluster runs at once; a clear error if it has no GPU to give."""
+    if gpus_per_task > 0:
+        if not resources.get("GPU"):
+            raise UserError("--gpus-per-task needs GPUs, and the Ray cluster has none; "
+                            "leave it at 0 to train on CPUs")
+        return max(1, int(resources["GPU"] / gpus_per_task))
+    return max(1, int(resources.get("CPU", 1)) // cpus_per_task)
+
+
 def run_ray(runs: list[tuple[RunConfig, Path]], strategy: str, bar, address: str | None = None,
-            cpus_per_task: int = 1) -> None:
+            cpus_per_task: int = 1, gpus_per_task: float = 0) -> None:
     """Train the runs as Ray tasks, one per unit with `cpus_per_task` cores (torch threads)
-    each, split so every worker gets one (`connect_ray`). On a cluster the sweep folder
-    must be on a filesystem every node sees."""
+    and `gpus_per_task` GPUs each (a fraction shares one), split so every slot gets one
+    (`connect_ray`). On a cluster the sweep folder must be on a filesystem every node sees."""
     ray = connect_ray(address)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // cpus_per_task)
-    task = ray.remote(num_cpus=cpus_per_task, max_retries=0)(_ray_unit)
+    slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
+    task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_ray_unit)
     pending_tasks = {task.remote(unit, cpus_per_task): unit
                      for unit in plan(runs, strategy, min_units=slots)}
     while pending_tasks:
@@ -248,8 +258,9 @@ def _record(result: list[tuple[str, str, str]], bar) -> None:
 
 def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
               strategy: str = "auto", address: str | None = None, cpus_per_task: int = 1,
-              overwrite: bool = False, progress: bool | None = None,
-              formats: Sequence[str] = ("html",)) -> dict[str, object]:
+              gpus_per_task: float = 0, overwrite: bool = False,
+              progress: bool | None = None, formats: Sequence[str] = ("html",)
+              ) -> dict[str, object]:
     """Train every grid point of `sweep` into `out/runs/` (skipping finished runs), then
     gather results.csv/.parquet and the phase diagram (`report_sweep`)."""
     out = Path(out)
@@ -257,11 +268,12 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
         raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if strategy not in STRATEGIES:
         raise UserError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-    if cpus_per_task < 1:
-        raise UserError(f"--cpus-per-task must be at least 1 (got {cpus_per_task})")
+    if cpus_per_task < 1 or gpus_per_task < 0:
+        raise UserError(f"--cpus-per-task must be at least 1 and --gpus-per-task at least 0 "
+                        f"(got {cpus_per_task} and {gpus_per_task})")
     configs = sweep.configs()  # every combination valid before anything trains
-    if backend == "ray":
-        connect_ray(address)  # before anything is written
+    if backend == "ray":  # before anything is written
+        ray_slots(connect_ray(address).cluster_resources(), cpus_per_task, gpus_per_task)
     spec = sweep.to_dict()
     check_folder(out, "sweep.json", spec, overwrite,
                  lambda d: Sweep.from_dict(d, str(out)).to_dict())
@@ -271,7 +283,7 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     with tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
               disable=not (show_progress() if progress is None else progress)) as bar:
         if backend == "ray":
-            run_ray(todo, strategy, bar, address, cpus_per_task)
+            run_ray(todo, strategy, bar, address, cpus_per_task, gpus_per_task)
         else:
             run_local(plan(todo, strategy), bar)
     return report_sweep(out, formats)

@@ -47,6 +47,12 @@ def test_invalid_combinations_are_all_listed_and_nothing_trains(tmp_path):
     assert "d_model16" not in message and not (tmp_path / "s").exists()
 
 
+def test_ray_slots_follow_cpus_or_gpus():
+    assert sweep_module.ray_slots({"CPU": 16.0}, 1, 0) == 16
+    assert sweep_module.ray_slots({"CPU": 16.0}, 3, 0) == 5
+    assert sweep_module.ray_slots({"CPU": 16.0, "GPU": 2.0}, 1, 0.25) == 8
+
+
 def test_grid_runs_are_ensembles_of_matching_architectures():
     runs = [(cfg, name) for name, cfg in _sweep().configs()]
     units = sweep_module.plan(runs)
@@ -155,6 +161,9 @@ def test_ray_backend_trains_the_same_runs(done, tmp_path):
     out, info = done
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        with pytest.raises(UserError, match="the Ray cluster has none"):  # no GPU here
+            sweep_module.run_sweep(_sweep(), tmp_path / "s", backend="ray", gpus_per_task=1)
+        assert not (tmp_path / "s").exists()
         result = sweep_module.run_sweep(_sweep(), tmp_path / "s", backend="ray",
                                         progress=False)
     finally:
