@@ -55,7 +55,7 @@ def _option_type(default) -> type:
 
 
 FIELDS = _field_options()
-INT_OR_NONE = {"d_head", "d_mlp", "n_ctx", "batch_seed"}
+INT_OR_NONE = {"d_head", "d_mlp", "n_ctx", "batch_seed", "init_rank"}
 
 
 def _parse(name: str, raw, task_cls) -> Any:
@@ -292,7 +292,8 @@ def sweep_cmd(
                                           "ray://head:10001 or auto); the sweep folder must "
                                           "be on storage every node sees."),
     strategy: str = typer.Option("auto", help="auto or ensemble: train runs that differ "
-                                 "only in gamma/seed together; sequential: one by one."),
+                                 "only in init (gamma, readout_scale, init_rank) and seed "
+                                 "together; sequential: one by one."),
     cpus_per_task: int = typer.Option(1, help="CPU cores (torch threads) per Ray task."),
     gpus_per_task: float = typer.Option(0, help="GPUs per Ray task (0.25: four share one); "
                                         "0 trains on CPUs."),

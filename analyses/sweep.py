@@ -5,9 +5,10 @@
     SWEEP/results.csv/.parquet  one row per grid point: its values, state, error, preference
     SWEEP/phase_diagram.html    gamma x depth coloured by the preference index
 
-Every combination is validated before anything trains. Runs that differ only in gamma and
-seed train together as an ensemble (`models.ensemble`), locally or as Ray tasks. Finished
-and failed runs are kept when a sweep is run again; half-written ones are retrained.
+Every combination is validated before anything trains. Runs that differ only in their init
+(gamma, readout_scale, init_rank) and seed train together as an ensemble
+(`models.ensemble`), locally or as Ray tasks. Finished and failed runs are kept when a
+sweep is run again; half-written ones are retrained.
 """
 
 from __future__ import annotations
@@ -140,7 +141,7 @@ def pending(runs: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
 
 def plan(runs: list[tuple[RunConfig, Path]], strategy: str = "auto",
          min_units: int = 1) -> list[Unit]:
-    """Group runs into units: ensembles of runs that differ only in gamma and seed (auto,
+    """Group runs into units: ensembles of runs that differ only in init and seed (auto,
     ensemble) or one run each (sequential); groups are split to give at least `min_units`
     units (e.g. one per Ray worker) and at most MAX_MEMBERS runs each."""
     if strategy not in STRATEGIES:

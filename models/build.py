@@ -39,9 +39,20 @@ def fan_in(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> int | None:
 
 
 def target_std(name: str, shape: tuple[int, ...], cfg: ModelConfig) -> float:
-    """The init std of a parameter: d_in^-gamma for matrices, 0 for vectors (constant)."""
+    """The init std of a parameter: d_in^-gamma for matrices (times readout_scale for the
+    unembedding), 0 for vectors (constant)."""
     d_in = fan_in(name, shape, cfg)
-    return 0.0 if d_in is None else float(d_in) ** -cfg.gamma
+    scale = cfg.readout_scale if name == "unembed.weight" else 1.0
+    return 0.0 if d_in is None else scale * float(d_in) ** -cfg.gamma
+
+
+def low_rank(w: torch.Tensor, rank: int) -> torch.Tensor:
+    """`w` cut to its top `rank` singular directions, rescaled to its Frobenius norm."""
+    if rank >= min(w.shape):
+        return w
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    cut = (u[:, :rank] * s[:rank]) @ vh[:rank]
+    return cut * (w.norm() / cut.norm())
 
 
 def bridge_config(cfg: RunConfig) -> TransformerBridgeConfig:
@@ -65,7 +76,8 @@ def init_weights(model: TransformerBridge, cfg: ModelConfig, seed: int) -> None:
     for name, tensor in sorted(model.state_dict().items()):
         std = target_std(name, tuple(tensor.shape), cfg)
         if std > 0:
-            tensor.copy_(torch.randn(tensor.shape, generator=gen) * std)
+            w = torch.randn(tensor.shape, generator=gen) * std
+            tensor.copy_(w if cfg.init_rank is None else low_rank(w, cfg.init_rank))
         elif name.endswith(".weight"):  # LayerNorm scale
             tensor.fill_(1.0)
         else:

@@ -27,7 +27,9 @@ class ModelConfig:
     d_in is the fan-in of the matrix: d_model for W_Q/W_K/W_V, W_in and W_U; n_heads*d_head
     for W_O; d_mlp for W_out. For the embeddings W_E and W_pos, `embed_fan_in="vocab"` (the
     paper's convention: one-hot input) uses d_vocab and n_ctx; `"d_model"` uses d_model.
-    Biases start at zero, LayerNorm weights at one.
+    Biases start at zero, LayerNorm weights at one. Two more init knobs: `readout_scale`
+    multiplies the unembedding's std; `init_rank` r keeps the top r singular directions of
+    every matrix larger than that (rescaled to the same norm, so the std is unchanged).
     """
 
     gamma: float = 0.5
@@ -40,6 +42,8 @@ class ModelConfig:
     normalization: str = "LN"  # "LN" (pre-LN blocks) or "none"
     embed_fan_in: str = "vocab"
     n_ctx: int | None = None  # default: the task's sequence length
+    readout_scale: float = 1.0  # the unembedding starts at readout_scale * d_model^-gamma
+    init_rank: int | None = None  # low-rank init: weight matrices start at this rank
 
     @property
     def head_dim(self) -> int:
@@ -65,6 +69,10 @@ class ModelConfig:
                             f"d_model = {self.d_model}; fix d_head, n_heads or d_model")
         if self.mlp_dim < 0:
             raise UserError(f"d_mlp={self.d_mlp} must be >= 0 (0 = attention-only)")
+        if not self.readout_scale > 0:
+            raise UserError(f"readout_scale={self.readout_scale} must be > 0")
+        if self.init_rank is not None and self.init_rank < 1:
+            raise UserError(f"init_rank={self.init_rank} must be >= 1 (or none: full rank)")
         _choice("act_fn", self.act_fn, ACTIVATIONS)
         _choice("normalization", self.normalization, NORMALIZATIONS)
         _choice("embed_fan_in", self.embed_fan_in, EMBED_FAN_IN)

@@ -39,9 +39,13 @@ EVAL_ROWS = 2048  # evaluation rows per member in one pass
 CPU_FLOATS_PER_PASS = 1 << 20
 
 
+# Fields that only change the initial weights: ensemble members may differ in them.
+INIT_FIELDS = {"gamma": 1.0, "readout_scale": 1.0, "init_rank": None}
+
+
 def ensemble_key(cfg: RunConfig) -> RunConfig:
-    """What members of one ensemble share: everything but gamma and the seed."""
-    return cfg.replace(model={"gamma": 1.0}, train={"seed": 0})
+    """What members of one ensemble share: everything but their init and seed."""
+    return cfg.replace(model=INIT_FIELDS, train={"seed": 0})
 
 
 def label_logits(template: Weights, params: dict[str, torch.Tensor],
@@ -88,7 +92,8 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
     for cfg in cfgs:
         cfg.validate()
         if ensemble_key(cfg) != ensemble_key(cfgs[0]):
-            raise UserError("ensemble members may differ only in gamma and seed; train the "
+            raise UserError("ensemble members may differ only in their init (gamma, "
+                            "readout_scale, init_rank) and seed; train the "
                             "others in another ensemble (probe sweep groups them for you)")
     for out in outs:
         prepare_dir(out, resume=False)

@@ -104,7 +104,7 @@ def test_failed_member_is_isolated(tmp_path, monkeypatch):
 
 def test_members_must_share_everything_but_gamma_and_seed(tmp_path):
     a, b = tiny_config(), tiny_config().replace(model={"n_layers": 1})
-    with pytest.raises(UserError, match="only in gamma and seed"):
+    with pytest.raises(UserError, match="only in their init"):
         train_ensemble([a, b], [tmp_path / "a", tmp_path / "b"], progress=False)
     assert not (tmp_path / "a").exists()
 
