@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; finished checkpoints are kept (resume with --resume)",
+        typer.echo("interrupted; finished work is kept: `probe train --resume` continues a "
+                   "run, the same `probe study` or `probe sweep` command continues those",
                    err=True)
         sys.exit(130)
 

@@ -273,7 +273,7 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
     for layer in range(last):
         m, src = masks[layer], sources[layer]
         if component in AFTER_ATTENTION:
-            x = block(w, layer, x)
+            x = block(w, layer, x) if len(x) else x
             post, pos = _finish_patched(w, layer, target, m, src, component)
             if layer == last - 1:
                 sparse.append(_final_block(w, target, post, pos, len(m)))
@@ -295,7 +295,7 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
             len(resid), 0)) if component == "resid_pre" else None)
         sparse.append(_final_block(w, target, x_at, pos, len(m),
                                    _patcher(m, src, component)))
-    x = torch.cat([block(w, last, x, last_only=True), *sparse])
+    x = torch.cat([block(w, last, x, last_only=True) if len(x) else x[:, -1:], *sparse])
     batch = len(target[hook_name("resid_pre", 0)])
     logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
     return [_apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
@@ -329,6 +329,17 @@ def _scatter(full: torch.Tensor, rows_at: torch.Tensor, pos: torch.Tensor) -> to
     return out.scatter_(2, index, rows_at.view(n, batch, *rows_at.shape[1:])).flatten(0, 1)
 
 
+def _put(t: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """t [variant, batch, seq, ...] with new [variant * batch, k, ...] written at positions
+    pos [variant, k] (one position each: a broadcast select, cheaper than a scatter)."""
+    n, batch, seq = t.shape[:3]
+    new = new.view(n, batch, *new.shape[1:])
+    ones = [1] * (t.dim() - 3)
+    if pos.shape[1] == 1:
+        return torch.where(F.one_hot(pos[:, 0], seq).bool().view(n, 1, seq, *ones), new, t)
+    return t.scatter(2, pos.view(n, 1, -1, *ones).expand(new.shape), new)
+
+
 def _final_block(w: Weights, target: dict[str, torch.Tensor], x_at: torch.Tensor | None,
                  pos: torch.Tensor, n: int, hook=None) -> torch.Tensor:
     """Label-position resid_post [variant * batch, 1, d] of n variants whose final-block
@@ -346,14 +357,12 @@ def _final_block(w: Weights, target: dict[str, torch.Tensor], x_at: torch.Tensor
     if pos.shape[1]:
         a = w.norm(x_at, f"{p}.ln1")
         rows = pos.repeat_interleave(batch, 0)
-        index = pos.view(n, 1, -1, 1, 1).expand(n, batch, pos.shape[1], w.n_heads, w.d_head)
 
         def heads(name: str) -> torch.Tensor:
             out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
             return out.view(len(a), a.shape[1], w.n_heads, w.d_head)
 
-        k = k.scatter(2, index, heads("k").view(index.shape))
-        v = v.scatter(2, index, heads("v").view(index.shape))
+        k, v = _put(k, heads("k"), pos), _put(v, heads("v"), pos)
         label = rows[:, -1] == seq - 1  # the label position is among the changed ones
         if label.any():
             x = torch.where(label[:, None, None], x_at[:, -1:], x)
