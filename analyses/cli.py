@@ -260,14 +260,15 @@ def _field_value(name: str, text: str, task_cls) -> Any:
     kind = _option_type(_default(FIELDS[name][1]))
     if kind is str:
         return value
-    if kind is bool and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    try:
-        if kind is bool:
-            raise ValueError
-        return kind(value)
-    except ValueError:
-        raise UserError(f"{name}={value!r}: expected a {kind.__name__}") from None
+    if kind is bool:
+        if value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    else:
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    raise UserError(f"{name}={value!r}: expected a {kind.__name__}")
 
 
 @app.command("sweep")
@@ -302,6 +303,7 @@ def sweep_cmd(
     **fields,
 ):
     """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
+    from analyses.phase_diagram import default_value
     from analyses.sweep import Sweep, make_sweep, run_sweep
     from models.checkpoint import read_json
 
@@ -316,7 +318,7 @@ def sweep_cmd(
     info = run_sweep(make_sweep(base, values), out, backend, strategy, address, cpus_per_task,
                      gpus_per_task, overwrite, formats=_formats(format))
     table = info["table"]
-    value = "inferential_fraction" if "inferential_fraction" in table else "signed_area"
+    value = default_value(table)
     for row in table.itertuples():
         shown = f"{value} {getattr(row, value):.3f}" if row.state == "done" else row.error
         typer.echo(f"{row.run:<24} {row.state:<8} {shown}")

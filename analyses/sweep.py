@@ -97,8 +97,13 @@ class Sweep:
         for name, values in data["grid"].items():
             section_of(name, base)
             values = values if isinstance(values, list) else [values]
-            grid[name] = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+            grid[name] = tuple(_tuples(v) for v in values)
         return make_sweep(base, grid)
+
+
+def _tuples(value):
+    """JSON lists back into the tuples config fields hold, at any depth."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
 def make_sweep(base: RunConfig, grid: dict[str, Sequence]) -> Sweep:
@@ -113,12 +118,17 @@ def make_sweep(base: RunConfig, grid: dict[str, Sequence]) -> Sweep:
 
 
 def _run_name(values: dict[str, Any]) -> str:
-    parts = []
-    for name, value in values.items():
-        text = f"{value:g}" if isinstance(value, float) else \
-            ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        parts.append(f"{SHORT.get(name, name)}{text}")
+    """g0.3_L2_s0, keys21-60, held_out11-13+13-11, ..."""
+    parts = [f"{SHORT.get(name, name)}{_text(value)}" for name, value in values.items()]
     return "_".join(parts).replace("/", "-") or "run"
+
+
+def _text(value) -> str:
+    """A swept value as text: 0.3, 21-60 (a pair), 11-13+13-11 (pairs)."""
+    if isinstance(value, tuple):
+        nested = bool(value) and isinstance(value[0], tuple)
+        return ("+" if nested else "-").join(_text(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # --- training ----------------------------------------------------------------------------
@@ -314,7 +324,8 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
         run = Run(root / "runs" / name)
         status = run.status if run.path.exists() else {"state": "missing"}
         row = {"run": name, "gamma": cfg.model.gamma, "n_layers": cfg.model.n_layers,
-               "seed": cfg.train.seed, **{k: _cell(v) for k, v in values.items()},
+               "seed": cfg.train.seed, **{k: _text(v) if isinstance(v, tuple) else v
+                                              for k, v in values.items()},
                "state": status.get("state", "unknown"), "error": status.get("reason", "")}
         if run.done:
             row.update({k: v for k, v in preference_row(run).items() if k not in row})
@@ -325,10 +336,6 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.astype({c: "Int64" for c in table if c.startswith("step_to_")})
-
-
-def _cell(value):
-    return ",".join(map(str, value)) if isinstance(value, tuple) else value
 
 
 __all__ = ["Sweep", "make_sweep", "pending", "plan", "report_sweep", "results_table",

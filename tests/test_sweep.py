@@ -200,3 +200,11 @@ def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="backend 'slurm' is not one of local, ray"):
         sweep_module.run_sweep(_sweep({"gamma": [0.3]}), tmp_path / "s", backend="slurm")
     assert not (tmp_path / "s").exists()
+
+
+def test_tuple_fields_sweep_and_read_back():
+    sweep = _sweep({"held_out": [((11, 13),), ((11, 13), (13, 11))], "keys": [(21, 30)]})
+    assert [name for name, _ in sweep.points()] == ["held_out11-13_keys21-30",
+                                                     "held_out11-13+13-11_keys21-30"]
+    again = sweep_module.Sweep.from_dict(json.loads(json.dumps(sweep.to_dict())))
+    assert again == sweep and [c for _, c in again.configs()] == [c for _, c in sweep.configs()]
