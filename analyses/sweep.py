@@ -186,9 +186,10 @@ def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str,
 
 
 def run_local(units: list[Unit], bar) -> None:
-    """Train the units one after another in this process."""
+    """Train the units one after another in this process (with a step bar each, under the
+    sweep's bar, when that one shows)."""
     for unit in units:
-        _record(train_unit(unit, progress=False), bar)
+        _record(train_unit(unit, progress=not bar.disable), bar)
 
 
 def connect_ray(address: str | None = None):
