@@ -154,8 +154,7 @@ def plan(runs: list[tuple[RunConfig, Path]], strategy: str = "auto",
     """Group runs into units: ensembles of runs that differ only in init and seed (auto,
     ensemble) or one run each (sequential); groups are split to give at least `min_units`
     units (e.g. one per Ray worker) and at most MAX_MEMBERS runs each."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    _one_of("strategy", strategy, STRATEGIES)
     if strategy == "sequential":
         return [[r] for r in runs]
     groups: dict[RunConfig, Unit] = {}
@@ -256,6 +255,11 @@ def _failed(path: Path, step: int, reason: str) -> tuple[str, str, str]:
     return str(path), "failed", reason
 
 
+def _one_of(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{what} {value!r} is not one of {', '.join(choices)}")
+
+
 def _error(e: Exception) -> str:
     """The exception's type and the first line of its message."""
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
@@ -276,10 +280,8 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     """Train every grid point of `sweep` into `out/runs/` (skipping finished runs), then
     gather results.csv/.parquet and the phase diagram (`report_sweep`)."""
     out = Path(out)
-    if backend not in BACKENDS:
-        raise UserError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if strategy not in STRATEGIES:
-        raise UserError(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    _one_of("backend", backend, BACKENDS)
+    _one_of("strategy", strategy, STRATEGIES)
     if cpus_per_task < 1 or gpus_per_task < 0:
         raise UserError(f"--cpus-per-task must be at least 1 and --gpus-per-task at least 0 "
                         f"(got {cpus_per_task} and {gpus_per_task})")
