@@ -411,7 +411,8 @@ def linear_cmd(
 
 
 @app.command("report")
-def report_cmd(target: Path = typer.Argument(..., help="A study folder or a run directory."),
+def report_cmd(target: Path = typer.Argument(..., help="A study or sweep folder, or a run "
+                                                       "directory."),
                out: Optional[Path] = typer.Option(None, help="Where to write the HTML "
                                                              "(default: TARGET/report.html)."),
                analysis: bool = typer.Option(True, help=ANALYSIS_HELP),
@@ -419,12 +420,16 @@ def report_cmd(target: Path = typer.Argument(..., help="A study folder or a run 
                probe_rows: int = typer.Option(8000, help=ROWS_HELP),
                probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
                format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP)):
-    """(Re)build the self-contained HTML report of a study or a single run."""
+    """(Re)build the HTML report of a study or a run, or a sweep's table and phase diagram."""
     from analyses.report import write_report
     from analyses.run_analysis import analyze_runs
     from analyses.study import report_study
+    from analyses.sweep import report_sweep
     from models.run import Run
 
+    if (target / "sweep.json").exists():
+        _echo_written(report_sweep(target, _formats(format) or ("html",)))
+        return
     cfg = _analysis(analysis, pairs, probe_rows, probe_targets)
     if (target / "study.json").exists() and out is None:
         info = report_study(target, cfg, _formats(format))

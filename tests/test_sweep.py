@@ -208,3 +208,13 @@ def test_tuple_fields_sweep_and_read_back():
                                                      "held_out11-13+13-11_keys21-30"]
     again = sweep_module.Sweep.from_dict(json.loads(json.dumps(sweep.to_dict())))
     assert again == sweep and [c for _, c in again.configs()] == [c for _, c in sweep.configs()]
+
+
+def test_probe_report_rebuilds_a_sweeps_table_and_figure(done, capsys):
+    out, info = done
+    (out / "results.csv").unlink()
+    (out / "phase_diagram.html").unlink()
+    code, printed, err = run_cli(capsys, "report", out)
+    assert code == 0, err
+    assert f"wrote {out / 'phase_diagram.html'}" in printed
+    assert list(pd.read_csv(out / "results.csv").run) == list(info["table"].run)
