@@ -218,3 +218,18 @@ def test_probe_report_rebuilds_a_sweeps_table_and_figure(done, capsys):
     assert code == 0, err
     assert f"wrote {out / 'phase_diagram.html'}" in printed
     assert list(pd.read_csv(out / "results.csv").run) == list(info["table"].run)
+
+
+def test_cli_sweep_from_a_grid_file(tmp_path, capsys):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"base": tiny_config().to_dict(), "grid": {"gamma": [0.3, 0.8]}}))
+    code, out, err = run_cli(capsys, "sweep", "--out", tmp_path / "s", "--grid", grid,
+                             "--seeds", "0,1", "--steps", "10")
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "s" / "results.csv")
+    assert list(table.run) == ["g0.3_s0", "g0.3_s1", "g0.8_s0", "g0.8_s1"]
+    cfg = Run.open(tmp_path / "s" / "runs" / "g0.8_s1").config
+    assert cfg.train.steps == 10 and cfg.model.d_model == tiny_config().model.d_model
+    grid.write_text(json.dumps({"gamma": [0.3]}))
+    assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "t", "--grid", grid),
+                      'must be a JSON object with a "grid" object')
