@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analyses.phase_diagram import phase_diagram
+from analyses.phase_diagram import phase_diagram, rows_axis
 from analyses.preference import preference_row
 from analyses.representations_run import write_figures, write_table
 from analyses.study import check_folder
@@ -312,7 +312,8 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
     sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
     table = results_table(sweep, out)
     files = write_table(table, out, "results")
-    figures, notes = write_figures({"phase_diagram": phase_diagram(table)}, out, formats)
+    figure = phase_diagram(table, rows=rows_axis(table, list(sweep.grid)))
+    figures, notes = write_figures({"phase_diagram": figure}, out, formats)
     return {"table": table, "files": files + figures, "warnings": notes}
 
 

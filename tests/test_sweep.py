@@ -11,7 +11,7 @@ import torch
 
 import analyses.sweep as sweep_module
 import models.ensemble as ensemble
-from analyses.phase_diagram import phase_diagram, phase_grid
+from analyses.phase_diagram import phase_diagram, phase_grid, rows_axis
 from analyses.preference import preference_row
 from conftest import tiny_config
 from models import Run, UserError, train
@@ -233,3 +233,16 @@ def test_cli_sweep_from_a_grid_file(tmp_path, capsys):
     grid.write_text(json.dumps({"gamma": [0.3]}))
     assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "t", "--grid", grid),
                       'must be a JSON object with a "grid" object')
+
+
+def test_phase_diagram_rows_follow_what_was_swept():
+    table = pd.DataFrame({"gamma": [0.3, 0.8] * 4, "n_layers": 2, "seed": 0,
+                          "weight_decay": [0.0, 0.0, 0.1, 0.1] * 2,
+                          "lr": [0.001] * 4 + [0.003] * 4, "signed_area": np.arange(8.0)})
+    assert rows_axis(table, ["gamma", "weight_decay", "lr"]) == "weight_decay"
+    assert rows_axis(table.assign(n_layers=[1, 2] * 4), ["weight_decay"]) == "n_layers"
+    assert rows_axis(table[table.weight_decay == 0], ["weight_decay"]) == "n_layers"
+    grid = phase_grid(table, "signed_area", rows="weight_decay")  # mean over lr
+    assert grid.loc[0.1, 0.3] == pytest.approx((2 + 6) / 2)
+    fig = phase_diagram(table, rows="weight_decay")
+    assert list(fig.data[0].y) == ["0", "0.1"] and fig.layout.yaxis.title.text == "weight_decay"
