@@ -219,13 +219,12 @@ def ray_slots(resources: dict, cpus_per_task: int, gpus_per_task: float) -> int:
     return max(1, int(resources.get("CPU", 1)) // cpus_per_task)
 
 
-def run_ray(runs: list[tuple[RunConfig, Path]], strategy: str, bar, address: str | None = None,
+def run_ray(ray, runs: list[tuple[RunConfig, Path]], strategy: str, bar, slots: int,
             cpus_per_task: int = 1, gpus_per_task: float = 0) -> None:
-    """Train the runs as Ray tasks, one per unit with `cpus_per_task` cores (torch threads)
-    and `gpus_per_task` GPUs each (a fraction shares one), split so every slot gets one
-    (`connect_ray`). On a cluster the sweep folder must be on a filesystem every node sees."""
-    ray = connect_ray(address)
-    slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
+    """Train the runs as Ray tasks (`ray`: from `connect_ray`), one per unit with
+    `cpus_per_task` cores (torch threads) and `gpus_per_task` GPUs each (a fraction shares
+    one), in at least `slots` units. On a cluster the sweep folder must be on a filesystem
+    every node sees."""
     task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_ray_unit)
     pending_tasks = {task.remote(unit, cpus_per_task): unit
                      for unit in plan(runs, strategy, min_units=slots)}
@@ -287,7 +286,8 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
                         f"(got {cpus_per_task} and {gpus_per_task})")
     configs = sweep.configs()  # every combination valid before anything trains
     if backend == "ray":  # before anything is written
-        ray_slots(connect_ray(address).cluster_resources(), cpus_per_task, gpus_per_task)
+        ray = connect_ray(address)
+        slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
     spec = sweep.to_dict()
     check_folder(out, "sweep.json", spec, overwrite,
                  lambda d: Sweep.from_dict(d, str(out)).to_dict())
@@ -297,7 +297,7 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     with tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
               disable=not (show_progress() if progress is None else progress)) as bar:
         if backend == "ray":
-            run_ray(todo, strategy, bar, address, cpus_per_task, gpus_per_task)
+            run_ray(ray, todo, strategy, bar, slots, cpus_per_task, gpus_per_task)
         else:
             run_local(plan(todo, strategy), bar)
     return report_sweep(out, formats)

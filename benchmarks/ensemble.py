@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from analyses.preference import curves
 from models import RunConfig, train
 from models.build import resolve_device
 from models.ensemble import train_ensemble
@@ -31,7 +32,7 @@ device = resolve_device(args.device)
 
 
 def _train_loss(run):
-    return run.metrics().query("group == 'train' and metric == 'loss'").value.reset_index(drop=True)
+    return curves(run.metrics(), "loss")["train"]
 
 
 gammas = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import models.train  # noqa: F401  (the module, for its build_model)
+from analyses.preference import curves
 from models import RunConfig, train
 
 parser = argparse.ArgumentParser()
@@ -26,6 +27,10 @@ module = sys.modules["models.train"]  # `models.train` the attribute is the func
 build = module.build_model
 
 
+def _loss(run):
+    return curves(run.metrics(), "loss")["train"]
+
+
 def nudged(cfg, device=None):
     model = build(cfg, device)
     g = torch.Generator().manual_seed(1)
@@ -33,11 +38,6 @@ def nudged(cfg, device=None):
         for p in model.parameters():
             p.mul_(1 + 1e-7 * torch.randn(p.shape, generator=g))
     return model
-
-
-def train_loss(run):
-    m = run.metrics()
-    return m[(m.group == "train") & (m.metric == "loss")].value.reset_index(drop=True)
 
 
 base = RunConfig().replace(train={"steps": args.steps, "batch_size": args.batch,
@@ -50,4 +50,4 @@ with tempfile.TemporaryDirectory() as tmp:
         b = train(cfg, Path(tmp) / f"b{gamma}", progress=False)
         module.build_model = build
         print(f"gamma {gamma:g}: init nudged by 1e-7 -> train loss differs by "
-              f"{(train_loss(a) - train_loss(b)).abs().max():.1e}", flush=True)
+              f"{(_loss(a) - _loss(b)).abs().max():.1e}", flush=True)

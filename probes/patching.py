@@ -321,12 +321,7 @@ def _at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 def _scatter(full: torch.Tensor, rows_at: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """The target's `full` [batch, seq, ...] for each variant, with rows_at
     [variant * batch, k, ...] written at positions pos [variant, k]: [variant * batch, ...]."""
-    n, batch = len(pos), len(full)
-    out = full.expand(n, *full.shape).clone()
-    index = pos[:, None, :].expand(n, batch, pos.shape[1])
-    index = index.view(*index.shape, *[1] * (full.dim() - 2)).expand(
-        n, batch, pos.shape[1], *full.shape[2:])
-    return out.scatter_(2, index, rows_at.view(n, batch, *rows_at.shape[1:])).flatten(0, 1)
+    return _put(full.expand(len(pos), *full.shape), rows_at, pos).flatten(0, 1)
 
 
 def _put(t: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 import analyses.sweep as sweep_module
 import models.ensemble as ensemble
 from analyses.phase_diagram import phase_diagram, phase_grid, rows_axis
-from analyses.preference import preference_row
+from analyses.preference import curves, preference_row
 from conftest import tiny_config
 from models import Run, UserError, train
 from test_cli import TINY, assert_user_error, run_cli
@@ -31,8 +31,7 @@ def done(tmp_path_factory):
 
 
 def _train_loss(run: Run) -> pd.Series:
-    m = run.metrics()
-    return m[(m.group == "train") & (m.metric == "loss")].value.reset_index(drop=True)
+    return curves(run.metrics(), "loss")["train"]
 
 
 def test_invalid_combinations_are_all_listed_and_nothing_trains(tmp_path):
