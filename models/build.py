@@ -14,6 +14,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
 from models.config import ModelConfig, RunConfig
+from models.layernorm import apply_placement
 
 # Embedding matrices: their input is one-hot, so their d_in is the number of rows.
 EMBEDDINGS = ("embed.weight", "pos_embed.weight")
@@ -89,6 +90,8 @@ def build_model(cfg: RunConfig, device: str | torch.device | None = None) -> Tra
     (TransformerLens analysis tools require it; `train()` switches modes itself)."""
     cfg.validate()
     model = TransformerBridge.boot_native(bridge_config(cfg))
+    if cfg.model.normalization != "none":
+        apply_placement(model, cfg.model.normalization)
     init_weights(model, cfg.model, cfg.train.seed)
     model.eval()
     return model.to(resolve_device(str(device or cfg.train.device)), print_details=False)

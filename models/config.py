@@ -15,7 +15,9 @@ from typing import Any
 from models.errors import UserError
 from models.tasks import MixtureTask, Task, task_class
 
-NORMALIZATIONS = ("LN", "none")
+# LayerNorm placements (models/layernorm.py): LN = pre-LN (TransformerLens); post-LN; none;
+# only the attention input, only the MLP input, only the query/key or only the value input.
+NORMALIZATIONS = ("LN", "post", "none", "attn", "mlp", "qk", "v")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 EMBED_FAN_IN = ("vocab", "d_model")
 
@@ -39,7 +41,7 @@ class ModelConfig:
     d_head: int | None = None  # default d_model // n_heads
     d_mlp: int | None = None  # default 4 * d_model; 0 means attention-only
     act_fn: str = "relu"
-    normalization: str = "LN"  # "LN" (pre-LN blocks) or "none"
+    normalization: str = "LN"  # pre-LN; or one of NORMALIZATIONS (LayerNorm placement)
     embed_fan_in: str = "vocab"
     n_ctx: int | None = None  # default: the task's sequence length
     readout_scale: float = 1.0  # the unembedding starts at readout_scale * d_model^-gamma
@@ -75,6 +77,9 @@ class ModelConfig:
             raise UserError(f"init_rank={self.init_rank} must be >= 1 (or none: full rank)")
         _choice("act_fn", self.act_fn, ACTIVATIONS)
         _choice("normalization", self.normalization, NORMALIZATIONS)
+        if self.normalization == "mlp" and self.mlp_dim == 0:
+            raise UserError("normalization='mlp' puts LayerNorm on the MLP input, but d_mlp=0 "
+                            "(attention-only) has no MLP; choose another placement")
         _choice("embed_fan_in", self.embed_fan_in, EMBED_FAN_IN)
 
 

@@ -1,7 +1,7 @@
 """A functional forward pass of our TransformerLens-native models, hook by hook.
 
-Same arithmetic as the TransformerBridge (pre-LN or no-norm blocks, causal attention,
-learned positions), but plain tensor ops over the model's own weights. Two things make it
+Same arithmetic as the TransformerBridge (every LayerNorm placement of models/layernorm.py,
+causal attention, learned positions), but plain tensor ops over the model's own weights. Two things make it
 the engine of the patching tools: every TransformerLens hook point (`resid_pre`, `q`, `k`,
 `v`, `pattern`, `z`, `attn_out`, `resid_mid`, `mlp_out`, `resid_post`) passes through a
 `hook(name, tensor)` callback, and a block can start from any cached residual stream and
@@ -41,10 +41,10 @@ class Weights:
     n_layers: int
     n_heads: int
     d_head: int
-    layer_norm: bool
     attn_only: bool
     act_fn: str
     eps: float
+    normalizes: str = "qkv"  # what ln1 normalizes: "qkv", "qk", "v" or "post" (post-LN)
 
     @classmethod
     def of(cls, model) -> "Weights":
@@ -56,9 +56,9 @@ class Weights:
             return cached[1]
         cfg = model.cfg
         params = {k: v.detach() for k, v in model.state_dict().items()}
-        weights = cls(params, cfg.n_layers, cfg.n_heads, cfg.d_head,
-                      layer_norm=cfg.normalization_type is not None, attn_only=cfg.attn_only,
-                      act_fn=cfg.act_fn or "relu", eps=cfg.eps)
+        normalizes = getattr(model.blocks[0].original_component, "normalizes", "qkv")
+        weights = cls(params, cfg.n_layers, cfg.n_heads, cfg.d_head, attn_only=cfg.attn_only,
+                      act_fn=cfg.act_fn or "relu", eps=cfg.eps, normalizes=normalizes)
         _CACHE[model] = (key, weights)
         return weights
 
@@ -66,11 +66,19 @@ class Weights:
         return self.params[name]
 
     def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
-        """LayerNorm (the fused kernel: equal to the bridge's to float32 rounding)."""
-        if not self.layer_norm:
+        """LayerNorm `prefix` (the fused kernel: equal to the bridge's to float32 rounding);
+        the identity where the model's placement has no LayerNorm there."""
+        if f"{prefix}.weight" not in self.params:
             return x
         return F.layer_norm(x, x.shape[-1:], self[f"{prefix}.weight"], self[f"{prefix}.bias"],
                             self.eps)
+
+    def attn_inputs(self, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query/key input, value input) of block `layer` from its resid_pre `x`."""
+        if self.normalizes == "post":
+            return x, x
+        a = self.norm(x, f"blocks.{layer}.ln1")
+        return {"qk": (a, x), "v": (x, a)}.get(self.normalizes, (a, a))
 
 
 def _no_hook(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -92,13 +100,13 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
     p = f"blocks.{layer}"
     n, s, _ = x.shape
     x = hook("resid_pre", x)
-    a = w.norm(x, f"{p}.ln1")
+    a, a_v = w.attn_inputs(x, layer)
 
     def heads(name: str, a: torch.Tensor) -> torch.Tensor:
         out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
         return hook(name, out.view(n, a.shape[1], w.n_heads, w.d_head))
 
-    k, v = heads("k", a), heads("v", a)
+    k, v = heads("k", a), heads("v", a_v)
     if last_only:
         a, x = a[:, -1:], x[:, -1:]
     q = heads("q", a)
@@ -120,14 +128,18 @@ def block_tail(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"],
     """The rest of a block once its head outputs `z` are known (x: its resid_pre). Every
     step is per position, so any subset of positions can be computed on its own."""
     p = f"blocks.{layer}"
+    post = w.normalizes == "post"  # post-LN: ln1 after attention, ln2 after the MLP
     attn_out = F.linear(z.flatten(-2), w[f"{p}.attn.o.weight"], w[f"{p}.attn.o.bias"])
-    mid = hook("resid_mid", x + hook("attn_out", attn_out))
+    mid = x + hook("attn_out", attn_out)
+    mid = hook("resid_mid", w.norm(mid, f"{p}.ln1") if post else mid)
     if w.attn_only:
         return hook("resid_post", mid)
-    pre = F.linear(w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"], w[f"{p}.mlp.in.bias"])
+    pre = F.linear(mid if post else w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"],
+                   w[f"{p}.mlp.in.bias"])
     mlp_out = F.linear(ACTIVATIONS[w.act_fn](pre), w[f"{p}.mlp.out.weight"],
                        w[f"{p}.mlp.out.bias"])
-    return hook("resid_post", mid + hook("mlp_out", mlp_out))
+    out = mid + hook("mlp_out", mlp_out)
+    return hook("resid_post", w.norm(out, f"{p}.ln2") if post else out)
 
 
 def unembed(w: Weights, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:

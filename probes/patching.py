@@ -350,14 +350,14 @@ def _final_block(w: Weights, target: dict[str, torch.Tensor], x_at: torch.Tensor
     x = cached["resid_pre"][:, -1:].repeat(n, 1, 1)
     q, k, v = (cached[c].expand(n, *cached[c].shape) for c in ("q", "k", "v"))  # views
     if pos.shape[1]:
-        a = w.norm(x_at, f"{p}.ln1")
+        a, a_v = w.attn_inputs(x_at, last)
         rows = pos.repeat_interleave(batch, 0)
 
-        def heads(name: str) -> torch.Tensor:
+        def heads(name: str, a: torch.Tensor = a) -> torch.Tensor:
             out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
             return out.view(len(a), a.shape[1], w.n_heads, w.d_head)
 
-        k, v = _put(k, heads("k"), pos), _put(v, heads("v"), pos)
+        k, v = _put(k, heads("k"), pos), _put(v, heads("v", a_v), pos)
         label = rows[:, -1] == seq - 1  # the label position is among the changed ones
         if label.any():
             x = torch.where(label[:, None, None], x_at[:, -1:], x)

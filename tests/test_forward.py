@@ -15,6 +15,9 @@ from probes.forward import Weights, embed, run_with_cache, unembed, block
     ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
     ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0, gamma=0.3),
     ModelConfig(n_layers=4, d_model=48, n_heads=3, act_fn="gelu"),
+    *[ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization=n, d_mlp=d_mlp)
+      for n in ("post", "attn", "mlp", "qk", "v") for d_mlp in (None, 0)
+      if not (n == "mlp" and d_mlp == 0)],
 ])
 def test_every_hook_matches_the_bridge(model_cfg):
     cfg = RunConfig(task=MixtureTask(seq_len=7), model=model_cfg)

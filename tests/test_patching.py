@@ -29,6 +29,12 @@ SHAPES = {
     "2L-attn-only": ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0),
     "4L-LN-gelu-3heads": ModelConfig(n_layers=4, d_model=48, n_heads=3, act_fn="gelu"),
     "3L-small-init": ModelConfig(n_layers=3, d_model=32, n_heads=2, gamma=0.8),
+    # LayerNorm placements (models/layernorm.py)
+    "2L-postLN": ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization="post"),
+    "2L-LN-on-qk": ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization="qk"),
+    "2L-LN-on-v-attn-only": ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0,
+                                        normalization="v"),
+    "1L-LN-on-mlp": ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="mlp"),
 }
 
 
