@@ -304,11 +304,10 @@ def sweep_cmd(
 ):
     """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
     from analyses.phase_diagram import default_value
-    from analyses.sweep import Sweep, make_sweep, run_sweep
-    from models.checkpoint import read_json
+    from analyses.sweep import load_sweep, make_sweep, run_sweep
 
     given = {k: v for k, v in fields.items() if v is not None}
-    spec = Sweep.from_dict(read_json(grid, "sweep file"), str(grid)) if grid else None
+    spec = load_sweep(grid) if grid else None
     base = build_config(config, task, given, base=spec.base if spec else None)
     values = {**(dict(spec.grid) if spec else {}),
               **sweep_grid(base, {"gammas": gammas, "layers": layers, "seeds": seeds}, vary)}

@@ -15,6 +15,10 @@ GROUP_COLORS = {"reasoning": "#1f77b4", "reasoning_test": "#17becf", "memory": "
 GAMMA_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
 
 
+def _text(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _label(run: Run) -> str:
     return f"gamma = {run.config.model.gamma:g}"
 
@@ -61,15 +65,17 @@ def loss_gap_curves(runs: list[Run]) -> go.Figure:
     return fig
 
 
-def steps_to_threshold(table: pd.DataFrame, threshold: int = 90) -> go.Figure:
-    """Grouped bars: step at which each group first reached the threshold, per gamma."""
+def steps_to_threshold(table: pd.DataFrame, threshold: int = 90, by: str = "gamma"
+                       ) -> go.Figure:
+    """Grouped bars: step at which each group first reached the threshold, per value of
+    `by` (a column: gamma, or e.g. normalization in a sweep's results table)."""
     fig = go.Figure()
     prefix = f"step_to_{threshold}_"
     for col in [c for c in table.columns if c.startswith(prefix)]:
         group = col[len(prefix):]
         reached = table[col].notna()
         fig.add_trace(go.Bar(
-            x=[f"gamma = {g:g}" for g in table.gamma], y=table[col].fillna(table.steps),
+            x=[f"{by} = {_text(v)}" for v in table[by]], y=table[col].fillna(table.steps),
             name=group, marker_color=GROUP_COLORS.get(group),
             marker_pattern_shape=["" if r else "/" for r in reached],
             text=[str(int(v)) if r else "never" for v, r in zip(table[col].fillna(0), reached)],
@@ -98,4 +104,27 @@ def task_metric_curves(runs: list[Run], metrics: tuple[str, ...]) -> go.Figure:
                 hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.3f}}<extra></extra>"))
     fig.update_layout(height=360, xaxis_title="step", yaxis_title="fraction",
                       yaxis_range=[0, 1.02], margin=dict(t=30, b=40, l=60, r=20))
+    return fig
+
+
+def sweep_curves(runs: list[Run], labels: list[str], metric: str = "accuracy") -> go.Figure:
+    """Every run's reasoning group (solid) and memory group (dotted) over steps, one colour
+    per run: e.g. when test accuracy rises under each LayerNorm placement."""
+    fig = go.Figure()
+    for i, (run, label) in enumerate(zip(runs, labels)):
+        task = run.config.task
+        table = curves(run.metrics(), metric)
+        color = GAMMA_COLORS[i % len(GAMMA_COLORS)] if len(runs) <= len(GAMMA_COLORS) else \
+            f"hsl({int(360 * i / len(runs))},65%,45%)"
+        for group, dash in ((task.reasoning_group, "solid"), (task.memory_group, "dot")):
+            if group in table:
+                fig.add_trace(go.Scatter(
+                    x=table.index, y=table[group], mode="lines", name=f"{label}: {group}",
+                    legendgroup=label, line=dict(color=color, dash=dash),
+                    hovertemplate=f"{label}<br>{group}<br>step %{{x}}<br>{metric} "
+                                  f"%{{y:.3f}}<extra></extra>"))
+    fig.update_layout(height=420, xaxis_title="step", yaxis_title=metric,
+                      margin=dict(t=30, b=40, l=60, r=20))
+    if metric == "loss":
+        fig.update_yaxes(type="log")
     return fig

@@ -20,7 +20,7 @@ from analyses.patching_run import position_labels
 from analyses.preference import curves, first_step_reaching
 from models.run import Run
 from probes.attribution import agreement, attribution_patch
-from probes.corruptions import CORRUPTIONS, make_pairs
+from probes.corruptions import make_pairs
 from probes.patching import MLP_COMPONENTS, activation_patch, logit_diff
 
 # Components whose patches are ranked: the outputs that write into the residual stream
@@ -42,16 +42,9 @@ class Experiment:
 
 
 def experiments(task) -> list[Experiment]:
-    """Key corruption on each task type; plus (4,3) vs (3,4) on composite; none for tasks
-    without corruptions."""
-    name = getattr(task, "name", "")
-    if name not in CORRUPTIONS:
-        return []
-    out = [Experiment(task.reasoning_group, "key", "reasoning"),
-           Experiment(task.memory_group, "key", "memory")]
-    if "held_out_vs_twist" in CORRUPTIONS[name]:
-        out.append(Experiment("held_out_vs_twist", "held_out_vs_twist"))
-    return out
+    """The task's localization experiments (`Task.patch_experiments`): key corruption on
+    each task type, plus (4,3) vs (3,4) on composite; none for tasks without corruptions."""
+    return [Experiment(*e) for e in task.patch_experiments()]
 
 
 def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:

@@ -79,14 +79,16 @@ def eval_rows(run: Run, n: int = 512, seed: int = 0) -> dict:
 
 def geometry_over_training(runs: Sequence[str | Path | Run], steps="all", n: int = 512,
                            seed: int = 0) -> pd.DataFrame:
-    """`geometry_metrics` at each checkpoint (on n fixed task rows), plus each weight
-    matrix's relative change from its initialization (metric relative_weight_change)."""
+    """`geometry_metrics` at each checkpoint (on n fixed task rows; with the compressibility
+    of the label-position features entering the unembedding: the last block's resid_post),
+    plus each weight matrix's relative change from its init (relative_weight_change)."""
     runs = open_runs(runs)
     rows = {run.name: eval_rows(run, n, seed) for run in runs}
     inits: dict[str, object] = {}
 
     def measure(model, run, step):
-        table = geometry_metrics(model, run.config.task, rows[run.name]["tokens"])
+        last = hook_name("resid_post", run.config.model.n_layers - 1)
+        table = geometry_metrics(model, run.config.task, rows[run.name]["tokens"], [last])
         if run.name not in inits:
             inits[run.name] = run.load_model(0, "cpu")
         change = weight_change_table(model, inits[run.name])

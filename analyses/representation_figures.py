@@ -23,7 +23,7 @@ ROLE_COLORS = {"key": "#7f7f7f", "memory_anchor": "#d62728", "reasoning_anchor":
 def _role_tokens(task) -> tuple[list[int], list[str]]:
     """Anchor roles first (they are few and the point of the figure), then the keys."""
     roles = token_roles(task)
-    order = [r for r in roles if r != "key"] + ["key"]
+    order = [r for r in roles if r != "key"] + [r for r in roles if r == "key"]
     ids = [t for r in order for t in roles[r]]
     return ids, [r for r in order for _ in roles[r]]
 

@@ -3,7 +3,8 @@
     SWEEP/sweep.json            the base RunConfig and the grid
     SWEEP/runs/<name>/          one ordinary run directory per grid point (g0.3_L2_s0, ...)
     SWEEP/results.csv/.parquet  one row per grid point: its values, state, error, preference
-    SWEEP/phase_diagram.html    gamma x depth coloured by the preference index
+    SWEEP/learning_curves.html  every run's reasoning and memory accuracy over training
+    SWEEP/phase_diagram.html    gamma x depth coloured by the preference index (gamma swept)
 
 Every combination is validated before anything trains. Runs that differ only in their init
 (gamma, readout_scale, init_rank) and seed train together as an ensemble
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
+from analyses.figures import sweep_curves
 from analyses.phase_diagram import phase_diagram, rows_axis
 from analyses.preference import preference_row
 from analyses.representations_run import write_figures, write_table
@@ -39,6 +41,7 @@ SHORT = {"gamma": "g", "n_layers": "L", "seed": "s"}
 STRATEGIES = ("auto", "ensemble", "sequential")
 BACKENDS = ("local", "ray")
 MAX_MEMBERS = 32  # runs per ensemble at most (memory of the stacked weights and batches)
+GRIDS = Path(__file__).parent / "grids"  # shipped grid files (`probe sweep --grid FILE`)
 
 
 def section_of(name: str, cfg: RunConfig) -> str:
@@ -104,6 +107,11 @@ class Sweep:
 def _tuples(value):
     """JSON lists back into the tuples config fields hold, at any depth."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """A sweep from a grid file ({"base": config, "grid": {...}}), e.g. GRIDS / name."""
+    return Sweep.from_dict(read_json(Path(path), "sweep file"), str(path))
 
 
 def make_sweep(base: RunConfig, grid: dict[str, Sequence]) -> Sweep:
@@ -312,8 +320,14 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
     sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
     table = results_table(sweep, out)
     files = write_table(table, out, "results")
-    figure = phase_diagram(table, rows=rows_axis(table, list(sweep.grid)))
-    figures, notes = write_figures({"phase_diagram": figure}, out, formats)
+    done = table[table.state == "done"]
+    figures = {"learning_curves": sweep_curves(
+        [Run(out / "runs" / name) for name in done.run],
+        [", ".join(f"{k}={_text(v)}" for k, v in values.items())
+         for name, values in sweep.points() if name in set(done.run)])}
+    if table.gamma.nunique() > 1:  # gamma x depth (or another swept option)
+        figures["phase_diagram"] = phase_diagram(table, rows=rows_axis(table, list(sweep.grid)))
+    figures, notes = write_figures(figures, out, formats)
     return {"table": table, "files": files + figures, "warnings": notes}
 
 
@@ -342,5 +356,5 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
     return table.astype({c: "Int64" for c in table if c.startswith("step_to_")})
 
 
-__all__ = ["Sweep", "make_sweep", "pending", "plan", "report_sweep", "results_table",
+__all__ = ["GRIDS", "Sweep", "load_sweep", "make_sweep", "pending", "plan", "report_sweep", "results_table",
            "run_sweep", "section_of", "train_unit"]

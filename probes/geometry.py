@@ -82,6 +82,18 @@ def participation_ratio(X: Float[torch.Tensor, "n d"], center: bool = False) -> 
     return float(lam.sum() ** 2 / (lam ** 2).sum()) if lam.sum() > 0 else 0.0
 
 
+def components_for_variance(X: Float[torch.Tensor, "n d"], fraction: float = 0.9) -> int:
+    """How many principal components (of the centered X) explain `fraction` of its
+    variance: the feature-compressibility read-out of the grokking literature."""
+    if not 0 < fraction < 1:
+        raise UserError(f"components_for_variance: fraction={fraction} must lie in (0, 1)")
+    lam = _spectrum(X, center=True) ** 2
+    if lam.sum() == 0:
+        return 0
+    explained = torch.cumsum(lam, 0) / lam.sum()  # sklearn's PCA(n_components=fraction)
+    return min(int((explained <= fraction).sum()) + 1, len(lam))
+
+
 def _centered_gram(X: torch.Tensor, debiased: bool) -> torch.Tensor:
     """Linear Gram matrix, centered (debiased: the U-statistic form of Song et al. 2012)."""
     K = X @ X.T
@@ -216,17 +228,11 @@ def distinguishability(E: Float[torch.Tensor, "n d"], groups: Sequence) -> dict:
 # ---------------------------------------------------------------- model and task helpers
 
 def token_roles(task) -> dict[str, list[int]]:
-    """Token ids of each role of a task, ascending: mixture has key, memory_anchor and
-    reasoning_anchor; composite has key and anchor."""
-    def span(bounds):
-        return list(range(bounds[0], bounds[1] + 1))
-    if hasattr(task, "memory_anchors"):
-        return {"key": span(task.keys), "memory_anchor": span(task.memory_anchors),
-                "reasoning_anchor": span(task.reasoning_anchors)}
-    if hasattr(task, "shifts"):
-        return {"key": span(task.keys), "anchor": [int(a) for a in task.anchors]}
-    raise UserError(f"token_roles: unknown task {type(task).__name__}; "
-                    f"supported: mixture, composite")
+    """Token ids of each role of a task, ascending (`Task.token_roles`): mixture has key,
+    memory_anchor and reasoning_anchor; composite has key and anchor."""
+    if not callable(getattr(task, "token_roles", None)):
+        raise UserError(f"token_roles: unknown task {type(task).__name__}; pass a Task")
+    return task.token_roles()
 
 
 def token_embeddings(model, tokens: Sequence[int] | Int[torch.Tensor, " n"]
@@ -300,14 +306,16 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
     - embed.weight over the task's input tokens (group "all" and each role): effective_rank,
       participation_ratio (uncentered); per role: within_cosine, order_correlation
       (against token value; composite anchors: against their shift).
-    - anchor groups (mixture: reasoning vs memory anchors; composite: anchors vs keys):
+    - the task's compared roles (mixture: reasoning vs memory anchors; composite: anchors
+      vs keys):
       between_cosine, separability, separability_chance (see `distinguishability`).
     - each layer's attn.q/k/v and mlp.in weight rows: n_directions, largest_group_fraction,
       mean_abs_cosine (`condensation` at `threshold`).
     - with rows (a token batch [batch, seq], or rows with 'tokens'): attention_entropy per
       layer and head at the label (last) position (uniform: log seq), and information_flow
-      from the label position per source `position`; per hook in `hooks`: effective_rank and
-      participation_ratio of the label-position activations.
+      from the label position per source `position`; per hook in `hooks`: effective_rank,
+      participation_ratio and components_90 (principal components for 90% of the variance)
+      of the label-position activations (feature compressibility).
     """
     w = Weights.of(model)
     roles = token_roles(task)
@@ -324,18 +332,18 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
             out.append(_rows(metric="within_cosine", hook="embed.weight", group=group,
                              value=float(C[~torch.eye(len(ids), dtype=torch.bool)].mean())))
         if group != "all" and len(ids) >= 3:
-            values = list(task.shifts) if group == "anchor" else ids  # composite: shift order
+            values = task.role_values(group)  # composite anchors: their shifts
             out.append(_rows(metric="order_correlation", hook="embed.weight", group=group,
                              value=_order_correlation(E, values)))
-    compared = (("reasoning_anchor", "memory_anchor") if "memory_anchor" in roles
-                else ("anchor", "key"))
-    ids = [t for r in compared for t in roles[r]]
-    d = distinguishability(token_embeddings(model, ids),
-                           [r for r in compared for _ in roles[r]])
-    pair = " vs ".join(compared)
-    out += [_rows(metric=m, hook="embed.weight", group=pair, value=d[key]) for m, key in
-            (("between_cosine", "between"), ("separability", "separability"),
-             ("separability_chance", "chance"))]
+    compared = task.compared_roles
+    if compared:
+        ids = [t for r in compared for t in roles[r]]
+        d = distinguishability(token_embeddings(model, ids),
+                               [r for r in compared for _ in roles[r]])
+        pair = " vs ".join(compared)
+        out += [_rows(metric=m, hook="embed.weight", group=pair, value=d[key]) for m, key in
+                (("between_cosine", "between"), ("separability", "separability"),
+                 ("separability_chance", "chance"))]
 
     for layer in range(w.n_layers):
         for part in CONDENSED:
@@ -368,7 +376,9 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
         out += [_rows(metric="effective_rank", hook=hook, layer=layer, group="label",
                       value=effective_rank(acts)),
                 _rows(metric="participation_ratio", hook=hook, layer=layer, group="label",
-                      value=participation_ratio(acts))]
+                      value=participation_ratio(acts)),
+                _rows(metric="components_90", hook=hook, layer=layer, group="label",
+                      value=components_for_variance(acts, 0.9))]
     return _table(out)
 
 

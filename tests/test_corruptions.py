@@ -8,7 +8,7 @@ import torch
 
 from models import CompositeTask, MixtureTask, UserError
 from models.tasks import Task, dataset_arrays
-from probes.corruptions import CORRUPTIONS, PatchPairs, make_pairs
+from probes.corruptions import PatchPairs, make_pairs
 
 MIX = MixtureTask(seq_len=9, samples_per_pair=50)  # noise tokens, random key positions
 COMP = CompositeTask(samples_per_pair=60)
@@ -178,7 +178,7 @@ def test_unknown_kind_names_the_valid_kinds():
     for task in (MIX, COMP):
         with pytest.raises(UserError) as err:
             make_pairs(task, "nonsense")
-        assert all(k in str(err.value) for k in CORRUPTIONS[task.name])
+        assert all(k in str(err.value) for k in task.corruptions)
     with pytest.raises(UserError, match="reasoning_to_memory"):
         make_pairs(MIX, "held_out_vs_twist")  # a composite kind asked of the mixture task
     with pytest.raises(UserError, match="held_out_vs_twist"):

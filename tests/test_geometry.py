@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from models import CompositeTask, UserError
-from probes.geometry import (COLUMNS, attention_entropy, condensation, cosine_matrix,
-                             distinguishability, effective_rank, geometry_metrics,
-                             information_flow, linear_cka, mean_activations,
+from probes.geometry import (COLUMNS, attention_entropy, components_for_variance,
+                             condensation, cosine_matrix, distinguishability, effective_rank,
+                             geometry_metrics, information_flow, linear_cka, mean_activations,
                              participation_ratio, pca, relative_weight_change,
                              token_embeddings, token_roles, weight_change_table)
 
@@ -201,3 +201,17 @@ def test_model_level_helpers_and_table(tiny_run):
     assert set(change.parameter) == set(model.state_dict())
     assert (change.dropna().relative_change > 0).all()
     assert (weight_change_table(model_0, model_0).dropna().relative_change == 0).all()
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.8, 0.9, 0.99])
+def test_components_for_variance_matches_sklearn_pca(fraction):
+    from sklearn.decomposition import PCA
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(200, 12, generator=g, dtype=torch.float64) * torch.logspace(0, -1.5, 12,
+                                                                              dtype=torch.float64)
+    expected = PCA(n_components=fraction, svd_solver="full").fit(X.numpy()).n_components_
+    assert components_for_variance(X, fraction) == expected
+    assert components_for_variance(torch.zeros(5, 3)) == 0
+    with pytest.raises(UserError, match="fraction"):
+        components_for_variance(X, 1.5)

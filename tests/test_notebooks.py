@@ -25,7 +25,7 @@ from nbformat.v4 import new_code_cell
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("01_quick_start", "02_localizing_with_patching", "03_probes_and_geometry",
-         "04_published_figures_cpu", "05_phase_diagram")
+         "04_published_figures_cpu", "05_phase_diagram", "06_layernorm_grokking")
 CELL_TIMEOUT = 180  # seconds per cell; the SMALL setting needs a few
 PLOTLY = "application/vnd.plotly.v1+json"
 
@@ -167,9 +167,22 @@ def check_phase_diagram(r: dict) -> None:
     assert r["files"] == 2
 
 
+def check_layernorm_grokking(r: dict) -> None:
+    placements = ["LN", "post", "none", "attn", "mlp", "qk", "v"]
+    assert r["placements"] == placements and r["done"] == 7
+    assert r["traces"] == 2 * 7  # test and train accuracy per placement
+    labels = {f"normalization={p}" for p in placements}
+    assert set(r["entropy_end"]) == set(r["components_90_end"]) == labels
+    assert all(0 <= v <= math.log(3) + 1e-6 for v in r["entropy_end"].values())
+    assert all(1 <= v <= 32 for v in r["components_90_end"].values())  # d_model 32 (SMALL)
+    assert all(0 <= v <= 1 for v in r["final_test"].values())
+    assert r["files"] == 4
+
+
 CHECKS = {"01_quick_start": check_quick_start, "02_localizing_with_patching": check_localizing,
           "03_probes_and_geometry": check_probes, "04_published_figures_cpu": check_figures,
-          "05_phase_diagram": check_phase_diagram}
+          "05_phase_diagram": check_phase_diagram,
+          "06_layernorm_grokking": check_layernorm_grokking}
 
 
 @pytest.mark.slow

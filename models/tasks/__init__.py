@@ -4,8 +4,10 @@ from models.errors import UserError
 from models.tasks.base import Group, Task, as_tensors, dataset_arrays, group_mask
 from models.tasks.composite import CompositeTask
 from models.tasks.mixture import MixtureTask
+from models.tasks.modular import ModularTask
 
-TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask}
+TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask,
+                                "modular": ModularTask}
 
 
 def task_class(name: str) -> type[Task]:
@@ -16,5 +18,5 @@ def task_class(name: str) -> type[Task]:
         raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
 
 
-__all__ = ["TASKS", "CompositeTask", "Group", "MixtureTask", "Task", "as_tensors",
+__all__ = ["TASKS", "CompositeTask", "Group", "MixtureTask", "ModularTask", "Task", "as_tensors",
            "dataset_arrays", "group_mask", "task_class"]

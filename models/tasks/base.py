@@ -13,6 +13,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from models.errors import UserError
+
 COLUMNS = ("tokens", "label", "task_type", "key", "a1", "a2", "key_pos", "split")
 
 
@@ -27,12 +29,23 @@ class Group:
 
 
 class Task:
-    """Interface shared by all tasks (implemented as frozen dataclasses)."""
+    """Interface shared by all tasks (implemented as frozen dataclasses).
+
+    Besides data, a task says what the instruments need to know about it, so nothing
+    downstream names a task: its token roles (geometry), its task types and the one only
+    a lookup can answer (linear probes), and its clean/corrupted edits (patching)."""
 
     name: ClassVar[str]
     # The groups a preference compares: the rule-following one vs the memorized one.
     reasoning_group: ClassVar[str] = "reasoning"
     memory_group: ClassVar[str] = "memory"
+    # Linear-probe classes of the task_type column, and the type a lookup alone answers.
+    task_types: ClassVar[tuple[str, ...]] = ()
+    memorized_type: ClassVar[str | None] = None
+    # Token roles whose embeddings the geometry compares (distinguishability).
+    compared_roles: ClassVar[tuple[str, str] | None] = None
+    # Clean/corrupted edits of probes.corruptions.make_pairs (see `draw_corruption`).
+    corruptions: ClassVar[tuple[str, ...]] = ()
     seq_len: int
 
     @property
@@ -52,6 +65,64 @@ class Task:
                       preds: np.ndarray) -> dict[tuple[str, str], float]:
         """Task-specific read-outs, {(group, metric): value}, beyond loss and accuracy."""
         return {}
+
+    # ---- what the instruments need to know
+
+    def token_roles(self) -> dict[str, list[int]]:
+        """Token ids of each role (e.g. key, anchor), ascending."""
+        raise UserError(f"task {self.name!r} defines no token roles")
+
+    def role_values(self, role: str) -> list[float]:
+        """The value each token of `role` stands for (embedding order is compared to it)."""
+        return [float(t) for t in self.token_roles()[role]]
+
+    def intermediate(self, rows: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(value after the first rule, defined) per row, for the linear probes."""
+        raise UserError(f"probe target 'intermediate' is not defined for task {self.name!r}")
+
+    def clean_rows(self, kind: str, source: str, rows: dict[str, np.ndarray]) -> np.ndarray:
+        """Rows a clean prompt of corruption `kind` may come from: the source's group."""
+        group = self.memory_group if source == "memory" else self.reasoning_group
+        return group_mask(rows, next(g for g in self.eval_groups() if g.name == group))
+
+    def draw_corruption(self, kind: str, source: str, rng: np.random.Generator,
+                        clean: dict[str, np.ndarray], cor: dict[str, np.ndarray],
+                        i: np.ndarray) -> None:
+        """(Re)draw the corrupted key, a1, a2 of rows `i` in place."""
+        raise UserError(f"task {self.name!r} has no corruptions")
+
+    def labels_of(self, key: np.ndarray, a1: np.ndarray, a2: np.ndarray,
+                  data_seed: int) -> np.ndarray:
+        """The label the generator gives each (key, a1, a2) row."""
+        raise NotImplementedError
+
+    def trains_on(self, kind: str, cor: dict[str, np.ndarray],
+                  clean: dict[str, np.ndarray]) -> np.ndarray:
+        """Corrupted rows that are training data (never a held-out combination)."""
+        return np.ones(len(cor["key"]), dtype=bool)
+
+    def patch_experiments(self) -> tuple[tuple[str, str, str], ...]:
+        """(name, corruption, source) of the localization study: the key changed on each
+        task type, when the task has that corruption."""
+        if "key" not in self.corruptions:
+            return ()
+        return ((self.reasoning_group, "key", "reasoning"),
+                (self.memory_group, "key", "memory"))
+
+
+def other_value(rng: np.random.Generator, values: np.ndarray, span: tuple[int, int],
+                what: str) -> np.ndarray:
+    """A uniformly drawn value of lo..hi different from each of `values`."""
+    lo, hi = span
+    size = hi - lo + 1
+    if size < 2:
+        raise UserError(f"only one {what} ({lo}); a {what} corruption needs at least two")
+    return lo + (values - lo + rng.integers(1, size, size=len(values))) % size
+
+
+def span(bounds: tuple[int, int]) -> list[int]:
+    """lo..hi inclusive."""
+    return list(range(bounds[0], bounds[1] + 1))
 
 
 def group_mask(rows: dict[str, np.ndarray], group: Group) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import ClassVar
 import numpy as np
 
 from models.errors import UserError
-from models.tasks.base import Group, Task, place_sequences, to_dataset
+from models.tasks.base import Group, Task, other_value, place_sequences, span, to_dataset
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class CompositeTask(Task):
     name: ClassVar[str] = "composite"
     reasoning_group: ClassVar[str] = "seen"  # composed pairs follow the rule
     memory_group: ClassVar[str] = "twist"  # (3, 4) -> x - 6 can only be memorized
+    task_types: ClassVar[tuple[str, ...]] = ("compose", "twist", "held_out")
+    memorized_type: ClassVar[str] = "twist"
+    compared_roles: ClassVar[tuple[str, str]] = ("anchor", "key")
+    corruptions: ClassVar[tuple[str, ...]] = ("key", "anchor", "held_out_vs_twist")
     shifts: tuple[int, ...] = (5, 1, -2, -8)  # anchor i+1 adds shifts[i]
     keys: tuple[int, int] = (20, 99)
     twist: tuple[int, int] = (3, 4)
@@ -125,3 +129,44 @@ class CompositeTask(Task):
         symmetric = key + self.shift(*self.twist)
         return {("held_out", "inferential_fraction"): float(np.mean(p == inferential)),
                 ("held_out", "symmetric_fraction"): float(np.mean(p == symmetric))}
+
+    def token_roles(self) -> dict[str, list[int]]:
+        return {"key": span(self.keys), "anchor": [int(a) for a in self.anchors]}
+
+    def role_values(self, role: str) -> list[float]:
+        """Anchors are ordered by the shift they stand for."""
+        return [float(v) for v in self.shifts] if role == "anchor" else super().role_values(role)
+
+    def intermediate(self, rows):
+        """key + shift(a1); undefined on the twist pair."""
+        shifts = np.asarray(self.shifts)
+        return rows["key"] + shifts[rows["a1"] - 1], rows["task_type"] != "twist"
+
+    def clean_rows(self, kind, source, rows):
+        if kind == "held_out_vs_twist":
+            return rows["task_type"] == "held_out"
+        return super().clean_rows(kind, source, rows)
+
+    def draw_corruption(self, kind, source, rng, clean, cor, i):
+        """key: another key; anchor: another a2; held_out_vs_twist: the twist pair."""
+        if kind == "key":
+            cor["key"][i] = other_value(rng, clean["key"][i], self.keys, "key")
+        elif kind == "anchor":
+            cor["a2"][i] = other_value(rng, clean["a2"][i], (1, len(self.shifts)), "anchor")
+        else:
+            cor["a1"][i], cor["a2"][i] = self.twist
+
+    def labels_of(self, key, a1, a2, data_seed):
+        return key + np.array([self.shift(int(x), int(y)) for x, y in zip(a1, a2)], dtype=int)
+
+    def trains_on(self, kind, cor, clean):
+        """Never the held-out pair, nor (key corruption) a held-out key position."""
+        ok = np.array([(int(x), int(y)) != tuple(self.held_out)
+                       for x, y in zip(cor["a1"], cor["a2"])])
+        if kind == "key" and self.hold_out_key_positions:
+            ok &= cor["key"] % (self.seq_len - 2) != clean["key_pos"]
+        return ok
+
+    def patch_experiments(self):
+        return (*super().patch_experiments(),
+                ("held_out_vs_twist", "held_out_vs_twist", "reasoning"))

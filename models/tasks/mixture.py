@@ -11,17 +11,17 @@ measured as recall on the training data.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 
 from models.errors import UserError
-from models.tasks.base import Group, Task, place_sequences, to_dataset
+from models.tasks.base import Group, Task, other_value, place_sequences, span, to_dataset
 
 
 def _span(bounds: tuple[int, int]) -> np.ndarray:
-    lo, hi = bounds
-    return np.arange(lo, hi + 1)
+    return np.array(span(bounds))
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class MixtureTask(Task):
     """
 
     name: ClassVar[str] = "mixture"
+    task_types: ClassVar[tuple[str, ...]] = ("memory", "reasoning")
+    memorized_type: ClassVar[str] = "memory"
+    compared_roles: ClassVar[tuple[str, str]] = ("reasoning_anchor", "memory_anchor")
+    corruptions: ClassVar[tuple[str, ...]] = ("key", "anchor", "reasoning_to_memory")
     keys: tuple[int, int] = (21, 60)
     memory_anchors: tuple[int, int] = (1, 4)
     reasoning_anchors: tuple[int, int] = (11, 14)
@@ -52,6 +56,7 @@ class MixtureTask(Task):
         # Largest token or label: a reasoning label key + a1 + a2 at its maximum.
         return int(self.keys[1] + 2 * self.reasoning_anchors[1] + 1)
 
+    @lru_cache(maxsize=4)  # noqa: B019  (frozen, hashable options; a few seeds at most)
     def memory_table(self, seed: int) -> dict[tuple[int, int, int], int]:
         """The fixed random label of every (key, a1, a2) memory combination for `seed`."""
         rng = np.random.default_rng([seed, 1])
@@ -122,3 +127,37 @@ class MixtureTask(Task):
             Group("reasoning", "reasoning", "train"),
             Group("reasoning_test", "reasoning", "test"),
         )
+
+    def token_roles(self) -> dict[str, list[int]]:
+        return {"key": span(self.keys), "memory_anchor": span(self.memory_anchors),
+                "reasoning_anchor": span(self.reasoning_anchors)}
+
+    def intermediate(self, rows):
+        """key + a1 on reasoning rows; undefined on memory rows."""
+        return rows["key"] + rows["a1"], rows["task_type"] != "memory"
+
+    def clean_rows(self, kind, source, rows):
+        return super().clean_rows(kind, "reasoning" if kind == "reasoning_to_memory" else
+                                  source, rows)
+
+    def draw_corruption(self, kind, source, rng, clean, cor, i):
+        """key: another key; anchor: another a2 of the same kind; reasoning_to_memory: a
+        random memory-anchor pair."""
+        if kind == "key":
+            cor["key"][i] = other_value(rng, clean["key"][i], self.keys, "key")
+        elif kind == "anchor":
+            anchors = self.memory_anchors if source == "memory" else self.reasoning_anchors
+            cor["a2"][i] = other_value(rng, clean["a2"][i], anchors, "anchor")
+        else:
+            lo, hi = self.memory_anchors
+            cor["a1"][i], cor["a2"][i] = rng.integers(lo, hi + 1, size=(2, len(i)))
+
+    def labels_of(self, key, a1, a2, data_seed):
+        table = self.memory_table(data_seed)
+        lo, hi = self.memory_anchors
+        return np.array([table[(int(k), int(x), int(y))] if lo <= x <= hi else k + x + y
+                         for k, x, y in zip(key, a1, a2)], dtype=np.int64)
+
+    def trains_on(self, kind, cor, clean):
+        held = set(self.held_out)
+        return np.array([(int(x), int(y)) not in held for x, y in zip(cor["a1"], cor["a2"])])
