@@ -2,7 +2,8 @@
 
 Mixture runs are coloured by the signed area between the reasoning and memory accuracy
 curves (> 0: reasoning learned first), composite runs by the inferential fraction on the
-held-out (4,3) pair (REFERENCE section 1). One panel per seed, then their mean. The rows
+held-out (4,3) pair (REFERENCE section 1), formal-language runs by the rule-extrapolation
+score at their best validation step (section 4). One panel per seed, then their mean. The rows
 are the depths, or another swept option when depth is fixed (e.g. weight decay).
 """
 
@@ -16,13 +17,16 @@ from plotly.subplots import make_subplots
 
 VALUES = {"signed_area": ("reasoning - memory accuracy area", -1.0, 1.0, "RdBu"),
           "inferential_fraction": ("inferential fraction on (4,3)", 0.0, 1.0, "Viridis"),
-          "final_acc_reasoning_test": ("held-out reasoning accuracy", 0.0, 1.0, "Viridis")}
+          "final_acc_reasoning_test": ("held-out reasoning accuracy", 0.0, 1.0, "Viridis"),
+          "rule_extrapolation_at_best": ("rule extrapolation (best validation step)", 0.0,
+                                         1.0, "Viridis")}
+HEADLINES = ("inferential_fraction", "rule_extrapolation_at_best")  # tasks' own read-outs
 
 
 def default_value(table: pd.DataFrame) -> str:
-    """inferential_fraction for composite sweeps, else signed_area."""
-    composite = "inferential_fraction" in table and table.inferential_fraction.notna().any()
-    return "inferential_fraction" if composite else "signed_area"
+    """The task's headline read-out when the table has one (composite: inferential_fraction;
+    formal languages: rule_extrapolation_at_best), else signed_area."""
+    return next((c for c in HEADLINES if c in table and table[c].notna().any()), "signed_area")
 
 
 def rows_axis(table: pd.DataFrame, swept: Sequence[str] = ()) -> str:

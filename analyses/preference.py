@@ -74,3 +74,23 @@ def preference_table(runs: list[Run], threshold: float = 0.9) -> pd.DataFrame:
     steps = [c for c in table.columns if c.startswith("step_to_")]
     table = table.astype({c: "Int64" for c in steps})  # integers, with <NA> for never
     return table.sort_values(["gamma", "run"]).reset_index(drop=True)
+
+
+def readout_row(run: Run) -> dict:
+    """The task's read-outs (`Task.readouts`) at the last step and at the evaluation step
+    of lowest held-out (reasoning-group) loss: e.g. rule_extrapolation and
+    rule_extrapolation_at_best (the score Reizinger et al. report), and that best_step."""
+    task = run.config.task
+    if not task.readouts:
+        return {}
+    metrics = run.metrics()
+    loss = curves(metrics, "loss").get(task.reasoning_group)
+    best = int(loss.idxmin()) if loss is not None and loss.notna().any() else None
+    row = {"best_step": best}
+    for group, metric in task.readouts:
+        column = f"{group}_{metric}" if metric in ("loss", "accuracy") else metric
+        values = metrics[(metrics.group == group) & (metrics.metric == metric)] \
+            .set_index("step").value.sort_index()
+        row[column] = float(values.iloc[-1]) if len(values) else float("nan")
+        row[f"{column}_at_best"] = float(values.get(best, float("nan")))
+    return row

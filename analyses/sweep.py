@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from analyses.figures import sweep_curves
 from analyses.phase_diagram import phase_diagram, rows_axis
-from analyses.preference import preference_row
+from analyses.preference import preference_row, readout_row
 from analyses.representations_run import write_figures, write_table
 from analyses.study import check_folder
 from models.checkpoint import read_json, write_json
@@ -166,9 +166,10 @@ def plan(runs: list[tuple[RunConfig, Path]], strategy: str = "auto",
     if strategy == "sequential":
         return [[r] for r in runs]
     groups: dict[RunConfig, Unit] = {}
+    units = [[(cfg, path)] for cfg, path in runs if cfg.task.next_token]  # no ensembles
     for cfg, path in runs:
-        groups.setdefault(ensemble_key(cfg), []).append((cfg, path))
-    units = []
+        if not cfg.task.next_token:
+            groups.setdefault(ensemble_key(cfg), []).append((cfg, path))
     for group in groups.values():
         parts = max(-(-len(group) // MAX_MEMBERS),
                     min(len(group), -(-min_units * len(group) // max(len(runs), 1))))
@@ -336,7 +337,7 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
 
 def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
     """One row per grid point: gamma, n_layers, seed and the other swept values, its state
-    and error, and the preference read-outs of finished runs (`preference_row`)."""
+    and error, and the read-outs of finished runs (`preference_row`, `readout_row`)."""
     rows = []
     for (name, cfg), (_, values) in zip(sweep.configs(), sweep.points()):
         run = Run(root / "runs" / name)
@@ -347,9 +348,7 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
                "state": status.get("state", "unknown"), "error": status.get("reason", "")}
         if run.done:
             row.update({k: v for k, v in preference_row(run).items() if k not in row})
-            final = run.summary.get("final", {})
-            if "held_out/inferential_fraction" in final:
-                row["inferential_fraction"] = final["held_out/inferential_fraction"]
+            row.update(readout_row(run))
             row["train_seconds"] = run.summary.get("train_seconds_last_session")
         rows.append(row)
     table = pd.DataFrame(rows)

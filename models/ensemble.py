@@ -91,6 +91,9 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
         raise UserError("train_ensemble needs one distinct output folder per config")
     for cfg in cfgs:
         cfg.validate()
+        if cfg.task.next_token:
+            raise UserError(f"ensembles train on the label position; task {cfg.task.name!r} "
+                            f"trains on next tokens: train its runs one by one")
         if ensemble_key(cfg) != ensemble_key(cfgs[0]):
             raise UserError("ensemble members may differ only in their init (gamma, "
                             "readout_scale, init_rank) and seed; train the "

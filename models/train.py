@@ -1,4 +1,5 @@
-"""The training loop: AdamW, warm-up + cosine decay, loss at the label position.
+"""The training loop: AdamW, warm-up + cosine decay, loss at the label position (or, for
+next-token tasks, at every position).
 
 Batches are a pure function of (seed, step), and the optimizer state is checkpointed with
 the weights, so `resume=True` continues from the last checkpoint and ends with exactly the
@@ -24,7 +25,7 @@ from models.checkpoint import (atomic_write, load_optimizer_tensors, load_tensor
                                optimizer_tensors, save_tensors, write_json)
 from models.config import RunConfig
 from models.errors import UserError
-from models.evaluate import evaluate, make_eval_set
+from models.evaluate import evaluate, make_eval_set, next_token_loss
 from models.run import Run, checkpoint_path
 from models.tasks import as_tensors, dataset_arrays
 
@@ -149,8 +150,7 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
                 g["lr"] = lr_at(step - 1, tc)
             idx = batch_indices(step - 1, len(x_train), tc.batch_size,
                                 tc.batch_order_seed).to(device)
-            logits = model(x_train[idx])[:, -1]
-            loss = F.cross_entropy(logits, y_train[idx])
+            loss = batch_loss(cfg.task, model, x_train[idx], y_train[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if tc.grad_clip > 0:
@@ -177,6 +177,13 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     if last == tc.steps:
         finish(out, n_params(model), device, time.time() - t0)
     return Run(out)
+
+
+def batch_loss(task, model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy at the label (last) position; next-token tasks: at every position."""
+    if task.next_token:
+        return next_token_loss(model(tokens), tokens)
+    return F.cross_entropy(model(tokens)[:, -1], labels)
 
 
 def training_data(cfg: RunConfig, device) -> tuple[dict, torch.Tensor, torch.Tensor]:

@@ -3,11 +3,12 @@
 from models.errors import UserError
 from models.tasks.base import Group, Task, as_tensors, dataset_arrays, group_mask
 from models.tasks.composite import CompositeTask
+from models.tasks.formal import FormalTask
 from models.tasks.mixture import MixtureTask
 from models.tasks.modular import ModularTask
 
 TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask,
-                                "modular": ModularTask}
+                                "modular": ModularTask, "formal": FormalTask}
 
 
 def task_class(name: str) -> type[Task]:
@@ -18,5 +19,5 @@ def task_class(name: str) -> type[Task]:
         raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
 
 
-__all__ = ["TASKS", "CompositeTask", "Group", "MixtureTask", "ModularTask", "Task", "as_tensors",
-           "dataset_arrays", "group_mask", "task_class"]
+__all__ = ["TASKS", "CompositeTask", "FormalTask", "Group", "MixtureTask", "ModularTask", "Task",
+           "as_tensors", "dataset_arrays", "group_mask", "task_class"]

@@ -46,6 +46,12 @@ class Task:
     compared_roles: ClassVar[tuple[str, str] | None] = None
     # Clean/corrupted edits of probes.corruptions.make_pairs (see `draw_corruption`).
     corruptions: ClassVar[tuple[str, ...]] = ()
+    # (group, metric) read-outs a sweep's results table reports (final, and at the step of
+    # lowest held-out loss), e.g. the composite task's inferential fraction.
+    readouts: ClassVar[tuple[tuple[str, str], ...]] = ()
+    # Trained on next-token prediction at every position (PAD = 0 ignored), not on the
+    # label at the last position; evaluated also by greedy completion of prompt sets.
+    next_token: ClassVar[bool] = False
     seq_len: int
 
     @property
@@ -64,6 +70,20 @@ class Task:
     def extra_metrics(self, rows: dict[str, np.ndarray],
                       preds: np.ndarray) -> dict[tuple[str, str], float]:
         """Task-specific read-outs, {(group, metric): value}, beyond loss and accuracy."""
+        return {}
+
+    def prompt_sets(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """{name: encoded prompts [n, p]} the evaluation completes greedily (next-token
+        tasks); scored by `completion_scores`."""
+        return {}
+
+    def decode(self, ids: list[int]) -> str:
+        """A generated continuation as text (next-token tasks)."""
+        raise NotImplementedError
+
+    def completion_scores(self, completions: dict[str, list[str]]
+                          ) -> dict[tuple[str, str], float]:
+        """{(group, metric): value} of decoded prompt + completion strings per prompt set."""
         return {}
 
     # ---- what the instruments need to know
