@@ -25,7 +25,8 @@ from nbformat.v4 import new_code_cell
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 NAMES = ("01_quick_start", "02_localizing_with_patching", "03_probes_and_geometry",
-         "04_published_figures_cpu", "05_phase_diagram", "06_layernorm_grokking")
+         "04_published_figures_cpu", "05_phase_diagram", "06_layernorm_grokking",
+         "07_rule_extrapolation")
 CELL_TIMEOUT = 180  # seconds per cell; the SMALL setting needs a few
 PLOTLY = "application/vnd.plotly.v1+json"
 
@@ -179,10 +180,21 @@ def check_layernorm_grokking(r: dict) -> None:
     assert r["files"] == 4
 
 
+def check_rule_extrapolation(r: dict) -> None:
+    assert r["runs"] == r["done"] == 4
+    cells = {"anbn 0.3", "anbn 0.8", "dyck 0.3", "dyck 0.8"}
+    assert r["by_language_gamma"].keys() == r["table_mean"].keys() == cells
+    for cell, v in r["by_language_gamma"].items():  # the diagram shows the table
+        assert _close(v, r["table_mean"][cell]) and 0 <= v <= 1
+    assert all(0 <= v <= 1 for v in r["id_accuracy"].values())
+    assert r["files"] == 3
+
+
 CHECKS = {"01_quick_start": check_quick_start, "02_localizing_with_patching": check_localizing,
           "03_probes_and_geometry": check_probes, "04_published_figures_cpu": check_figures,
           "05_phase_diagram": check_phase_diagram,
-          "06_layernorm_grokking": check_layernorm_grokking}
+          "06_layernorm_grokking": check_layernorm_grokking,
+          "07_rule_extrapolation": check_rule_extrapolation}
 
 
 @pytest.mark.slow
