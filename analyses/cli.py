@@ -56,6 +56,7 @@ def _option_type(default) -> type:
 
 FIELDS = _field_options()
 INT_OR_NONE = {"d_head", "d_mlp", "n_ctx", "batch_seed", "init_rank"}
+PATHS = {"files"}  # tuple-of-path fields: comma-separated
 
 
 def _parse(name: str, raw, task_cls) -> Any:
@@ -70,6 +71,8 @@ def _parse(name: str, raw, task_cls) -> Any:
         default = _default(f)
     if name in INT_OR_NONE:
         return None if str(raw).lower() == "none" else int(raw)
+    if name in PATHS:
+        return tuple(p.strip() for p in str(raw).split(",") if p.strip())
     if not isinstance(default, tuple):
         return raw
     try:

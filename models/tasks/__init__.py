@@ -6,9 +6,10 @@ from models.tasks.composite import CompositeTask
 from models.tasks.formal import FormalTask
 from models.tasks.mixture import MixtureTask
 from models.tasks.modular import ModularTask
+from models.tasks.text import TextTask
 
 TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask,
-                                "modular": ModularTask, "formal": FormalTask}
+                                "modular": ModularTask, "formal": FormalTask, "text": TextTask}
 
 
 def task_class(name: str) -> type[Task]:
@@ -20,4 +21,4 @@ def task_class(name: str) -> type[Task]:
 
 
 __all__ = ["TASKS", "CompositeTask", "FormalTask", "Group", "MixtureTask", "ModularTask", "Task",
-           "as_tensors", "dataset_arrays", "group_mask", "task_class"]
+           "TextTask", "as_tensors", "dataset_arrays", "group_mask", "task_class"]
