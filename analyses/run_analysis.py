@@ -76,8 +76,12 @@ def analyze_run(run: Run, cfg: AnalysisConfig = AnalysisConfig()) -> dict[str, p
             (folder / f"{name}.csv").exists() for name in TABLES):
         return _load(folder)
     stages = stage_steps(run)
-    localization, agreement = localize_run(run, stages, n=cfg.pairs, seed=cfg.seed)
     probes, notes = [], []
+    if run.config.model.architecture == "transformer":
+        localization, agreement = localize_run(run, stages, n=cfg.pairs, seed=cfg.seed)
+    else:
+        localization, agreement = pd.DataFrame(), pd.DataFrame()
+        notes.append("patching skipped: the Emb-MLP has no attention blocks")
     for target in cfg.probe_targets:  # a target the rows cannot support is noted, not fatal
         try:
             probes.append(probes_over_training([run], (target,), steps=list(stages),

@@ -32,7 +32,7 @@ from analyses.representations_run import write_figures, write_table
 from analyses.study import check_folder
 from models.checkpoint import read_json, write_json
 from models.config import RunConfig
-from models.ensemble import ensemble_key, train_ensemble
+from models.ensemble import can_ensemble, ensemble_key, train_ensemble
 from models.errors import UserError
 from models.run import Run
 from models.train import mark_failed, show_progress, train
@@ -166,9 +166,9 @@ def plan(runs: list[tuple[RunConfig, Path]], strategy: str = "auto",
     if strategy == "sequential":
         return [[r] for r in runs]
     groups: dict[RunConfig, Unit] = {}
-    units = [[(cfg, path)] for cfg, path in runs if cfg.task.next_token]  # no ensembles
+    units = [[(cfg, path)] for cfg, path in runs if not can_ensemble(cfg)]
     for cfg, path in runs:
-        if not cfg.task.next_token:
+        if can_ensemble(cfg):
             groups.setdefault(ensemble_key(cfg), []).append((cfg, path))
     for group in groups.values():
         parts = max(-(-len(group) // MAX_MEMBERS),

@@ -14,6 +14,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
 from models.config import ModelConfig, RunConfig
+from models.emb_mlp import EmbMLP
 from models.layernorm import apply_placement
 
 # Embedding matrices: their input is one-hot, so their d_in is the number of rows.
@@ -85,16 +86,24 @@ def init_weights(model: TransformerBridge, cfg: ModelConfig, seed: int) -> None:
             tensor.zero_()
 
 
-def build_model(cfg: RunConfig, device: str | torch.device | None = None) -> TransformerBridge:
+def build_model(cfg: RunConfig, device: str | torch.device | None = None
+                ) -> TransformerBridge | EmbMLP:
     """A freshly initialized model for `cfg` (validated first), on `device`, in eval mode
-    (TransformerLens analysis tools require it; `train()` switches modes itself)."""
+    (TransformerLens analysis tools require it; `train()` switches modes itself): a
+    TransformerBridge, or the Emb-MLP for `architecture="emb_mlp"`."""
     cfg.validate()
+    device = resolve_device(str(device or cfg.train.device))
+    if cfg.model.architecture == "emb_mlp":
+        m = cfg.model
+        model = EmbMLP(cfg.task.vocab_size, m.d_model, m.mlp_dim, cfg.n_ctx, m.act_fn)
+        init_weights(model, m, cfg.train.seed)
+        return model.eval().to(device)
     model = TransformerBridge.boot_native(bridge_config(cfg))
     if cfg.model.normalization != "none":
         apply_placement(model, cfg.model.normalization)
     init_weights(model, cfg.model, cfg.train.seed)
     model.eval()
-    return model.to(resolve_device(str(device or cfg.train.device)), print_details=False)
+    return model.to(device, print_details=False)
 
 
 def realized_init(model: TransformerBridge, cfg: ModelConfig) -> list[dict]:

@@ -20,6 +20,7 @@ from models.tasks import MixtureTask, Task, task_class
 NORMALIZATIONS = ("LN", "post", "none", "attn", "mlp", "qk", "v")
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 EMBED_FAN_IN = ("vocab", "d_model")
+ARCHITECTURES = ("transformer", "emb_mlp")  # emb_mlp: models/emb_mlp.py
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class ModelConfig:
     n_ctx: int | None = None  # default: the task's sequence length
     readout_scale: float = 1.0  # the unembedding starts at readout_scale * d_model^-gamma
     init_rank: int | None = None  # low-rank init: weight matrices start at this rank
+    architecture: str = "transformer"  # or "emb_mlp": summed embeddings -> d_mlp -> vocab
 
     @property
     def head_dim(self) -> int:
@@ -81,6 +83,10 @@ class ModelConfig:
             raise UserError("normalization='mlp' puts LayerNorm on the MLP input, but d_mlp=0 "
                             "(attention-only) has no MLP; choose another placement")
         _choice("embed_fan_in", self.embed_fan_in, EMBED_FAN_IN)
+        _choice("architecture", self.architecture, ARCHITECTURES)
+        if self.architecture == "emb_mlp" and self.mlp_dim == 0:
+            raise UserError("architecture='emb_mlp' is embeddings -> hidden layer -> vocabulary; "
+                            "it needs d_mlp > 0")
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,12 @@ CPU_FLOATS_PER_PASS = 1 << 20
 INIT_FIELDS = {"gamma": 1.0, "readout_scale": 1.0, "init_rank": None}
 
 
+def can_ensemble(cfg: RunConfig) -> bool:
+    """Ensembles stack transformers trained on the label position (the functional
+    forward); next-token tasks and the Emb-MLP train one run at a time."""
+    return not cfg.task.next_token and cfg.model.architecture == "transformer"
+
+
 def ensemble_key(cfg: RunConfig) -> RunConfig:
     """What members of one ensemble share: everything but their init and seed."""
     return cfg.replace(model=INIT_FIELDS, train={"seed": 0})
@@ -91,9 +97,9 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
         raise UserError("train_ensemble needs one distinct output folder per config")
     for cfg in cfgs:
         cfg.validate()
-        if cfg.task.next_token:
-            raise UserError(f"ensembles train on the label position; task {cfg.task.name!r} "
-                            f"trains on next tokens: train its runs one by one")
+        if not can_ensemble(cfg):
+            raise UserError("ensembles train transformers on the label position; next-token "
+                            "tasks and the Emb-MLP train one run at a time")
         if ensemble_key(cfg) != ensemble_key(cfgs[0]):
             raise UserError("ensemble members may differ only in their init (gamma, "
                             "readout_scale, init_rank) and seed; train the "

@@ -24,6 +24,7 @@ def attribution_patch(model, clean: Int[torch.Tensor, "batch seq"],
                       direction: str = "denoising") -> Patched:
     """Estimated patched metric for every patch `activation_patch` would run (same shape)."""
     w = Weights.of(model)
+    w.require_attention("attribution patching")
     device = w["embed.weight"].device
     clean, corrupted = clean.to(device), corrupted.to(device)
     _check_inputs(w, clean, corrupted, component, direction)

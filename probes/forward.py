@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from models.errors import UserError
+
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # relu in place: its input is a fresh matmul output nothing else reads (saves a buffer).
@@ -45,6 +47,7 @@ class Weights:
     act_fn: str
     eps: float
     normalizes: str = "qkv"  # what ln1 normalizes: "qkv", "qk", "v" or "post" (post-LN)
+    kind: str = "transformer"  # or "emb_mlp" (models/emb_mlp.py: no attention)
 
     @classmethod
     def of(cls, model) -> "Weights":
@@ -56,14 +59,29 @@ class Weights:
             return cached[1]
         cfg = model.cfg
         params = {k: v.detach() for k, v in model.state_dict().items()}
-        normalizes = getattr(model.blocks[0].original_component, "normalizes", "qkv")
+        native = getattr(model.blocks[0], "original_component", None)
         weights = cls(params, cfg.n_layers, cfg.n_heads, cfg.d_head, attn_only=cfg.attn_only,
-                      act_fn=cfg.act_fn or "relu", eps=cfg.eps, normalizes=normalizes)
+                      act_fn=cfg.act_fn or "relu", eps=cfg.eps,
+                      normalizes=getattr(native, "normalizes", "qkv"),
+                      kind="transformer" if native is not None else "emb_mlp")
         _CACHE[model] = (key, weights)
         return weights
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.params[name]
+
+    def has(self, component: str) -> bool:
+        """Whether the model has this block hook (attention-only models have no MLP
+        hooks; the Emb-MLP only resid_pre and resid_post)."""
+        if self.kind == "emb_mlp":
+            return component in ("resid_pre", "resid_post")
+        return not (self.attn_only and component in ("resid_mid", "mlp_out"))
+
+    def require_attention(self, what: str) -> None:
+        """A UserError for instruments that need attention blocks, on the Emb-MLP."""
+        if self.kind != "transformer":
+            raise UserError(f"{what} needs a transformer; this Emb-MLP has no attention "
+                            f"blocks (geometry and linear probes work on it)")
 
     def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         """LayerNorm `prefix` (the fused kernel: equal to the bridge's to float32 rounding);
@@ -155,6 +173,8 @@ def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
     label_only: the final block computes only the last position after its k/v (its q,
     later activations and the logits then cover the last position only)."""
     cache: dict[str, torch.Tensor] = {}
+    if w.kind == "emb_mlp":
+        return _emb_mlp(w, tokens, names)
     x = embed(w, tokens)
     for layer in range(w.n_layers):
         def record(name: str, t: torch.Tensor, layer=layer) -> torch.Tensor:
@@ -163,3 +183,15 @@ def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
             return t
         x = block(w, layer, x, record, last_only=label_only and layer == w.n_layers - 1)
     return unembed(w, x), cache
+
+
+def _emb_mlp(w: Weights, tokens: Int[torch.Tensor, "batch seq"], names: tuple[str, ...]
+             ) -> tuple[Float[torch.Tensor, "batch 1 vocab"], dict[str, torch.Tensor]]:
+    """The Emb-MLP's forward: resid_pre is the summed embedding, resid_post the hidden
+    layer (one position each)."""
+    x = w["embed.weight"][tokens].sum(1, keepdim=True)
+    hidden = ACTIVATIONS[w.act_fn](F.linear(x, w["blocks.0.mlp.in.weight"],
+                                            w["blocks.0.mlp.in.bias"]))
+    acts = {"resid_pre": x, "resid_post": hidden}
+    cache = {hook_name(c, 0): t for c, t in acts.items() if c in names}
+    return F.linear(hidden, w["unembed.weight"], w["unembed.bias"]), cache

@@ -249,7 +249,7 @@ def token_embeddings(model, tokens: Sequence[int] | Int[torch.Tensor, " n"]
 def _component(w: Weights, hook: str) -> str:
     """The block component a TransformerLens hook name refers to, or a UserError."""
     valid = [hook_name(c, layer) for layer in range(w.n_layers) for c in POSITION_HOOKS
-             if not (w.attn_only and c in ("resid_mid", "mlp_out"))]
+             if w.has(c)]
     if hook not in valid:
         raise UserError(f"unknown hook {hook!r}; valid hooks: {', '.join(valid)}")
     return hook.rsplit("hook_", 1)[1]
@@ -361,7 +361,7 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
     components = tuple(dict.fromkeys(["pattern"] + [_component(w, h) for h in hooks]))
     with torch.inference_mode():
         _, cache = run_with_cache(w, tokens.to(w["embed.weight"].device), names=components)
-    for layer in range(w.n_layers):
+    for layer in range(w.n_layers if w.n_heads else 0):  # the Emb-MLP has no attention
         name = hook_name("pattern", layer)
         entropy = attention_entropy(cache[name])[:, -1]
         flow = information_flow(cache[name])

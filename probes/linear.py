@@ -313,12 +313,14 @@ def holdout_mask(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarra
 # ------------------------------------------------------------------ researcher call
 
 def _components(model, components) -> list[str]:
-    valid = [c for c in COMPONENTS
-             if not (model.cfg.attn_only and c in ("resid_mid", "mlp_out"))]
+    w = Weights.of(model)
+    valid = [c for c in COMPONENTS if w.has(c)]
     bad = [c for c in components if c not in valid]
     if bad:
+        kind = " (attention-only model)" if w.attn_only else \
+            " (Emb-MLP)" if w.kind == "emb_mlp" else ""
         raise UserError(f"cannot probe component(s) {bad}; choose from {', '.join(valid)}"
-                        + (" (attention-only model)" if model.cfg.attn_only else ""))
+                        f"{kind}")
     return list(components)
 
 
@@ -374,45 +376,53 @@ def probe_model(model, rows, task, targets=("key",),
         raise UserError(f"positions {positions} out of range for sequences of length {seq}")
     positions = list(dict.fromkeys(p % seq for p in positions))
     train = holdout_mask(len(tokens), test_fraction, seed)
-    hooks = [(c, layer) for c in components for layer in range(w.n_layers)]
+    tr = torch.as_tensor(train, device=dev)
     with torch.inference_mode():
         _, cache = run_with_cache(w, tokens.to(w["embed.weight"].device), names=components)
-        acts = torch.stack([cache[hook_name(c, layer)] for c, layer in hooks]).to(
-            dev, torch.float32)  # [hook, n, seq, d]
-        tr = torch.as_tensor(train, device=dev)
-        mean = acts[:, tr].mean(1, keepdim=True)
-        std = acts[:, tr].std(1, unbiased=False, keepdim=True)
-        acts = (acts - mean) / torch.where(std > 0, std, 1)
+    # Hooks of one shape are probed together (the Emb-MLP's hidden layer is wider than its
+    # embedding, and it has one position: the label's).
+    groups: dict[tuple, list[tuple[str, int]]] = {}
+    for c, layer in [(c, layer) for c in components for layer in range(w.n_layers)]:
+        groups.setdefault(tuple(cache[hook_name(c, layer)].shape[1:]), []).append((c, layer))
     labels = {t: target_values(rows, task, t) for t in targets}
     out = []
-    for target in targets:
-        values, defined = labels[target]
-        y, k = _classes(target, values, defined, train)
-        classes = np.unique(values[defined])
-        for pos in positions:
-            _, prefix = np.unique(rows["tokens"][:, : pos + 1], axis=0, return_inverse=True)
-            ctrl = np.searchsorted(classes, control_labels(rows["tokens"][:, pos], values,
-                                                           defined, seed))
-            y_both = torch.as_tensor(np.stack([y] * len(hooks) + [np.where(y >= 0, ctrl, -1)]
-                                              * len(hooks)), device=dev)
-            X = acts[:, :, pos].repeat(2, 1, 1)  # real probes, then their controls
-            key = (target, pos)
-            init = (state or {}).get(key)
-            if init is not None and init.weight.shape != (len(X), X.shape[-1], k):
-                init = None  # other rows or components than last time: start cold
-            groups = torch.as_tensor(prefix.ravel()) if dedupe else None
-            fit = fit_probes(X, y_both, tr, C, groups=groups,
-                             init=init, n_classes=k, max_iter=max_iter, tol=tol)
-            if state is not None:
-                state[key] = fit
-            h = len(hooks)
-            for i, (comp, layer) in enumerate(hooks):
-                acc, ctrl_acc = fit.accuracy[i].item(), fit.accuracy[h + i].item()
-                out.append(dict(hook=hook_name(comp, layer), component=comp, layer=layer,
-                                position=pos, target=target, accuracy=acc,
-                                control_accuracy=ctrl_acc, selectivity=acc - ctrl_acc,
-                                train_accuracy=fit.train_accuracy[i].item(),
-                                n_train=int((defined & train).sum()),
-                                n_test=int((defined & ~train).sum()), n_classes=k,
-                                converged=bool(fit.converged[i] & fit.converged[h + i])))
+    for shape, hooks in groups.items():
+        with torch.inference_mode():
+            acts = torch.stack([cache[hook_name(c, layer)] for c, layer in hooks]).to(
+                dev, torch.float32)  # [hook, n, seq, d]
+            mean = acts[:, tr].mean(1, keepdim=True)
+            std = acts[:, tr].std(1, unbiased=False, keepdim=True)
+            acts = (acts - mean) / torch.where(std > 0, std, 1)
+        first = seq - shape[0]  # the position of the activations' first one
+        for target in targets:
+            values, defined = labels[target]
+            y, k = _classes(target, values, defined, train)
+            classes = np.unique(values[defined])
+            for pos in [p for p in positions if p >= first]:
+                _, prefix = np.unique(rows["tokens"][:, : pos + 1], axis=0,
+                                      return_inverse=True)
+                ctrl = np.searchsorted(classes, control_labels(rows["tokens"][:, pos],
+                                                               values, defined, seed))
+                y_both = torch.as_tensor(np.stack([y] * len(hooks) + [np.where(
+                    y >= 0, ctrl, -1)] * len(hooks)), device=dev)
+                X = acts[:, :, pos - first].repeat(2, 1, 1)  # real probes, then controls
+                key = (target, pos, shape)
+                init = (state or {}).get(key)
+                if init is not None and init.weight.shape != (len(X), X.shape[-1], k):
+                    init = None  # other rows or components than last time: start cold
+                fit = fit_probes(X, y_both, tr, C,
+                                 groups=torch.as_tensor(prefix.ravel()) if dedupe else None,
+                                 init=init, n_classes=k, max_iter=max_iter, tol=tol)
+                if state is not None:
+                    state[key] = fit
+                h = len(hooks)
+                for i, (comp, layer) in enumerate(hooks):
+                    acc, ctrl_acc = fit.accuracy[i].item(), fit.accuracy[h + i].item()
+                    out.append(dict(hook=hook_name(comp, layer), component=comp, layer=layer,
+                                    position=pos, target=target, accuracy=acc,
+                                    control_accuracy=ctrl_acc, selectivity=acc - ctrl_acc,
+                                    train_accuracy=fit.train_accuracy[i].item(),
+                                    n_train=int((defined & train).sum()),
+                                    n_test=int((defined & ~train).sum()), n_classes=k,
+                                    converged=bool(fit.converged[i] & fit.converged[h + i])))
     return pd.DataFrame(out)

@@ -168,6 +168,7 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     `only`: a boolean tensor shaped like the result; unselected patches are skipped (NaN).
     """
     w = Weights.of(model)
+    w.require_attention("activation patching")
     device = w["embed.weight"].device
     clean, corrupted = clean.to(device), corrupted.to(device)
     _check_inputs(w, clean, corrupted, component, direction)
