@@ -333,8 +333,9 @@ def patch_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
     component: str = typer.Option("resid_pre", help="resid_pre, resid_mid, resid_post, "
                                   "attn_out, mlp_out, z, q, k, v or pattern."),
-    corruption: str = typer.Option("key", help="mixture: key, anchor, reasoning_to_memory; "
-                                   "composite: key, anchor, held_out_vs_twist."),
+    corruption: str = typer.Option("key", help="; ".join(
+        f"{name}: {', '.join(cls.corruptions)}" for name, cls in TASKS.items()
+        if cls.corruptions) + "."),
     out: Path = typer.Option(Path("patching"), "--out", "-o", help="Output folder."),
     step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the last)."),
     n: int = typer.Option(256, help="Number of prompt pairs."),

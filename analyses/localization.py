@@ -82,7 +82,7 @@ def localize(model, task, experiment: Experiment, components: Sequence[str] = CO
     pairs = make_pairs(task, experiment.corruption, n=n, seed=seed, data_seed=data_seed,
                        source=experiment.source).to(device)
     metric = logit_diff(pairs.clean_label, pairs.corrupted_label)
-    tokens = position_labels(pairs, pairs.clean.shape[1])
+    tokens = position_labels(pairs, pairs.clean.shape[1], task.position_names)
     tables, agreements = [], []
     for component in components:
         if component in MLP_COMPONENTS and model.cfg.attn_only:

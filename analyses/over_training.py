@@ -87,7 +87,7 @@ def geometry_over_training(runs: Sequence[str | Path | Run], steps="all", n: int
     inits: dict[str, object] = {}
 
     def measure(model, run, step):
-        last = hook_name("resid_post", run.config.model.n_layers - 1)
+        last = hook_name("resid_post", Weights.of(model).n_layers - 1)
         table = geometry_metrics(model, run.config.task, rows[run.name]["tokens"], [last])
         if run.name not in inits:
             inits[run.name] = run.load_model(0, "cpu")
@@ -154,8 +154,9 @@ def probes_over_training(runs: Sequence[str | Path | Run], targets=("key",),
     rows = {run.name: eval_rows(run, n, seed) for run in runs}
     states: dict[str, dict] = {run.name: {} for run in runs}
 
-    def measure(model, run, step):
-        return probe_model(model, rows[run.name], run.config.task, targets, components,
+    def measure(model, run, step):  # the components this model has (Emb-MLP: two)
+        present = [c for c in components if Weights.of(model).has(c)]
+        return probe_model(model, rows[run.name], run.config.task, targets, present,
                            test_fraction=test_fraction, seed=seed, C=C,
                            state=states[run.name])
 

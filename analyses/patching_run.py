@@ -24,14 +24,16 @@ from probes.corruptions import PatchPairs, make_pairs
 from probes.patching import METRICS, activation_patch
 
 
-def position_labels(pairs: PatchPairs, seq: int) -> list[str]:
-    """'key', 'a1', 'a2' where every pair puts them at the same positions, else numbers."""
+def position_labels(pairs: PatchPairs, seq: int,
+                    names: tuple[str, ...] = ("key", "a1", "a2")) -> list[str]:
+    """The task's names of the key, a1 and a2 positions (`Task.position_names`) where
+    every pair puts them at the same positions, else numbers."""
     labels = [str(i) for i in range(seq)]
     key_pos = np.unique(pairs.meta["key_pos"])
     if len(key_pos) == 1:
         k = int(key_pos[0])
         labels = ["noise"] * seq
-        labels[k:k + 3] = ["key", "a1", "a2"]
+        labels[k:k + 3] = list(names)
     return labels
 
 
@@ -91,7 +93,7 @@ def patch_run(run_dir: str | Path, component: str, corruption: str, out: str | P
     atomic_write(out / f"{stem}.csv", table.to_csv(index=False))
     atomic_write(out / f"{stem}.parquet", table.to_parquet(index=False))
     files = [out / f"{stem}.csv", out / f"{stem}.parquet"]
-    labels = position_labels(pairs, pairs.clean.shape[1])
+    labels = position_labels(pairs, pairs.clean.shape[1], cfg.task.position_names)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name, fig in figures_for(table, component, labels).items():

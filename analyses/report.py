@@ -285,6 +285,14 @@ def _representations(doc: Report, runs: list[Run], probes: pd.DataFrame,
             'between the two anchor groups, and leave-one-out nearest-centroid separability '
             'of the two groups (with its chance level).</p>')
     doc.add("<h2>How do attention and the weights move?</h2>")
+    if (geometry.metric == "attention_entropy").any():  # not the Emb-MLP: no attention
+        _attention_figures(doc, geometry)
+    doc.figure("weight_change", study_figures.weight_change_bars(geometry),
+               "Relative change ||W_T - W_0|| / ||W_0|| of each weight matrix from init to "
+               "the last step (log scale).")
+
+
+def _attention_figures(doc: Report, geometry: pd.DataFrame) -> None:
     doc.figure("attention_entropy_layer0",
                metric_over_steps(geometry, metric="attention_entropy", layer=0,
                                  title="First-layer attention entropy at the label position"),
@@ -296,9 +304,6 @@ def _representations(doc: Report, runs: list[Run], probes: pd.DataFrame,
                    "by source position", metric="information_flow", layer=0),
                "Share of the first layer's attention that the label position pays to each "
                "source position over training (log step axis), averaged over heads.")
-    doc.figure("weight_change", study_figures.weight_change_bars(geometry),
-               "Relative change ||W_T - W_0|| / ||W_0|| of each weight matrix from init to "
-               "the last step (log scale).")
 
 
 def build_report(runs: list[Run], title: str = "InitLens report",

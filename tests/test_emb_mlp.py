@@ -1,6 +1,8 @@
 """The Emb-MLP: built from TransformerLens hook points, trained by the same loop, read by
 the same geometry and linear probes; patching says clearly that it needs attention."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +82,18 @@ def test_sweeps_train_emb_mlps_one_by_one(tmp_path):
         sweep_module.train_ensemble([c for c, _ in runs], [p for _, p in runs])
     with pytest.raises(UserError, match="needs d_mlp > 0"):
         _cfg().replace(model={"d_mlp": 0}).validate()
+
+
+def test_a_run_report_on_an_emb_mlp(tmp_path):
+    from analyses.report import write_report
+    from analyses.run_analysis import AnalysisConfig, analyze_runs
+
+    run = train(_cfg(steps=20), tmp_path / "run", progress=False)
+    tables, problems = analyze_runs([run], AnalysisConfig(pairs=16, probe_rows=300,
+                                                          probe_targets=("label",)))
+    assert problems == {run.name: "patching skipped: the Emb-MLP has no attention blocks"}
+    assert set(tables["probes"].component) == {"resid_pre", "resid_post"}
+    assert "attention_entropy" not in set(tables["geometry"].metric)
+    info = write_report([run], tmp_path / "report.html", "Emb-MLP", problems, tables)
+    html = Path(info["report"]).read_text()
+    assert "What do the layers represent?" in html and "no attention blocks" in html

@@ -94,3 +94,10 @@ def test_cli_reads_files_and_refuses_missing_ones(capsys, tmp_path):
     assert RunConfig.load(tmp_path / "r" / "config.json").task.files == FILES
     assert_user_error(run_cli(capsys, "train", "--task", "text", "--files", "nope.txt",
                               "--out", tmp_path / "r2"), "nope.txt does not exist")
+
+
+def test_files_without_text_leave_no_vocabulary(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n")
+    with pytest.raises(UserError, match="hold no text"):
+        TextTask(files=(str(empty),)).validate()

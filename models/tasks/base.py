@@ -44,8 +44,10 @@ class Task:
     memorized_type: ClassVar[str | None] = None
     # Token roles whose embeddings the geometry compares (distinguishability).
     compared_roles: ClassVar[tuple[str, str] | None] = None
-    # Clean/corrupted edits of probes.corruptions.make_pairs (see `draw_corruption`).
+    # Clean/corrupted edits of probes.corruptions.make_pairs (see `draw_corruption`), and
+    # what the figures call the positions of the key, a1 and a2 columns.
     corruptions: ClassVar[tuple[str, ...]] = ()
+    position_names: ClassVar[tuple[str, str, str]] = ("key", "a1", "a2")
     # (group, metric) read-outs a sweep's results table reports (final, and at the step of
     # lowest held-out loss), e.g. the composite task's inferential fraction.
     readouts: ClassVar[tuple[tuple[str, str], ...]] = ()

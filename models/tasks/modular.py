@@ -29,6 +29,7 @@ class ModularTask(Task):
     memory_group: ClassVar[str] = "train_pairs"  # fitting the training pairs (memorizable)
     task_types: ClassVar[tuple[str, ...]] = ("sum",)
     corruptions: ClassVar[tuple[str, ...]] = ("a", "b")
+    position_names: ClassVar[tuple[str, str, str]] = ("a", "b", "=")
     p: int = 23
     train_fraction: float = 0.5
 

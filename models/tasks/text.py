@@ -78,6 +78,8 @@ class TextTask(Task):
     reasoning_group: ClassVar[str] = "prontoqa_test"  # fresh ontologies, never trained
     memory_group: ClassVar[str] = "facts"  # recall of the training facts
     compared_roles: ClassVar[tuple[str, str]] = ("concept", "value")
+    task_types: ClassVar[tuple[str, ...]] = ("prontoqa", "fact", "file")  # the sources
+    memorized_type: ClassVar[str] = "fact"
     max_hops: int = 3
     n_concepts: int = 16
     n_entities: int = 16
