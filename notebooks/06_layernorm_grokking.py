@@ -22,7 +22,7 @@
 # `SMALL = True` checks that everything builds (p = 11, 150 steps: too short to grok).
 # `SMALL = False` is the shipped grid (p = 31, 60% of pairs for training, one layer,
 # full-batch AdamW with weight decay 1, 2000 steps, seven placements); the numbers it
-# gives on a 2-core CPU are in README.md ("LayerNorm placement and grokking").
+# gives (three seeds) are in README.md ("LayerNorm placement and grokking").
 
 # %% tags=["parameters"]
 SMALL = True  # False: the shipped grid, 7 runs of 2000 steps (about 15 minutes on 2 CPUs)

@@ -20,8 +20,8 @@
 #
 # `SMALL = True` checks that everything builds (two languages, 60 steps: too short to
 # learn them). `SMALL = False` is the shipped grid (4 languages x gamma 0.3, 0.5, 0.8 x 2
-# seeds, 600 steps each); its numbers on a 2-core CPU are in README.md ("Rule
-# extrapolation across init scales").
+# seeds, 600 steps each); its numbers are in README.md ("Rule extrapolation across init
+# scales").
 
 # %% tags=["parameters"]
 SMALL = True  # False: the shipped grid, 24 runs of 600 steps (about 15 minutes on 2 CPUs)
