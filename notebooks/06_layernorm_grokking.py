@@ -25,7 +25,7 @@
 # gives (three seeds) are in README.md ("LayerNorm placement and grokking").
 
 # %% tags=["parameters"]
-SMALL = True  # False: the shipped grid, 7 runs of 2000 steps (about 15 minutes on 2 CPUs)
+SMALL = True  # False: the shipped grid, 7 runs of 2000 steps (about 8 minutes on 2 CPUs)
 
 # %%
 from pathlib import Path
