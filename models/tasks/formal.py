@@ -123,7 +123,7 @@ class FormalTask(Task):
                 if stack and (len(stack) == length - i or rng.random() < 0.5):
                     out.append({"(": ")", "[": "]"}[stack.pop()])
                 else:
-                    stack.append("([" [int(rng.integers(2))])
+                    stack.append("(["[int(rng.integers(2))])
                     out.append(stack[-1])
             return "".join(out)
         s = ["b"] + ["ab"[int(x)] for x in rng.integers(2, size=int(rng.integers(0, top)))]
