@@ -15,7 +15,11 @@ GROUP_COLORS = {"reasoning": "#1f77b4", "reasoning_test": "#17becf", "memory": "
 GAMMA_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
 
 
-def _text(value) -> str:
+def value_text(value) -> str:
+    """A config value as text: 0.3, 21-60 (a pair), 11-13+13-11 (pairs)."""
+    if isinstance(value, tuple):
+        nested = bool(value) and isinstance(value[0], tuple)
+        return ("+" if nested else "-").join(value_text(v) for v in value)
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -75,7 +79,8 @@ def steps_to_threshold(table: pd.DataFrame, threshold: int = 90, by: str = "gamm
         group = col[len(prefix):]
         reached = table[col].notna()
         fig.add_trace(go.Bar(
-            x=[f"{by} = {_text(v)}" for v in table[by]], y=table[col].fillna(table.steps),
+            x=[f"{by} = {value_text(v)}" for v in table[by]],
+            y=table[col].fillna(table.steps),
             name=group, marker_color=GROUP_COLORS.get(group),
             marker_pattern_shape=["" if r else "/" for r in reached],
             text=[str(int(v)) if r else "never" for v, r in zip(table[col].fillna(0), reached)],

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analyses.figures import sweep_curves
+from analyses.figures import sweep_curves, value_text
 from analyses.phase_diagram import phase_diagram, rows_axis
 from analyses.preference import preference_row, readout_row
 from analyses.representations_run import write_figures, write_table
@@ -127,16 +127,8 @@ def make_sweep(base: RunConfig, grid: dict[str, Sequence]) -> Sweep:
 
 def _run_name(values: dict[str, Any]) -> str:
     """g0.3_L2_s0, keys21-60, held_out11-13+13-11, ..."""
-    parts = [f"{SHORT.get(name, name)}{_text(value)}" for name, value in values.items()]
+    parts = [f"{SHORT.get(name, name)}{value_text(value)}" for name, value in values.items()]
     return "_".join(parts).replace("/", "-") or "run"
-
-
-def _text(value) -> str:
-    """A swept value as text: 0.3, 21-60 (a pair), 11-13+13-11 (pairs)."""
-    if isinstance(value, tuple):
-        nested = bool(value) and isinstance(value[0], tuple)
-        return ("+" if nested else "-").join(_text(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # --- training ----------------------------------------------------------------------------
@@ -321,11 +313,11 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
     sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
     table = results_table(sweep, out)
     files = write_table(table, out, "results")
-    done = table[table.state == "done"]
-    figures = {"learning_curves": sweep_curves(
-        [Run(out / "runs" / name) for name in done.run],
-        [", ".join(f"{k}={_text(v)}" for k, v in values.items())
-         for name, values in sweep.points() if name in set(done.run)])}
+    labels = {name: ", ".join(f"{k}={value_text(v)}" for k, v in values.items())
+              for name, values in sweep.points()}
+    done = table.run[table.state == "done"]
+    figures = {"learning_curves": sweep_curves([Run(out / "runs" / n) for n in done],
+                                               [labels[n] for n in done])}
     if table.gamma.nunique() > 1:  # gamma x depth (or another swept option)
         figures["phase_diagram"] = phase_diagram(table, rows=rows_axis(table, list(sweep.grid)))
     figures, notes = write_figures(figures, out, formats)
@@ -343,8 +335,8 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
         run = Run(root / "runs" / name)
         status = run.status if run.path.exists() else {"state": "missing"}
         row = {"run": name, "gamma": cfg.model.gamma, "n_layers": cfg.model.n_layers,
-               "seed": cfg.train.seed, **{k: _text(v) if isinstance(v, tuple) else v
-                                              for k, v in values.items()},
+               "seed": cfg.train.seed, **{k: value_text(v) if isinstance(v, tuple) else v
+                                          for k, v in values.items()},
                "state": status.get("state", "unknown"), "error": status.get("reason", "")}
         if run.done:
             row.update({k: v for k, v in preference_row(run).items() if k not in row})
@@ -355,5 +347,5 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
     return table.astype({c: "Int64" for c in table if c.startswith("step_to_")})
 
 
-__all__ = ["GRIDS", "Sweep", "load_sweep", "make_sweep", "pending", "plan", "report_sweep", "results_table",
-           "run_sweep", "section_of", "train_unit"]
+__all__ = ["GRIDS", "Sweep", "load_sweep", "make_sweep", "pending", "plan", "report_sweep",
+           "results_table", "run_sweep", "section_of", "train_unit"]

@@ -1,8 +1,8 @@
 """A functional forward pass of our TransformerLens-native models, hook by hook.
 
 Same arithmetic as the TransformerBridge (every LayerNorm placement of models/layernorm.py,
-causal attention, learned positions), but plain tensor ops over the model's own weights. Two things make it
-the engine of the patching tools: every TransformerLens hook point (`resid_pre`, `q`, `k`,
+causal attention, learned positions; and the Emb-MLP of models/emb_mlp.py), but plain tensor
+ops over the model's own weights. Two things make it the engine of the patching tools: every TransformerLens hook point (`resid_pre`, `q`, `k`,
 `v`, `pattern`, `z`, `attn_out`, `resid_mid`, `mlp_out`, `resid_post`) passes through a
 `hook(name, tensor)` callback, and a block can start from any cached residual stream and
 compute only the last (label) position. Tests check every hook against the bridge.
