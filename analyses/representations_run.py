@@ -30,6 +30,7 @@ GEOMETRY_LINES = (
     ("embedding_effective_rank", dict(metric="effective_rank", hook="embed.weight",
                                       group="all")),
     ("attention_entropy_layer0", dict(metric="attention_entropy", layer=0)),
+    ("label_components_90", dict(metric="components_90")),  # compressibility (grokking)
     ("condensation_layer0_q", dict(metric="n_directions", hook="blocks.0.attn.q.weight")),
     ("relative_weight_change", dict(metric="relative_weight_change")),
 )
