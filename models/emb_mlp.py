@@ -20,6 +20,7 @@ from torch import nn
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+# act_fn -> function (the TransformerLens native model's, by name).
 ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
                "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 
 from models.tasks import Task, group_mask
+from models.tasks.base import PAD
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,11 @@ def make_eval_set(task: Task, rows: dict[str, np.ndarray], size: int, seed: int)
 def next_token_loss(logits: Float[torch.Tensor, "n seq vocab"],
                     tokens: Int[torch.Tensor, "n seq"], reduction: str = "mean"
                     ) -> torch.Tensor:
-    """Cross-entropy of predicting each next token, PAD (0) targets ignored: the mean over
+    """Cross-entropy of predicting each next token, PAD targets ignored: the mean over
     real targets, or ("none") [n, seq - 1] with zeros at PAD targets."""
     targets = tokens[:, 1:]
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                           ignore_index=0, reduction="none" if reduction == "none" else "mean")
+                           ignore_index=PAD, reduction="none" if reduction == "none" else "mean")
     return loss.view(targets.shape) if reduction == "none" else loss
 
 
@@ -97,7 +98,7 @@ def score_next_token(model: torch.nn.Module, data: EvalSet) -> dict[tuple[str, s
     with torch.inference_mode():
         logits = model(data.tokens)
     loss = next_token_loss(logits, data.tokens, "none")
-    real = data.tokens[:, 1:] != 0
+    real = data.tokens[:, 1:] != PAD
     correct = (logits[:, :-1].argmax(-1) == data.tokens[:, 1:]) & real
     out = {}
     for i, name in enumerate(data.names):

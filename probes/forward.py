@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
+from models.emb_mlp import ACTIVATIONS as MODEL_ACTIVATIONS
 from models.errors import UserError
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-# relu in place: its input is a fresh matmul output nothing else reads (saves a buffer).
-ACTIVATIONS = {"relu": lambda x: F.relu(x, inplace=True), "gelu": F.gelu, "silu": F.silu,
-               "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
+# The models' activations, but relu in place: its input is a fresh matmul output nothing
+# else reads (saves a buffer).
+ACTIVATIONS = {**MODEL_ACTIVATIONS, "relu": lambda x: F.relu(x, inplace=True)}
 BLOCK_HOOKS = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
                "mlp_out", "resid_post")
 

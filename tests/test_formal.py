@@ -12,7 +12,8 @@ from analyses.phase_diagram import default_value
 from models import ModelConfig, RunConfig, TrainConfig, UserError, train
 from models.evaluate import evaluate, greedy_complete, make_eval_set, next_token_loss
 from models.tasks import FormalTask, dataset_arrays
-from models.tasks.formal import EOS, PAD, RULES
+from models.tasks.base import EOS, PAD
+from models.tasks.formal import RULES
 from test_cli import assert_user_error, run_cli
 
 LANGUAGES = ("anbn", "anbncn", "dyck", "regular")

@@ -16,6 +16,7 @@ import torch
 from models.errors import UserError
 
 COLUMNS = ("tokens", "label", "task_type", "key", "a1", "a2", "key_pos", "split")
+PAD, BOS, EOS = 0, 1, 2  # next-token tasks: padding (the loss ignores it), start, end
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,22 @@ def to_dataset(columns: dict[str, np.ndarray]) -> "datasets.Dataset":  # noqa: F
     import datasets
 
     return datasets.Dataset.from_dict({c: columns[c].tolist() for c in COLUMNS})
+
+
+def framed(ids: list[int], length: int) -> list[int]:
+    """BOS, `ids`, EOS, then PAD up to `length` + 2 tokens (a next-token task's row)."""
+    return [BOS, *ids, EOS] + [PAD] * (length - len(ids))
+
+
+def sequence_dataset(tokens, task_type, split, key=None) -> "datasets.Dataset":  # noqa: F821
+    """A next-token task's rows in the shared columns: label EOS, no anchors; `key` e.g.
+    the string length."""
+    n = len(tokens)
+    zeros = np.zeros(n, dtype=int)
+    return to_dataset(dict(tokens=np.asarray(tokens), label=np.full(n, EOS),
+                           task_type=np.asarray(task_type), a1=zeros, a2=zeros,
+                           key=zeros if key is None else np.asarray(key), key_pos=zeros,
+                           split=np.asarray(split)))
 
 
 def dataset_arrays(ds) -> dict[str, np.ndarray]:

@@ -23,9 +23,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from models.errors import UserError
-from models.tasks.base import Group, Task, to_dataset
-
-PAD, BOS, EOS = 0, 1, 2
+from models.tasks.base import Group, Task, framed, sequence_dataset
 SYMBOLS = {"anbn": "ab", "anbncn": "abc", "dyck": "()[]", "regular": "ab"}
 MAX_PROMPTS = 256  # prompts per read-out at most (a seeded subset of longer lists)
 
@@ -132,10 +130,9 @@ class FormalTask(Task):
             s[i] = "b" if s[i] == "a" else "a"
         return "".join(s)
 
-    def encode(self, s: str, length: int | None = None) -> list[int]:
-        """BOS, the string's symbols, EOS, then PAD up to `length` (default seq_len)."""
-        ids = [BOS] + [3 + self.symbols.index(c) for c in s] + [EOS]
-        return ids + [PAD] * ((length or self.seq_len) - len(ids))
+    def encode(self, s: str) -> list[int]:
+        """BOS, the string's symbols, EOS, then PAD up to seq_len."""
+        return framed([3 + self.symbols.index(c) for c in s], self.max_len)
 
     def decode(self, ids) -> str:
         """The symbols of a generated sequence, up to the first non-symbol (EOS, PAD...)."""
@@ -155,12 +152,9 @@ class FormalTask(Task):
         n_test = max(round(self.samples * self.test_fraction), 1)
         strings = [self._draw(rng) for _ in range(self.samples + n_test)]
         n = len(strings)
-        return to_dataset(dict(
-            tokens=np.array([self.encode(s) for s in strings]), label=np.full(n, EOS),
-            task_type=np.full(n, "valid"), key=np.array([len(s) for s in strings]),
-            a1=np.zeros(n, dtype=int), a2=np.zeros(n, dtype=int),
-            key_pos=np.zeros(n, dtype=int),
-            split=np.where(np.arange(n) < self.samples, "train", "test")))
+        return sequence_dataset([self.encode(s) for s in strings], np.full(n, "valid"),
+                                np.where(np.arange(n) < self.samples, "train", "test"),
+                                key=[len(s) for s in strings])
 
     def eval_groups(self) -> tuple[Group, ...]:
         return (Group("train_strings", "valid", "train"), Group("test_strings", "valid", "test"))

@@ -22,9 +22,9 @@ from typing import ClassVar
 import numpy as np
 
 from models.errors import UserError
-from models.tasks.base import Group, Task, to_dataset
+from models.tasks.base import BOS, EOS, PAD, Group, Task, framed, sequence_dataset
 
-PAD, BOS, EOS, UNK = 0, 1, 2, 3
+UNK = 3
 SPECIAL = ("<pad>", "<bos>", "<eos>", "<unk>")
 _ONSETS = "b d f g j l m n r s t v w y z br gr sh st".split()
 _NAMES = "max sally alex fae rex wren polly stella sam jo kit lee ada bo cy di".split()
@@ -189,8 +189,8 @@ class TextTask(Task):
         return out
 
     def encode(self, text: str) -> list[int]:
-        ids = [self._index().get(w, UNK) for w in words(text)][:self.max_len]
-        return [BOS, *ids, EOS] + [PAD] * (self.max_len - len(ids))
+        return framed([self._index().get(w, UNK) for w in words(text)][:self.max_len],
+                      self.max_len)
 
     def decode(self, ids) -> str:
         out = []
@@ -220,12 +220,8 @@ class TextTask(Task):
                 + [("file", "train", kept[i]) for i in rng.integers(len(kept), size=n_files)]
                 + [("prontoqa", "test", self.question(rng)) for _ in range(n_test)]
                 + [("file", "test", w) for w in held])
-        n = len(rows)
-        return to_dataset(dict(
-            tokens=np.array([self.encode(t) for _, _, t in rows]), label=np.full(n, EOS),
-            task_type=np.array([s for s, _, _ in rows]), key=np.zeros(n, dtype=int),
-            a1=np.zeros(n, dtype=int), a2=np.zeros(n, dtype=int),
-            key_pos=np.zeros(n, dtype=int), split=np.array([sp for _, sp, _ in rows])))
+        return sequence_dataset([self.encode(t) for _, _, t in rows], [s for s, _, _ in rows],
+                                [sp for _, sp, _ in rows])
 
     def eval_groups(self) -> tuple[Group, ...]:
         groups = [Group("prontoqa", "prontoqa", "train"), Group("prontoqa_test", "prontoqa",
