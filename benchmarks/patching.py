@@ -18,17 +18,20 @@ CASES = {"resid_pre": (tlp.get_act_patch_resid_pre, "resid_pre"),
          "attn_head_out_by_pos": (tlp.get_act_patch_attn_head_out_by_pos, "z")}
 
 
-def best_of(fn, repeats):
-    times = []
+def best_of(fns, repeats):
+    """Best time of each function, their runs interleaved so that a slow spell of the
+    machine hits all of them alike; and each one's last result."""
+    times, outs = [[] for _ in fns], [None] * len(fns)
     for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+        for i, fn in enumerate(fns):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            outs[i] = fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[i].append(time.perf_counter() - t)
+    return [min(t) for t in times], outs
 
 
 def main():
@@ -60,12 +63,11 @@ def main():
     tl_metric = lambda lg: metric(lg[:, -1]).mean()  # noqa: E731
     for name, (ref_fn, component) in CASES.items():
         _, clean_cache = model.run_with_cache(clean)
-        t_call, ref = best_of(lambda: ref_fn(model, corrupted, clean_cache, tl_metric),
-                              args.repeats)
-        t_tokens, _ = best_of(lambda: ref_fn(model, corrupted, model.run_with_cache(clean)[1],
-                                             tl_metric), args.repeats)
-        t_ours, ours = best_of(lambda: activation_patch(model, clean, corrupted, metric,
-                                                        component).values, args.repeats)
+        (t_call, t_tokens, t_ours), (ref, _, ours) = best_of([
+            lambda: ref_fn(model, corrupted, clean_cache, tl_metric),
+            lambda: ref_fn(model, corrupted, model.run_with_cache(clean)[1], tl_metric),
+            lambda: activation_patch(model, clean, corrupted, metric, component).values,
+        ], args.repeats)
         diff = (ref.to(ours.device) - ours).abs().max().item()
         assert diff <= 1e-5, f"{name}: results differ by {diff}"
         print(f"| {name} | {t_call * 1e3:.1f} ms | {t_tokens * 1e3:.1f} ms | "

@@ -36,6 +36,10 @@ def hook_name(component: str, layer: int) -> str:
     return f"blocks.{layer}.{inner}hook_{component}"
 
 
+def _storage(parameters: list[torch.Tensor]) -> tuple:
+    return tuple((p.data_ptr(), p.device, p.dtype) for p in parameters)
+
+
 @dataclass(frozen=True)
 class Weights:
     """The model's weights in TransformerLens state-dict names, plus its shape."""
@@ -52,12 +56,12 @@ class Weights:
 
     @classmethod
     def of(cls, model) -> "Weights":
-        """The weights of `model` (views, not copies), cached until a parameter tensor is
-        replaced (e.g. by `.to(device)`); in-place updates are seen through the views."""
-        key = tuple((p.data_ptr(), p.device, p.dtype) for p in model.parameters())
+        """The weights of `model` (views, not copies), cached until a parameter's storage
+        is replaced (e.g. by `.to(device)`); in-place updates are seen through the views.
+        (Listing the bridge's parameters walks all its hook modules: done once per model.)"""
         cached = _CACHE.get(model)
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        if cached is not None and cached[1] == _storage(cached[0]):
+            return cached[2]
         cfg = model.cfg
         params = {k: v.detach() for k, v in model.state_dict().items()}
         native = getattr(model.blocks[0], "original_component", None)
@@ -65,7 +69,8 @@ class Weights:
                       act_fn=cfg.act_fn or "relu", eps=cfg.eps,
                       normalizes=getattr(native, "normalizes", "qkv"),
                       kind="transformer" if native is not None else "emb_mlp")
-        _CACHE[model] = (key, weights)
+        parameters = list(model.parameters())
+        _CACHE[model] = (parameters, _storage(parameters), weights)
         return weights
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -106,7 +111,15 @@ def _no_hook(name: str, t: torch.Tensor) -> torch.Tensor:
 
 def embed(w: Weights, tokens: Int[torch.Tensor, "batch seq"]) -> Float[torch.Tensor, "batch seq d"]:
     """Token plus position embedding: blocks.0.hook_resid_pre."""
-    return w["embed.weight"][tokens] + w["pos_embed.weight"][: tokens.shape[1]]
+    return F.embedding(tokens, w["embed.weight"]) + w["pos_embed.weight"][: tokens.shape[1]]
+
+
+def heads(w: Weights, layer: int, name: str, a: Float[torch.Tensor, "n seq d"]
+          ) -> Float[torch.Tensor, "n seq head d_head"]:
+    """Queries, keys or values (`name`: q, k, v) of block `layer` from its attention input."""
+    p = f"blocks.{layer}.attn.{name}"
+    out = F.linear(a, w[f"{p}.weight"], w[f"{p}.bias"])
+    return out.view(*a.shape[:-1], w.n_heads, w.d_head)
 
 
 def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook = _no_hook,
@@ -116,19 +129,13 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
     `last_only` keeps only the last position once keys and values are formed (enough for
     the label logits in the final block); later hooks, q included, see that position only.
     """
-    p = f"blocks.{layer}"
     n, s, _ = x.shape
     x = hook("resid_pre", x)
     a, a_v = w.attn_inputs(x, layer)
-
-    def heads(name: str, a: torch.Tensor) -> torch.Tensor:
-        out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
-        return hook(name, out.view(n, a.shape[1], w.n_heads, w.d_head))
-
-    k, v = heads("k", a), heads("v", a_v)
+    k, v = hook("k", heads(w, layer, "k", a)), hook("v", heads(w, layer, "v", a_v))
     if last_only:
-        a, x = a[:, -1:], x[:, -1:]
-    q = heads("q", a)
+        a, x = a[:, -1:].contiguous(), x[:, -1:]  # (a strided input makes linear slow)
+    q = hook("q", heads(w, layer, "q", a))
     # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
     # rounding matches the bridge too.
     scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5

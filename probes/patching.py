@@ -3,11 +3,15 @@
 Every patch of one layer becomes a row block of one batched forward pass. The run starts
 at the patched layer from the target run's cached residual stream (nothing below it is
 recomputed), the patch is a `torch.where` between target and source activations under a
-per-variant mask, and the last block computes only the label position. Two more cuts: a
-patch that cannot move the label logits (nothing differs under its mask, or it touches only
-non-label positions after attention in the last block) is not run at all, and a patch after
-attention (z, attn_out, resid_mid, mlp_out, resid_post) finishes its own block at the
-patched positions only. Metric values stay on the device until the end.
+per-variant mask, and the last block computes only the label position. More cuts, all
+exact: a patch that cannot move the label logits (nothing differs under its mask, or it
+touches only non-label positions after attention in the last block) is not run at all; a
+patch that makes the state the source's (all of the residual stream that differs, or after
+attention where the block input already matches) takes the source run's cached values; a
+patch after attention (z, attn_out, resid_mid, mlp_out, resid_post) finishes its own block
+at the patched positions only; and a final block whose input changed at a few positions
+reuses the target's cached keys and values elsewhere. Metric values stay on the device
+until the end.
 
 Denoising (the default) runs the corrupted prompt with clean activations patched in;
 noising runs the clean prompt with corrupted activations patched in.
@@ -15,6 +19,7 @@ noising runs the clean prompt with corrupted activations patched in.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,7 +31,8 @@ from tqdm.auto import tqdm
 
 from models.errors import UserError
 from models.train import show_progress
-from probes.forward import Weights, block, block_tail, hook_name, run_with_cache, unembed
+from probes.forward import (Hook, Weights, block, block_tail, heads, hook_name,
+                            run_with_cache, unembed)
 
 # A metric maps label-position logits [..., batch, vocab] to per-example values [..., batch].
 Metric = Callable[[torch.Tensor], torch.Tensor]
@@ -111,10 +117,12 @@ class Patched:
         return df
 
 
+@functools.lru_cache(maxsize=64)
 def _variant_masks(component: str, shape: tuple[int, ...], per_position: bool,
-                   device) -> tuple[torch.Tensor, tuple[int, ...], tuple[str, ...]]:
+                   device: torch.device) -> tuple[torch.Tensor, tuple[int, ...], tuple[str, ...]]:
     """Boolean masks [variant, *activation shape without batch], one per patch, and the
-    result shape (without the layer axis) and its axis names."""
+    result shape (without the layer axis) and its axis names. Cached (a pure function of
+    its arguments): callers must not modify the masks."""
     axes = AXES[component] if per_position else tuple(a for a in AXES[component]
                                                       if a not in ("pos", "dest_pos"))
     if component == "pattern":  # activation [head, dest, src]
@@ -190,31 +198,43 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
                 0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0])
     per_variant = w.n_layers * batch * seq * width * 4 * 12  # bytes, ~12 live tensors
     chunk = max(1, int(max_memory_mb * 2**20 // per_variant))
-    target = {k: v[tgt] for k, v in halves.items()}
-    sources = [halves[hook_name(component, layer)][src] for layer in range(w.n_layers)]
+    target, source = ({k: v[i] for k, v in halves.items()} for i in (tgt, src))
     keep = (torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device) if only is None
             else only.to(device).reshape(w.n_layers, len(masks)))
     values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
     # Patches that cannot move the label logits give the target's own value, uncomputed.
-    diffs = [s != target[hook_name(component, layer)] for layer, s in enumerate(sources)]
-    inert = _inert(masks, component, diffs)
+    differs = _differs(source, target, component, w.n_layers)
+    inert = _inert(masks, component, differs)
     values[keep & inert] = base[tgt]
     keep &= ~inert
     # A residual-stream patch that replaces every entry that differs gives the source run.
     if component in RESIDUAL:
-        complete = _complete(masks, diffs)
+        complete = _complete(masks, differs)
         values[keep & complete] = base[src]
         keep &= ~complete
+    sourced = (_sourced(masks, component, differs,
+                        _differs(source, target, "resid_pre", w.n_layers - 1))
+               if component in RUN_ON_AS_SOURCE else torch.zeros_like(keep))
     parts = torch.arange(len(masks), device=device).split(chunk)
     if len(parts) > 1 and show_progress():
         parts = tqdm(parts, desc=f"patching {component}", unit="chunk", leave=False)
-    for part in parts:
+    for part in parts if keep.any() else ():
         picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
-        results = _sweep(w, metric, target, sources, [masks[i] for i in picked], component)
+        results = _sweep(w, metric, target, source, [masks[i] for i in picked], component,
+                         [sourced[layer, i] for layer, i in enumerate(picked)])
         for layer, (i, v) in enumerate(zip(picked, results)):
-            values[layer, i] = v
+            if len(i):
+                values[layer, i] = v
     return Patched(values.view(w.n_layers, *out_shape), component, axes, float(base[0]),
                    float(base[1]))
+
+
+def _differs(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+             component: str, n_layers: int) -> list[torch.Tensor]:
+    """Per layer, [*activation] True where source and target differ in some example (the
+    max of |s - t| over the batch: a faster reduction than any(s != t); NaN counts)."""
+    return [(source[h] - target[h]).abs().amax(0) != 0
+            for h in (hook_name(component, layer) for layer in range(n_layers))]
 
 
 def _position_axis(component: str) -> int:
@@ -223,22 +243,22 @@ def _position_axis(component: str) -> int:
 
 
 def _last_positions(masks: torch.Tensor, like: torch.Tensor, component: str) -> torch.Tensor:
-    """`masks` [variant, *activation] cut to the positions `like` [batch, *activation] has:
-    the last block computes its later activations at the label position only."""
-    axis = _position_axis(component) + 1
+    """`masks` [variant, *activation] cut to the positions `like` [*activation] has: the
+    last block computes its later activations at the label position only."""
+    axis = _position_axis(component)
     p = like.shape[axis]
-    return masks.narrow(axis, masks.shape[axis] - p, p)
+    return masks.narrow(axis + 1, masks.shape[axis + 1] - p, p)
 
 
-def _inert(masks: torch.Tensor, component: str, diffs: list[torch.Tensor]) -> torch.Tensor:
+def _inert(masks: torch.Tensor, component: str, differs: list[torch.Tensor]) -> torch.Tensor:
     """[layer, variant] True where the patch leaves the target run's label logits exactly
-    as they are: it replaces nothing that differs (diffs[layer]: source != target,
-    [batch, *activation]; none under the mask), or it only touches non-label positions of
-    the last block after its keys and values."""
-    inert = torch.stack([~(d.any(0) & _last_positions(masks, d, component)).flatten(1)
-                         .any(-1) for d in diffs])
+    as they are: it replaces nothing that differs (differs[layer]: source != target in
+    some example, [*activation]; none under the mask), or it only touches non-label
+    positions of the last block after its keys and values."""
+    inert = torch.stack([~(d & _last_positions(masks, d, component)).flatten(1).any(-1)
+                         for d in differs])
     if component not in ("resid_pre", "k", "v"):  # these feed later positions' attention
-        inert[-1] |= ~_last_positions(masks, diffs[-1], component).flatten(1).any(-1)
+        inert[-1] |= ~_last_positions(masks, differs[-1], component).flatten(1).any(-1)
     return inert
 
 
@@ -246,12 +266,34 @@ def _inert(masks: torch.Tensor, component: str, diffs: list[torch.Tensor]) -> to
 RESIDUAL = ("resid_pre", "resid_mid", "resid_post")
 
 
-def _complete(masks: torch.Tensor, diffs: list[torch.Tensor]) -> torch.Tensor:
+def _complete(masks: torch.Tensor, differs: list[torch.Tensor]) -> torch.Tensor:
     """[layer, variant] True where the patch replaces every entry in which source and
-    target differ (diffs[layer]: [batch, *activation], in any example): the patched state
-    is the source run's."""
-    return torch.stack([~(d.any(0) & ~_last_positions(masks, d, "resid_pre")).flatten(1)
-                        .any(-1) for d in diffs])
+    target differ (differs[layer]: [*activation], in any example): the patched state is
+    the source run's."""
+    return torch.stack([~(d & ~_last_positions(masks, d, "resid_pre")).flatten(1).any(-1)
+                        for d in differs])
+
+
+# Patches after attention that can leave a block's state as the source's (for z and attn_out
+# the block input must match too; resid_mid replaces the whole state).
+RUN_ON_AS_SOURCE = ("z", "attn_out", "resid_mid")
+
+
+def _sourced(masks: torch.Tensor, component: str, differs: list[torch.Tensor],
+             input_differs: list[torch.Tensor]) -> torch.Tensor:
+    """[layer, variant] True where a patch (of RUN_ON_AS_SOURCE, below the final block)
+    leaves the block's state at every position it touches as the source's, in every
+    example: it replaces each entry that differs there (differs[layer], [*activation]) and,
+    but for resid_mid, the block input does not differ there (input_differs[layer],
+    [pos, d]). The block's output there is then the source's resid_post."""
+    sourced = torch.zeros(len(differs), len(masks), dtype=torch.bool, device=masks.device)
+    touched = masks.flatten(2).any(-1)  # [variant, pos]
+    for layer in range(len(differs) - 1):
+        gap = (differs[layer] & ~masks).flatten(2).any(-1)
+        if component != "resid_mid":
+            gap |= input_differs[layer].any(-1)
+        sourced[layer] = ~(gap & touched).any(-1)
+    return sourced
 
 
 # Components read per position after attention: a patch changes only its own positions in
@@ -260,8 +302,8 @@ AFTER_ATTENTION = ("z", "attn_out", "resid_mid", "mlp_out", "resid_post")
 
 
 def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
-           sources: list[torch.Tensor], masks: list[torch.Tensor], component: str
-           ) -> list[torch.Tensor]:
+           source: dict[str, torch.Tensor], masks: list[torch.Tensor], component: str,
+           sourced: list[torch.Tensor]) -> list[torch.Tensor]:
     """Mean metric of each variant of each layer (masks[L]: the variants patched in block
     L), in one pass over the layers: at layer L the variants of L join the batch, the
     target's cached state patched (row block v*batch..(v+1)*batch is variant v). Variants
@@ -272,35 +314,55 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
     x = target[hook_name("resid_pre", 0)][:0]  # variants that run every block above them
     sparse = []  # label-position resid_post of the others, in layer order
     for layer in range(last):
-        m, src = masks[layer], sources[layer]
+        m, src = masks[layer], source[hook_name(component, layer)]
         if component in AFTER_ATTENTION:
             x = block(w, layer, x) if len(x) else x
-            post, pos = _finish_patched(w, layer, target, m, src, component)
+            if len(m) == 0:
+                continue
+            post, pos = _finish_patched(w, layer, target, source, m, component,
+                                        sourced[layer])
             if layer == last - 1:
-                sparse.append(_final_block(w, target, post, pos, len(m)))
+                sparse.append(_final_block(w, target, pos, len(m), x_at=post))
             else:
                 x = torch.cat([x, _scatter(target[hook_name("resid_pre", layer + 1)], post,
                                            pos)])
             continue
-        r = target[hook_name("resid_pre", layer)]
-        x = torch.cat([x, r.expand(len(m), *r.shape).flatten(0, 1)])
-        x = block(w, layer, x, _patcher(m, src, component))
-    m, src = masks[last], sources[last]
-    if component in AFTER_ATTENTION:  # only the label position matters (kept: _inert)
-        sparse.append(_finish_patched(w, last, target, m, src, component)[0])
-    else:
-        resid = target[hook_name("resid_pre", last)]
-        pos = _touched(m, resid.shape[1]) if component == "resid_pre" else m.new_zeros(
-            len(m), 0, dtype=torch.long)
-        x_at = (_at(torch.where(m[:, None], src, resid).flatten(0, 1), pos.repeat_interleave(
-            len(resid), 0)) if component == "resid_pre" else None)
-        sparse.append(_final_block(w, target, x_at, pos, len(m),
-                                   _patcher(m, src, component)))
+        if len(m):
+            r = target[hook_name("resid_pre", layer)]
+            x = torch.cat([x, r.expand(len(m), *r.shape).flatten(0, 1)])
+        if len(x):
+            x = block(w, layer, x, _patcher(m, src, component))
+    if len(masks[last]):
+        sparse.append(_final_patched(w, target, source, masks[last], component))
     x = torch.cat([block(w, last, x, last_only=True) if len(x) else x[:, -1:], *sparse])
     batch = len(target[hook_name("resid_pre", 0)])
     logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
     return [_apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
-            for lg, m in zip(logits, masks)]
+            if len(m) else lg[:0, 0] for lg, m in zip(logits, masks)]
+
+
+def _final_patched(w: Weights, target: dict[str, torch.Tensor],
+                   source: dict[str, torch.Tensor], m: torch.Tensor, component: str
+                   ) -> torch.Tensor:
+    """Label-position resid_post of the variants `m` patched in the final block."""
+    last = w.n_layers - 1
+    if component in AFTER_ATTENTION:  # only the label position matters (kept: _inert)
+        return _finish_patched(w, last, target, source, m, component)[0]
+    src = source[hook_name(component, last)]
+    if component in ("q", "pattern"):  # at the label position only (kept: _inert)
+        return _final_block(w, target, m.new_zeros(len(m), 0, dtype=torch.long), len(m),
+                            hook=_patcher(m, src, component))
+    # resid_pre, k or v: patched at the positions the masks touch, the target's elsewhere
+    own = target[hook_name(component, last)]
+    seq = own.shape[1]
+    pos = _touched(m, seq)
+    patched = torch.where(_at(m, pos).repeat_interleave(len(own), 0), _rows_at(src, pos, seq),
+                          _rows_at(own, pos, seq))
+    if component == "resid_pre":
+        return _final_block(w, target, pos, len(m), x_at=patched)
+    other = _rows_at(target[hook_name("v" if component == "k" else "k", last)], pos, seq)
+    return _final_block(w, target, pos, len(m),
+                        kv_at=(patched, other) if component == "k" else (other, patched))
 
 
 def _touched(masks: torch.Tensor, seq: int) -> torch.Tensor:
@@ -317,6 +379,14 @@ def _touched(masks: torch.Tensor, seq: int) -> torch.Tensor:
 def _at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Rows of t [rows, seq, ...] at their own positions pos [rows, k]: [rows, k, ...]."""
     return t[torch.arange(len(t), device=t.device)[:, None], pos]
+
+
+def _rows_at(t: torch.Tensor, pos: torch.Tensor, seq: int) -> torch.Tensor:
+    """The target's t [batch, p, ...] (its last p of seq positions) for each variant at that
+    variant's positions pos [variant, k]: [variant * batch, k, ...]."""
+    (n, k), rest = pos.shape, t.shape[2:]
+    picked = t.index_select(1, (pos - seq + t.shape[1]).flatten())  # [batch, n * k, ...]
+    return picked.view(len(t), n, k, *rest).transpose(0, 1).reshape(n * len(t), k, *rest)
 
 
 def _scatter(full: torch.Tensor, rows_at: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -336,39 +406,43 @@ def _put(t: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return t.scatter(2, pos.view(n, 1, -1, *ones).expand(new.shape), new)
 
 
-def _final_block(w: Weights, target: dict[str, torch.Tensor], x_at: torch.Tensor | None,
-                 pos: torch.Tensor, n: int, hook=None) -> torch.Tensor:
-    """Label-position resid_post [variant * batch, 1, d] of n variants whose final-block
-    input equals the target's except at positions pos [variant, k] (there: x_at
-    [variant * batch, k, d]). Keys and values elsewhere, and the query unless the label
-    position changed, are the target's cached ones; `hook` may still patch q, k, v or
-    pattern. Same arithmetic as `block` with last_only."""
+def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor, n: int,
+                 x_at: torch.Tensor | None = None,
+                 kv_at: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 hook: Hook | None = None) -> torch.Tensor:
+    """Label-position resid_post [variant * batch, 1, d] of n variants whose final block
+    sees the target's keys and values except at positions pos [variant, k]. There the keys
+    and values are new: from the block input x_at [variant * batch, k, d], or given as
+    kv_at (each [variant * batch, k, head, d_head]). The query is the target's unless the
+    label position changed; `hook` may still patch q or pattern. Attention reads the
+    target's cached keys and values (shared by all variants), corrected at pos."""
     last = w.n_layers - 1
-    p = f"blocks.{last}"
-    cached = {c: target[hook_name(c, last)] for c in ("resid_pre", "q", "k", "v")}
-    batch, seq = cached["resid_pre"].shape[:2]
+    resid, q, k, v = (target[hook_name(c, last)] for c in ("resid_pre", "q", "k", "v"))
+    batch, seq = resid.shape[:2]
     hook = hook or (lambda name, t: t)
-    x = cached["resid_pre"][:, -1:].repeat(n, 1, 1)
-    q, k, v = (cached[c].expand(n, *cached[c].shape) for c in ("q", "k", "v"))  # views
-    if pos.shape[1]:
+    x, q = resid[:, -1:].repeat(n, 1, 1), q.repeat(n, 1, 1, 1)  # label position only
+    if x_at is not None:
         a, a_v = w.attn_inputs(x_at, last)
-        rows = pos.repeat_interleave(batch, 0)
-
-        def heads(name: str, a: torch.Tensor = a) -> torch.Tensor:
-            out = F.linear(a, w[f"{p}.attn.{name}.weight"], w[f"{p}.attn.{name}.bias"])
-            return out.view(len(a), a.shape[1], w.n_heads, w.d_head)
-
-        k, v = _put(k, heads("k"), pos), _put(v, heads("v", a_v), pos)
-        label = rows[:, -1] == seq - 1  # the label position is among the changed ones
+        kv_at = heads(w, last, "k", a), heads(w, last, "v", a_v)
+        label = pos.repeat_interleave(batch, 0)[:, -1] == seq - 1  # label position changed
         if label.any():
-            x = torch.where(label[:, None, None], x_at[:, -1:], x)
-            q = torch.where(label[:, None, None, None], heads("q")[:, -1:],
-                            q.reshape(n * batch, *q.shape[2:])).view(n, batch, *q.shape[2:])
-    q, k, v = (t.reshape(n * batch, *t.shape[2:]) for t in (q, k, v))
-    q, k, v = hook("q", q), hook("k", k), hook("v", v)
-    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5
-    pattern = hook("pattern", scores.softmax(-1))
-    z = torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)
+            x[label] = x_at[label, -1:]
+            q[label] = heads(w, last, "q", a[label, -1:])
+    q = hook("q", q)
+    scale = w.d_head ** 0.5
+    # Elementwise products, not matmuls: cheaper at these sizes, and each variant's numbers
+    # do not depend on how many variants share the call (chunking changes nothing).
+    scores = ((q.view(n, batch, 1, w.n_heads, w.d_head) * k).sum(-1) / scale).transpose(2, 3)
+    scores = scores.reshape(n * batch, w.n_heads, seq)
+    if kv_at is not None and pos.shape[1]:
+        where = pos.repeat_interleave(batch, 0)[:, None].expand(-1, w.n_heads, -1)
+        scores = scores.scatter(2, where, (q * kv_at[0]).sum(-1).transpose(1, 2) / scale)
+    pattern = hook("pattern", scores.softmax(-1).unsqueeze(2))  # [n * batch, head, 1, seq]
+    z = (pattern.view(n, batch, w.n_heads, seq).transpose(2, 3).unsqueeze(-1) * v).sum(2)
+    z = z.view(n * batch, 1, w.n_heads, w.d_head)
+    if kv_at is not None and pos.shape[1]:  # values that changed: their weighted change
+        weight = pattern[:, :, 0].gather(2, where).transpose(1, 2).unsqueeze(-1)
+        z = z + (weight * (kv_at[1] - _rows_at(v, pos, seq))).sum(1, keepdim=True)
     return block_tail(w, last, x, z)
 
 
@@ -389,32 +463,44 @@ def _patcher(masks: torch.Tensor, src: torch.Tensor, component: str):
 
 
 def _finish_patched(w: Weights, layer: int, target: dict[str, torch.Tensor],
-                    masks: torch.Tensor, src: torch.Tensor, component: str
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+                    source: dict[str, torch.Tensor], masks: torch.Tensor, component: str,
+                    sourced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """resid_post of each variant patching `component` (one of AFTER_ATTENTION) in `layer`
     at the positions it touches, [variant * batch, k, d], and those positions [variant, k]
     (the label position only in the final block): the block's tail there only, from the
-    target's cached resid_pre and z. Everywhere else resid_post is the target's own."""
+    target's cached resid_pre and z. Everywhere else resid_post is the target's own.
+    Variants flagged `sourced` (see _sourced) take the source's resid_post there instead."""
+    (batch, seq, d), n = target[hook_name("resid_pre", layer)].shape, len(masks)
+    # only the label position matters in the final block (and was kept: _inert)
+    pos = (torch.full((n, 1), seq - 1, device=masks.device) if layer == w.n_layers - 1
+           else _touched(masks, seq))
+    if sourced is None or not sourced.any():
+        return _tail_at(w, layer, target, source, masks, pos, component), pos
+    post = _rows_at(source[hook_name("resid_pre", layer + 1)], pos, seq)
+    todo = ~sourced
+    if todo.any():
+        tail = _tail_at(w, layer, target, source, masks[todo], pos[todo], component)
+        post.view(n, batch, -1, d)[todo] = tail.view(-1, batch, *tail.shape[1:])
+    return post, pos
+
+
+def _tail_at(w: Weights, layer: int, target: dict[str, torch.Tensor],
+             source: dict[str, torch.Tensor], masks: torch.Tensor, pos: torch.Tensor,
+             component: str) -> torch.Tensor:
+    """resid_post [variant * batch, k, d] at positions pos [variant, k] of the variants
+    patching `component` (after attention) in `layer`, from the target's resid_pre and z."""
     resid = target[hook_name("resid_pre", layer)]
-    z = target[hook_name("z", layer)]
-    (batch, seq, _), n = resid.shape, len(masks)
-    if layer == w.n_layers - 1:  # only the label position matters (and was kept: _inert)
-        pos = torch.full((n, 1), seq - 1, device=masks.device)
-    else:
-        pos = _touched(masks, seq)
-    rows = pos.repeat_interleave(batch, 0)
-    example = torch.arange(batch, device=pos.device).repeat(n)[:, None]
-
-    def tile(t: torch.Tensor) -> torch.Tensor:  # [batch, p, ...] -> [variant * batch, k, ...]
-        return t[example, rows - seq + t.shape[1]]
-
+    batch, seq = resid.shape[:2]
     m = _at(masks, pos).repeat_interleave(batch, 0)
-    s = tile(src)
+    s = _rows_at(source[hook_name(component, layer)], pos, seq)
+    if component == "resid_post":  # the patched activation is the block's output
+        return torch.where(m, s, _rows_at(target[hook_name(component, layer)], pos, seq))
 
     def patch(name: str, act: torch.Tensor) -> torch.Tensor:
         return torch.where(m, s, act) if name == component else act
 
-    return block_tail(w, layer, tile(resid), patch("z", tile(z)), patch), pos
+    return block_tail(w, layer, _rows_at(resid, pos, seq),
+                      patch("z", _rows_at(target[hook_name("z", layer)], pos, seq)), patch)
 
 
 def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_position=True,

@@ -25,6 +25,7 @@ REFERENCE = {  # (component, per_position) -> TransformerLens function
 }
 SHAPES = {
     "2L-LN-2heads": ModelConfig(n_layers=2, d_model=32, n_heads=2),
+    "2L-LN-1head": ModelConfig(n_layers=2, d_model=32, n_heads=1),  # the demo's shape
     "1L-noLN-4heads": ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
     "2L-attn-only": ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0),
     "4L-LN-gelu-3heads": ModelConfig(n_layers=4, d_model=48, n_heads=3, act_fn="gelu"),
