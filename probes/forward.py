@@ -105,7 +105,8 @@ class Weights:
         return {"qk": (a, x), "v": (x, a)}.get(self.normalizes, (a, a))
 
 
-def _no_hook(name: str, t: torch.Tensor) -> torch.Tensor:
+def no_hook(name: str, t: torch.Tensor) -> torch.Tensor:
+    """The hook that changes nothing (the default)."""
     return t
 
 
@@ -122,14 +123,14 @@ def heads(w: Weights, layer: int, name: str, a: Float[torch.Tensor, "n seq d"]
     return out.view(*a.shape[:-1], w.n_heads, w.d_head)
 
 
-def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook = _no_hook,
+def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook = no_hook,
           last_only: bool = False) -> Float[torch.Tensor, "n out d"]:
     """One transformer block from its resid_pre.
 
     `last_only` keeps only the last position once keys and values are formed (enough for
     the label logits in the final block); later hooks, q included, see that position only.
     """
-    n, s, _ = x.shape
+    s = x.shape[1]
     x = hook("resid_pre", x)
     a, a_v = w.attn_inputs(x, layer)
     k, v = hook("k", heads(w, layer, "k", a)), hook("v", heads(w, layer, "v", a_v))
@@ -149,7 +150,7 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
 
 
 def block_tail(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"],
-               z: Float[torch.Tensor, "n seq head d_head"], hook: Hook = _no_hook
+               z: Float[torch.Tensor, "n seq head d_head"], hook: Hook = no_hook
                ) -> Float[torch.Tensor, "n seq d"]:
     """The rest of a block once its head outputs `z` are known (x: its resid_pre). Every
     step is per position, so any subset of positions can be computed on its own."""

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from models.errors import UserError
 from models.train import show_progress
-from probes.forward import (Hook, Weights, block, block_tail, heads, hook_name,
+from probes.forward import (Hook, Weights, no_hook, block, block_tail, heads, hook_name,
                             run_with_cache, unembed)
 
 # A metric maps label-position logits [..., batch, vocab] to per-example values [..., batch].
@@ -409,7 +409,7 @@ def _put(t: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor, n: int,
                  x_at: torch.Tensor | None = None,
                  kv_at: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 hook: Hook | None = None) -> torch.Tensor:
+                 hook: Hook = no_hook) -> torch.Tensor:
     """Label-position resid_post [variant * batch, 1, d] of n variants whose final block
     sees the target's keys and values except at positions pos [variant, k]. There the keys
     and values are new: from the block input x_at [variant * batch, k, d], or given as
@@ -419,7 +419,6 @@ def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor,
     last = w.n_layers - 1
     resid, q, k, v = (target[hook_name(c, last)] for c in ("resid_pre", "q", "k", "v"))
     batch, seq = resid.shape[:2]
-    hook = hook or (lambda name, t: t)
     x, q = resid[:, -1:].repeat(n, 1, 1), q.repeat(n, 1, 1, 1)  # label position only
     if x_at is not None:
         a, a_v = w.attn_inputs(x_at, last)
