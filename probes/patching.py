@@ -212,8 +212,7 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
         complete = _complete(masks, differs)
         values[keep & complete] = base[src]
         keep &= ~complete
-    sourced = (_sourced(masks, component, differs,
-                        _differs(source, target, "resid_pre", w.n_layers - 1))
+    sourced = (_sourced(masks, component, differs, source, target)
                if component in RUN_ON_AS_SOURCE else torch.zeros_like(keep))
     parts = torch.arange(len(masks), device=device).split(chunk)
     if len(parts) > 1 and show_progress():
@@ -280,18 +279,19 @@ RUN_ON_AS_SOURCE = ("z", "attn_out", "resid_mid")
 
 
 def _sourced(masks: torch.Tensor, component: str, differs: list[torch.Tensor],
-             input_differs: list[torch.Tensor]) -> torch.Tensor:
+             source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
     """[layer, variant] True where a patch (of RUN_ON_AS_SOURCE, below the final block)
     leaves the block's state at every position it touches as the source's, in every
     example: it replaces each entry that differs there (differs[layer], [*activation]) and,
-    but for resid_mid, the block input does not differ there (input_differs[layer],
-    [pos, d]). The block's output there is then the source's resid_post."""
+    but for resid_mid, the block input (resid_pre) does not differ there. The block's
+    output there is then the source's resid_post."""
+    below = len(differs) - 1  # the blocks below the final one
+    input_gap = ([d.any(-1) for d in _differs(source, target, "resid_pre", below)]
+                 if component != "resid_mid" else [False] * below)  # [pos] each
     sourced = torch.zeros(len(differs), len(masks), dtype=torch.bool, device=masks.device)
     touched = masks.flatten(2).any(-1)  # [variant, pos]
-    for layer in range(len(differs) - 1):
-        gap = (differs[layer] & ~masks).flatten(2).any(-1)
-        if component != "resid_mid":
-            gap |= input_differs[layer].any(-1)
+    for layer in range(below):
+        gap = (differs[layer] & ~masks).flatten(2).any(-1) | input_gap[layer]
         sourced[layer] = ~(gap & touched).any(-1)
     return sourced
 
@@ -356,8 +356,7 @@ def _final_patched(w: Weights, target: dict[str, torch.Tensor],
     own = target[hook_name(component, last)]
     seq = own.shape[1]
     pos = _touched(m, seq)
-    patched = torch.where(_at(m, pos).repeat_interleave(len(own), 0), _rows_at(src, pos, seq),
-                          _rows_at(own, pos, seq))
+    patched = _row_patcher(m, src, pos, component)(component, _rows_at(own, pos, seq))
     if component == "resid_pre":
         return _final_block(w, target, pos, len(m), x_at=patched)
     other = _rows_at(target[hook_name("v" if component == "k" else "k", last)], pos, seq)
@@ -387,6 +386,18 @@ def _rows_at(t: torch.Tensor, pos: torch.Tensor, seq: int) -> torch.Tensor:
     (n, k), rest = pos.shape, t.shape[2:]
     picked = t.index_select(1, (pos - seq + t.shape[1]).flatten())  # [batch, n * k, ...]
     return picked.view(len(t), n, k, *rest).transpose(0, 1).reshape(n * len(t), k, *rest)
+
+
+def _row_patcher(masks: torch.Tensor, src: torch.Tensor, pos: torch.Tensor,
+                 component: str) -> Hook:
+    """Hook patching `component` in rows laid out as _rows_at does ([variant * batch, k, ...]
+    at positions pos [variant, k]): the source src [batch, seq, ...] under the masks."""
+    m = _at(masks, pos).repeat_interleave(len(src), 0)
+    s = _rows_at(src, pos, masks.shape[1])
+
+    def patch(name: str, act: torch.Tensor) -> torch.Tensor:
+        return torch.where(m, s, act) if name == component else act
+    return patch
 
 
 def _scatter(full: torch.Tensor, rows_at: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -433,13 +444,14 @@ def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor,
     # do not depend on how many variants share the call (chunking changes nothing).
     scores = ((q.view(n, batch, 1, w.n_heads, w.d_head) * k).sum(-1) / scale).transpose(2, 3)
     scores = scores.reshape(n * batch, w.n_heads, seq)
-    if kv_at is not None and pos.shape[1]:
+    changed = kv_at is not None and pos.shape[1] > 0
+    if changed:
         where = pos.repeat_interleave(batch, 0)[:, None].expand(-1, w.n_heads, -1)
         scores = scores.scatter(2, where, (q * kv_at[0]).sum(-1).transpose(1, 2) / scale)
     pattern = hook("pattern", scores.softmax(-1).unsqueeze(2))  # [n * batch, head, 1, seq]
     z = (pattern.view(n, batch, w.n_heads, seq).transpose(2, 3).unsqueeze(-1) * v).sum(2)
     z = z.view(n * batch, 1, w.n_heads, w.d_head)
-    if kv_at is not None and pos.shape[1]:  # values that changed: their weighted change
+    if changed:  # values that changed: their weighted change
         weight = pattern[:, :, 0].gather(2, where).transpose(1, 2).unsqueeze(-1)
         z = z + (weight * (kv_at[1] - _rows_at(v, pos, seq))).sum(1, keepdim=True)
     return block_tail(w, last, x, z)
@@ -489,15 +501,10 @@ def _tail_at(w: Weights, layer: int, target: dict[str, torch.Tensor],
     """resid_post [variant * batch, k, d] at positions pos [variant, k] of the variants
     patching `component` (after attention) in `layer`, from the target's resid_pre and z."""
     resid = target[hook_name("resid_pre", layer)]
-    batch, seq = resid.shape[:2]
-    m = _at(masks, pos).repeat_interleave(batch, 0)
-    s = _rows_at(source[hook_name(component, layer)], pos, seq)
+    seq = resid.shape[1]
+    patch = _row_patcher(masks, source[hook_name(component, layer)], pos, component)
     if component == "resid_post":  # the patched activation is the block's output
-        return torch.where(m, s, _rows_at(target[hook_name(component, layer)], pos, seq))
-
-    def patch(name: str, act: torch.Tensor) -> torch.Tensor:
-        return torch.where(m, s, act) if name == component else act
-
+        return patch(component, _rows_at(target[hook_name(component, layer)], pos, seq))
     return block_tail(w, layer, _rows_at(resid, pos, seq),
                       patch("z", _rows_at(target[hook_name("z", layer)], pos, seq)), patch)
 
