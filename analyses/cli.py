@@ -17,9 +17,9 @@ from typing import Any, Optional
 
 import typer
 
-from models.config import ModelConfig, RunConfig, TrainConfig
-from models.errors import UserError
-from models.tasks import TASKS, task_class
+from initlens.models.config import ModelConfig, RunConfig, TrainConfig
+from initlens.models.errors import UserError
+from initlens.models.tasks import TASKS, task_class
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="InitLens: train transformers at any init scale and dissect them.")
@@ -117,7 +117,7 @@ def with_config_options(func):
 
 
 def _analysis(on: bool, pairs: int, probe_rows: int, probe_targets: str):
-    from analyses.run_analysis import AnalysisConfig
+    from initlens.analyses.run_analysis import AnalysisConfig
     return AnalysisConfig(pairs=pairs, probe_rows=probe_rows,
                           probe_targets=_formats(probe_targets)) if on else None
 
@@ -143,7 +143,7 @@ def train_cmd(
     **fields,
 ):
     """Train one model at init scale --gamma into a run directory."""
-    from models.train import train
+    from initlens.models.train import train
 
     given = {k: v for k, v in fields.items() if v is not None}
     cfg = None if resume and not (given or config or task) else build_config(config, task,
@@ -169,7 +169,7 @@ def study_cmd(
     **fields,
 ):
     """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
-    from analyses.study import run_study
+    from initlens.analyses.study import run_study
 
     try:
         gamma_values = tuple(float(g) for g in gammas.split(",") if g.strip())
@@ -189,8 +189,8 @@ def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
                                                            "(default: the last)."),
              as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
     """Config, realized init, status, checkpoints and final metrics of a run."""
-    from models.build import n_params
-    from models.run import Run
+    from initlens.models.build import n_params
+    from initlens.models.run import Run
 
     r = Run.open(run)
     cfg = r.config
@@ -306,8 +306,8 @@ def sweep_cmd(
     **fields,
 ):
     """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
-    from analyses.phase_diagram import default_value
-    from analyses.sweep import load_sweep, make_sweep, run_sweep
+    from initlens.analyses.phase_diagram import default_value
+    from initlens.analyses.sweep import load_sweep, make_sweep, run_sweep
 
     given = {k: v for k, v in fields.items() if v is not None}
     spec = load_sweep(grid) if grid else None
@@ -352,7 +352,7 @@ def patch_cmd(
     max_memory_mb: float = typer.Option(256, help="Memory budget of one patched chunk."),
 ):
     """Activation patching of a checkpoint on task corruptions: table and heatmaps."""
-    from analyses.patching_run import patch_run
+    from initlens.analyses.patching_run import patch_run
 
     info = patch_run(run, component, corruption, out, step, n, metric, direction, source,
                      not all_positions, _formats(format), attribution, seed, max_memory_mb)
@@ -374,7 +374,7 @@ def geometry_cmd(
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
     """Embedding and weight geometry, attention entropy and CKA over training."""
-    from analyses.representations_run import geometry_run
+    from initlens.analyses.representations_run import geometry_run
 
     info = geometry_run(runs, out, _steps(step), n, cka, _formats(format))
     table = info["table"]
@@ -398,8 +398,8 @@ def linear_cmd(
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
     """Linear probes with control tasks at every layer and position, over training."""
-    from analyses.over_training import last_steps
-    from analyses.representations_run import linear_run
+    from initlens.analyses.over_training import last_steps
+    from initlens.analyses.representations_run import linear_run
 
     info = linear_run(runs, out, _formats(target), _formats(component), _steps(step), n, c,
                       _formats(format))
@@ -424,11 +424,11 @@ def report_cmd(target: Path = typer.Argument(..., help="A study or sweep folder,
                probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
                format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP)):
     """(Re)build the HTML report of a study or a run, or a sweep's table and phase diagram."""
-    from analyses.report import write_report
-    from analyses.run_analysis import analyze_runs
-    from analyses.study import report_study
-    from analyses.sweep import report_sweep
-    from models.run import Run
+    from initlens.analyses.report import write_report
+    from initlens.analyses.run_analysis import analyze_runs
+    from initlens.analyses.study import report_study
+    from initlens.analyses.sweep import report_sweep
+    from initlens.models.run import Run
 
     if (target / "sweep.json").exists():
         _echo_written(report_sweep(target, _formats(format) or ("html",)))

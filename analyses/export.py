@@ -28,8 +28,8 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from models.checkpoint import atomic_write
-from models.errors import UserError
+from initlens.models.checkpoint import atomic_write
+from initlens.models.errors import UserError
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 FORMATS = ("html", *STATIC_FORMATS)

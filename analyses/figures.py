@@ -6,8 +6,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analyses.preference import curves, relative_loss_gap
-from models.run import Run
+from initlens.analyses.preference import curves, relative_loss_gap
+from initlens.models.run import Run
 
 GROUP_COLORS = {"reasoning": "#1f77b4", "reasoning_test": "#17becf", "memory": "#d62728",
                 "seen": "#1f77b4", "seen_test": "#17becf", "twist": "#d62728",

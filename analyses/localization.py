@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analyses.over_training import last_steps as _final  # the last analysed step
-from analyses.patching_run import position_labels
-from analyses.preference import curves, first_step_reaching
-from models.run import Run
-from probes.attribution import agreement, attribution_patch
-from probes.corruptions import make_pairs
-from probes.patching import MLP_COMPONENTS, activation_patch, logit_diff
+from initlens.analyses.over_training import last_steps as _final  # the last analysed step
+from initlens.analyses.patching_run import position_labels
+from initlens.analyses.preference import curves, first_step_reaching
+from initlens.models.run import Run
+from initlens.probes.attribution import agreement, attribution_patch
+from initlens.probes.corruptions import make_pairs
+from initlens.probes.patching import MLP_COMPONENTS, activation_patch, logit_diff
 
 # Components whose patches are ranked: the outputs that write into the residual stream
 # (per position), and each head's output. The residual stream itself is patched and drawn

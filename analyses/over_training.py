@@ -15,12 +15,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from models.errors import UserError
-from models.run import Run
-from models.tasks.base import dataset_arrays
-from models.train import show_progress
-from probes.forward import Weights, hook_name, run_with_cache
-from probes.geometry import geometry_metrics, linear_cka, weight_change_table
+from initlens.models.errors import UserError
+from initlens.models.run import Run
+from initlens.models.tasks.base import dataset_arrays
+from initlens.models.train import show_progress
+from initlens.models.forward import Weights, hook_name, run_with_cache
+from initlens.probes.geometry import geometry_metrics, linear_cka, weight_change_table
 
 Measure = Callable[[object, Run, int], "pd.DataFrame | dict"]
 
@@ -148,7 +148,7 @@ def probes_over_training(runs: Sequence[str | Path | Run], targets=("key",),
                          test_fraction: float = 0.2) -> pd.DataFrame:
     """Linear probes (with control tasks) at every (component, layer, position) for each
     target, at each checkpoint; each fit starts from the previous checkpoint's solution."""
-    from probes.linear import probe_model
+    from initlens.probes.linear import probe_model
 
     runs = open_runs(runs)
     rows = {run.name: eval_rows(run, n, seed) for run in runs}

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from models.errors import UserError
+from initlens.models.errors import UserError
 
 COLUMNS = ("run", "step", "component", "layer", "position", "head", "value")
 

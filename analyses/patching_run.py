@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analyses.export import export_figure
-from analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
-from models.checkpoint import atomic_write
-from models.errors import UserError
-from models.run import Run
-from probes.attribution import agreement, attribution_patch
-from probes.corruptions import PatchPairs, make_pairs
-from probes.patching import METRICS, activation_patch
+from initlens.analyses.export import export_figure
+from initlens.analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
+from initlens.models.checkpoint import atomic_write
+from initlens.models.errors import UserError
+from initlens.models.run import Run
+from initlens.probes.attribution import agreement, attribution_patch
+from initlens.probes.corruptions import PatchPairs, make_pairs
+from initlens.probes.patching import METRICS, activation_patch
 
 
 def position_labels(pairs: PatchPairs, seq: int,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models.run import Run
+from initlens.models.run import Run
 
 
 def curves(metrics: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:

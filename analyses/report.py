@@ -20,14 +20,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import plotly.offline
 
-from analyses import figures, study_figures
-from analyses.export import export_figure
-from analyses.localization import compare_tasks, rank_components, summary
-from analyses.over_training import best_selectivity, last_steps
-from analyses.preference import preference_table
-from analyses.representation_figures import cosine_heatmap, metric_over_steps, pca_scatter
-from models.checkpoint import atomic_write
-from models.run import Run
+from initlens.analyses import figures, study_figures
+from initlens.analyses.export import export_figure
+from initlens.analyses.localization import compare_tasks, rank_components, summary
+from initlens.analyses.over_training import best_selectivity, last_steps
+from initlens.analyses.preference import preference_table
+from initlens.analyses.representation_figures import cosine_heatmap, metric_over_steps, pca_scatter
+from initlens.models.checkpoint import atomic_write
+from initlens.models.run import Run
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222;

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from analyses.figures import GAMMA_COLORS
-from models.errors import UserError
-from probes.geometry import cosine_matrix, pca, token_embeddings, token_roles
+from initlens.analyses.figures import GAMMA_COLORS
+from initlens.models.errors import UserError
+from initlens.probes.geometry import cosine_matrix, pca, token_embeddings, token_roles
 
 ROLE_COLORS = {"key": "#7f7f7f", "memory_anchor": "#d62728", "reasoning_anchor": "#1f77b4",
                "anchor": "#1f77b4"}

@@ -13,14 +13,14 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from analyses.export import export_figure
-from analyses.over_training import (best_selectivity, cka_over_training,
+from initlens.analyses.export import export_figure
+from initlens.analyses.over_training import (best_selectivity, cka_over_training,
                                     geometry_over_training, open_runs, probes_over_training,
                                     select_steps)
-from analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
+from initlens.analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
                                              probe_heatmap)
-from models.checkpoint import atomic_write
-from models.errors import UserError
+from initlens.models.checkpoint import atomic_write
+from initlens.models.errors import UserError
 
 # (file stem, filter) of the geometry lines drawn over training, when the table has them.
 GEOMETRY_LINES = (

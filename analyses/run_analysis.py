@@ -17,12 +17,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analyses.localization import localize_run, stage_steps
-from analyses.over_training import geometry_over_training, probes_over_training
-from models.checkpoint import atomic_write, read_json, write_json
-from models.errors import UserError
-from models.run import Run
-from probes.linear import TARGETS
+from initlens.analyses.localization import localize_run, stage_steps
+from initlens.analyses.over_training import geometry_over_training, probes_over_training
+from initlens.models.checkpoint import atomic_write, read_json, write_json
+from initlens.models.errors import UserError
+from initlens.models.run import Run
+from initlens.probes.linear import TARGETS
 
 TABLES = ("localization", "agreement", "probes", "geometry")
 

@@ -19,14 +19,14 @@ from typing import Callable
 
 import pandas as pd
 
-from analyses.preference import preference_table
-from analyses.report import write_report
-from analyses.run_analysis import TABLES, AnalysisConfig, analyze_runs
-from models.checkpoint import atomic_write, read_json, write_json
-from models.config import RunConfig
-from models.errors import UserError
-from models.run import Run
-from models.train import train
+from initlens.analyses.preference import preference_table
+from initlens.analyses.report import write_report
+from initlens.analyses.run_analysis import TABLES, AnalysisConfig, analyze_runs
+from initlens.models.checkpoint import atomic_write, read_json, write_json
+from initlens.models.config import RunConfig
+from initlens.models.errors import UserError
+from initlens.models.run import Run
+from initlens.models.train import train
 
 DEMO_GAMMAS = (0.3, 0.8)
 

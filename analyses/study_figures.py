@@ -11,9 +11,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from analyses.figures import GAMMA_COLORS
-from analyses.localization import component_label, rank_components
-from analyses.over_training import last_steps as _last
+from initlens.analyses.figures import GAMMA_COLORS
+from initlens.analyses.localization import component_label, rank_components
+from initlens.analyses.over_training import last_steps as _last
 
 SYMBOLS = {"attn_out": "circle", "mlp_out": "square", "z": "diamond", "resid_pre": "x"}
 

@@ -25,17 +25,17 @@ from typing import Any, Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from analyses.figures import sweep_curves, value_text
-from analyses.phase_diagram import phase_diagram, rows_axis
-from analyses.preference import preference_row, readout_row
-from analyses.representations_run import write_figures, write_table
-from analyses.study import check_folder
-from models.checkpoint import read_json, write_json
-from models.config import RunConfig
-from models.ensemble import can_ensemble, ensemble_key, train_ensemble
-from models.errors import UserError
-from models.run import Run
-from models.train import mark_failed, show_progress, train
+from initlens.analyses.figures import sweep_curves, value_text
+from initlens.analyses.phase_diagram import phase_diagram, rows_axis
+from initlens.analyses.preference import preference_row, readout_row
+from initlens.analyses.representations_run import write_figures, write_table
+from initlens.analyses.study import check_folder
+from initlens.models.checkpoint import read_json, write_json
+from initlens.models.config import RunConfig
+from initlens.models.ensemble import can_ensemble, ensemble_key, train_ensemble
+from initlens.models.errors import UserError
+from initlens.models.run import Run
+from initlens.models.train import mark_failed, show_progress, train
 
 SHORT = {"gamma": "g", "n_layers": "L", "seed": "s"}
 STRATEGIES = ("auto", "ensemble", "sequential")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from analyses.preference import curves
-from models import RunConfig, train
-from models.build import resolve_device
-from models.ensemble import train_ensemble
+from initlens.analyses.preference import curves
+from initlens.models import RunConfig, train
+from initlens.models.build import resolve_device
+from initlens.models.ensemble import train_ensemble
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--k", type=int, default=8)

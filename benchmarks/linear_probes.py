@@ -37,10 +37,10 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from models import ModelConfig, Run, RunConfig, TrainConfig, train
-from models.tasks.base import dataset_arrays
-from probes.forward import Weights, hook_name, run_with_cache
-from probes.linear import holdout_mask, probe_model
+from initlens.models import ModelConfig, Run, RunConfig, TrainConfig, train
+from initlens.models.tasks.base import dataset_arrays
+from initlens.models.forward import Weights, hook_name, run_with_cache
+from initlens.probes.linear import holdout_mask, probe_model
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post")
 KEY = ["step", "hook", "position"]

@@ -12,8 +12,8 @@ import time
 import torch
 from transformer_lens import patching as tlp
 
-from models import RunConfig, build_model
-from probes.patching import activation_patch, logit_diff
+from initlens.models import RunConfig, build_model
+from initlens.probes.patching import activation_patch, logit_diff
 
 CASES = {"resid_pre": (tlp.get_act_patch_resid_pre, "resid_pre"),
          "attn_head_out_by_pos": (tlp.get_act_patch_attn_head_out_by_pos, "z")}

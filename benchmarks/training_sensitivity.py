@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-import models.train  # noqa: F401  (the module, for its build_model)
-from analyses.preference import curves
-from models import RunConfig, train
+import initlens.models.train  # noqa: F401  (the module, for its build_model)
+from initlens.analyses.preference import curves
+from initlens.models import RunConfig, train
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--batch", type=int, default=1024)
@@ -23,7 +23,7 @@ parser.add_argument("--steps", type=int, default=60)
 parser.add_argument("--gammas", default="0.4,0.5,0.6,0.7,0.9")
 args = parser.parse_args()
 
-module = sys.modules["models.train"]  # `models.train` the attribute is the function
+module = sys.modules["initlens.models.train"]  # `initlens.models.train` the attribute is the function
 build = module.build_model
 
 

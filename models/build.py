@@ -13,9 +13,9 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
-from models.config import ModelConfig, RunConfig
-from models.emb_mlp import EmbMLP
-from models.layernorm import apply_placement
+from initlens.models.config import ModelConfig, RunConfig
+from initlens.models.emb_mlp import EmbMLP
+from initlens.models.layernorm import apply_placement
 
 # Embedding matrices: their input is one-hot, so their d_in is the number of rows.
 EMBEDDINGS = ("embed.weight", "pos_embed.weight")

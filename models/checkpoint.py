@@ -12,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from models.errors import UserError
+from initlens.models.errors import UserError
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> None:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import UserError
-from models.tasks import MixtureTask, Task, task_class
+from initlens.models.errors import UserError
+from initlens.models.tasks import MixtureTask, Task, task_class
 
 # LayerNorm placements (models/layernorm.py): LN = pre-LN (TransformerLens); post-LN; none;
 # only the attention input, only the MLP input, only the query/key or only the value input.

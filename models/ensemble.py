@@ -1,7 +1,7 @@
 """Train K models that differ only in init scale and/or seed at once, with stacked weights.
 
 Each member's weights live in one [K, ...] tensor per TransformerLens parameter; the
-forward pass is `torch.func.vmap` of the functional forward in `probes.forward` over that
+forward pass is `torch.func.vmap` of the functional forward in `models.forward` over that
 leading axis, so one batched matmul does the work of K small ones (on a CPU, in groups
 of members small enough to stay in cache). AdamW and weight decay
 are elementwise and gradient clipping is done per member, so every member follows exactly
@@ -22,15 +22,15 @@ from jaxtyping import Float, Int
 from torch.func import vmap
 from tqdm.auto import tqdm
 
-from models.build import build_model, n_params, resolve_device
-from models.config import RunConfig
-from models.errors import UserError
-from models.evaluate import make_eval_set, score_logits
-from models.run import Run
-from models.train import (prepare_dir, batch_indices, checkpoint_steps, diverged, eval_steps,
+from initlens.models.build import build_model, n_params, resolve_device
+from initlens.models.config import RunConfig
+from initlens.models.errors import UserError
+from initlens.models.evaluate import make_eval_set, score_logits
+from initlens.models.run import Run
+from initlens.models.train import (prepare_dir, batch_indices, checkpoint_steps, diverged, eval_steps,
                           finish, lr_at, mark_failed, save_checkpoint, show_progress,
                           start_run_dir, training_data, write_scores)
-from probes.forward import Weights, block, embed, unembed
+from initlens.models.forward import Weights, block, embed, unembed
 
 EVAL_ROWS = 2048  # evaluation rows per member in one pass
 # On a CPU, batching members only pays while their activations stay in cache: beyond about

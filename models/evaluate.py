@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from models.tasks import Task, group_mask
-from models.tasks.base import PAD
+from initlens.models.tasks import Task, group_mask
+from initlens.models.tasks.base import PAD
 
 
 @dataclass(frozen=True)

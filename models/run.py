@@ -21,10 +21,10 @@ import pandas as pd
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from models.build import build_model, resolve_device
-from models.checkpoint import load_tensors, read_json
-from models.config import RunConfig
-from models.errors import UserError
+from initlens.models.build import build_model, resolve_device
+from initlens.models.checkpoint import load_tensors, read_json
+from initlens.models.config import RunConfig
+from initlens.models.errors import UserError
 
 CKPT = re.compile(r"step_(\d+)\.safetensors$")
 

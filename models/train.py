@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from models.build import build_model, n_params, realized_init, resolve_device
-from models.checkpoint import (atomic_write, load_optimizer_tensors, load_tensors,
+from initlens.models.build import build_model, n_params, realized_init, resolve_device
+from initlens.models.checkpoint import (atomic_write, load_optimizer_tensors, load_tensors,
                                optimizer_tensors, save_tensors, write_json)
-from models.config import RunConfig
-from models.errors import UserError
-from models.evaluate import evaluate, make_eval_set, next_token_loss
-from models.run import Run, checkpoint_path
-from models.tasks import as_tensors, dataset_arrays
+from initlens.models.config import RunConfig
+from initlens.models.errors import UserError
+from initlens.models.evaluate import evaluate, make_eval_set, next_token_loss
+from initlens.models.run import Run, checkpoint_path
+from initlens.models.tasks import as_tensors, dataset_arrays
 
 
 def lr_at(step: int, cfg) -> float:

@@ -30,9 +30,9 @@ SMALL = True  # False: the full setting (the demo's defaults: 3000 steps, about 
 # %%
 from pathlib import Path
 
-from analyses.figures import group_curves, loss_gap_curves, steps_to_threshold
-from analyses.preference import preference_table
-from models import Run, RunConfig, train
+from initlens.analyses.figures import group_curves, loss_gap_curves, steps_to_threshold
+from initlens.analyses.preference import preference_table
+from initlens.models import Run, RunConfig, train
 
 GAMMAS = (0.3, 0.8)  # large init, small init
 OUT = Path("notebook_out") / ("01_quick_start_small" if SMALL else "01_quick_start")

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.localization import (compare_tasks, localize_run, rank_components,
+from initlens.analyses.localization import (compare_tasks, localize_run, rank_components,
                                    stage_steps, summary)
-from analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
-from analyses.patching_run import position_labels
-from models import Run, RunConfig, train
-from probes.attribution import agreement, attribution_patch, guided_patch
-from probes.corruptions import make_pairs
-from probes.patching import activation_patch, logit_diff, patch_all
+from initlens.analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
+from initlens.analyses.patching_run import position_labels
+from initlens.models import Run, RunConfig, train
+from initlens.probes.attribution import agreement, attribution_patch, guided_patch
+from initlens.probes.corruptions import make_pairs
+from initlens.probes.patching import activation_patch, logit_diff, patch_all
 
 GAMMAS = (0.3, 0.8)  # large init, small init
 N_PAIRS = 64 if SMALL else 256

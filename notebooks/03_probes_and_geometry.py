@@ -38,11 +38,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.over_training import (cka_over_training, geometry_over_training,
+from initlens.analyses.over_training import (cka_over_training, geometry_over_training,
                                     probes_over_training)
-from analyses.representation_figures import (cosine_heatmap, metric_over_steps,
+from initlens.analyses.representation_figures import (cosine_heatmap, metric_over_steps,
                                              pca_scatter, probe_heatmap)
-from models import RunConfig, train
+from initlens.models import RunConfig, train
 
 GAMMAS = (0.3, 0.8)  # large init, small init
 N_ROWS = 500 if SMALL else 20000  # rows per probe fit (80% train, 20% held out)

@@ -40,12 +40,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.export import export_figure
-from analyses.figures import group_curves, loss_gap_curves, steps_to_threshold
-from analyses.preference import preference_table
-from analyses.representation_figures import cosine_heatmap, pca_scatter
-from analyses.study import run_dir, run_study
-from models import Run, RunConfig
+from initlens.analyses.export import export_figure
+from initlens.analyses.figures import group_curves, loss_gap_curves, steps_to_threshold
+from initlens.analyses.preference import preference_table
+from initlens.analyses.representation_figures import cosine_heatmap, pca_scatter
+from initlens.analyses.study import run_dir, run_study
+from initlens.models import Run, RunConfig
 
 GAMMAS = (0.3, 0.8) if SMALL else (0.3, 0.5, 0.8)
 OUT = Path("notebook_out") / ("04_published_figures_small" if SMALL else "04_published_figures")

@@ -32,10 +32,10 @@ SMALL = True  # False: the demo's setting, 12 runs (3 minutes on 2 CPU cores)
 # %%
 from pathlib import Path
 
-from analyses.export import export_figure
-from analyses.phase_diagram import phase_diagram, phase_grid
-from analyses.sweep import make_sweep, run_sweep
-from models import RunConfig
+from initlens.analyses.export import export_figure
+from initlens.analyses.phase_diagram import phase_diagram, phase_grid
+from initlens.analyses.sweep import make_sweep, run_sweep
+from initlens.models import RunConfig
 
 OUT = Path("notebook_out") / ("05_phase_diagram_small" if SMALL else "05_phase_diagram")
 GRID = {"gamma": [0.3, 0.5, 0.8], "n_layers": [1, 2], "seed": [0, 1]}

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.export import export_figure
-from analyses.figures import steps_to_threshold, sweep_curves
-from analyses.over_training import geometry_over_training
-from analyses.representation_figures import metric_over_steps
-from analyses.sweep import GRIDS, Sweep, load_sweep, run_sweep
-from models import Run
+from initlens.analyses.export import export_figure
+from initlens.analyses.figures import steps_to_threshold, sweep_curves
+from initlens.analyses.over_training import geometry_over_training
+from initlens.analyses.representation_figures import metric_over_steps
+from initlens.analyses.sweep import GRIDS, Sweep, load_sweep, run_sweep
+from initlens.models import Run
 
 OUT = Path("notebook_out") / ("06_layernorm_grokking_small" if SMALL else
                               "06_layernorm_grokking")

@@ -31,11 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from analyses.export import export_figure
-from analyses.phase_diagram import phase_diagram, phase_grid
-from analyses.representation_figures import metric_over_steps
-from analyses.sweep import GRIDS, Sweep, load_sweep, run_sweep
-from models import Run
+from initlens.analyses.export import export_figure
+from initlens.analyses.phase_diagram import phase_diagram, phase_grid
+from initlens.analyses.representation_figures import metric_over_steps
+from initlens.analyses.sweep import GRIDS, Sweep, load_sweep, run_sweep
+from initlens.models import Run
 
 OUT = Path("notebook_out") / ("07_rule_extrapolation_small" if SMALL else
                               "07_rule_extrapolation")

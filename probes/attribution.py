@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 from jaxtyping import Int
 
-from probes.forward import Weights, block, embed, hook_name, run_with_cache, unembed
-from probes.patching import (Metric, Patched, _apply_metric, _check_inputs, _variant_masks,
+from initlens.models.forward import Weights, block, embed, hook_name, run_with_cache, unembed
+from initlens.probes.patching import (Metric, Patched, _apply_metric, _check_inputs, _variant_masks,
                              activation_patch)
 
 

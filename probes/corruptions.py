@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
-from models.errors import UserError
-from models.tasks import TASKS, Task, dataset_arrays
+from initlens.models.errors import UserError
+from initlens.models.tasks import TASKS, Task, dataset_arrays
 
 SOURCES = ("reasoning", "memory")
 _TRIES = 100  # redraws of a corruption whose label equals the clean one

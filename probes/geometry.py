@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 
-from models.errors import UserError
-from probes.forward import BLOCK_HOOKS, Weights, hook_name, run_with_cache
+from initlens.models.errors import UserError
+from initlens.models.forward import BLOCK_HOOKS, Weights, hook_name, run_with_cache
 
 COLUMNS = ("metric", "hook", "layer", "head", "group", "position", "value")
 # Hooks whose activation is [batch, seq, ...] (pattern is [batch, head, dest, src]).

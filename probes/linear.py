@@ -25,9 +25,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
-from models.errors import UserError
-from models.tasks.base import dataset_arrays
-from probes.forward import Weights, hook_name, run_with_cache
+from initlens.models.errors import UserError
+from initlens.models.tasks.base import dataset_arrays
+from initlens.models.forward import Weights, hook_name, run_with_cache
 
 TARGETS = ("key", "a1", "a2", "intermediate", "label", "task_type", "memorized")
 # Block hooks with one d_model vector per position (attention-only models: no MLP hooks).

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
-from models.errors import UserError
-from models.train import show_progress
-from probes.forward import (Hook, Weights, no_hook, block, block_tail, heads, hook_name,
+from initlens.models.errors import UserError
+from initlens.models.train import show_progress
+from initlens.models.forward import (Hook, Weights, no_hook, block, block_tail, heads, hook_name,
                             run_with_cache, unembed)
 
 # A metric maps label-position logits [..., batch, vocab] to per-example values [..., batch].

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from analyses.export import find_browser
+from initlens.analyses.export import find_browser
 
 ATTRIBUTE = "data-render-probe"
 WINDOW = (1280, 1000)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from models import MixtureTask, ModelConfig, RunConfig, TrainConfig, train
+from initlens.models import MixtureTask, ModelConfig, RunConfig, TrainConfig, train
 
 TINY_TASK = MixtureTask(keys=(21, 30), memory_anchors=(1, 2), reasoning_anchors=(11, 13),
                         seq_len=5, samples_per_pair=30)

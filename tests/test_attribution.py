@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from probes.attribution import agreement, attribution_patch, guided_patch
-from probes.patching import Patched, activation_patch
-from models import ModelConfig
+from initlens.probes.attribution import agreement, attribution_patch, guided_patch
+from initlens.probes.patching import Patched, activation_patch
+from initlens.models import ModelConfig
 from test_patching import setup
 
 

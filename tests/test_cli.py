@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from analyses.cli import main
-from models import Run
+from initlens.analyses.cli import main
+from initlens.models import Run
 
 TINY = ["--keys", "21,30", "--memory-anchors", "1,2", "--reasoning-anchors", "11,13",
         "--seq-len", "5", "--samples-per-pair", "30", "--d-model", "16", "--steps", "30",
@@ -90,7 +90,7 @@ def test_corrupt_or_mismatched_checkpoint(capsys, tmp_path, tiny_run):
     last = run_dir / "checkpoints" / "step_0000030.safetensors"
     good = last.read_bytes()
     last.write_bytes(good[: len(good) // 2])
-    from models import UserError
+    from initlens.models import UserError
     with pytest.raises(UserError, match="corrupt"):
         Run.open(run_dir).load_model()
     assert_user_error(run_cli(capsys, "info", run_dir), "corrupt")
@@ -108,7 +108,7 @@ def test_corrupt_or_mismatched_checkpoint(capsys, tmp_path, tiny_run):
 def test_resume_with_corrupt_checkpoint_is_a_clear_error(capsys, tmp_path):
     out = tmp_path / "r"
     from conftest import tiny_config
-    from models import train
+    from initlens.models import train
     train(tiny_config(), out, stop_at=12, progress=False)
     ckpt = out / "checkpoints" / "step_0000012.safetensors"
     ckpt.write_bytes(b"garbage")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from models import CompositeTask, MixtureTask, UserError
-from models.tasks import Task, dataset_arrays
-from probes.corruptions import PatchPairs, make_pairs
+from initlens.models import CompositeTask, MixtureTask, UserError
+from initlens.models.tasks import Task, dataset_arrays
+from initlens.probes.corruptions import PatchPairs, make_pairs
 
 MIX = MixtureTask(seq_len=9, samples_per_pair=50)  # noise tokens, random key positions
 COMP = CompositeTask(samples_per_pair=60)

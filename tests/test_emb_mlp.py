@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import analyses.sweep as sweep_module
+import initlens.analyses.sweep as sweep_module
 from conftest import tiny_config
-from models import UserError, build_model, train
-from models.build import target_std
-from probes.forward import Weights, run_with_cache
-from probes.geometry import geometry_metrics
-from probes.linear import probe_model
-from probes.patching import activation_patch, logit_diff
+from initlens.models import UserError, build_model, train
+from initlens.models.build import target_std
+from initlens.models.forward import Weights, run_with_cache
+from initlens.probes.geometry import geometry_metrics
+from initlens.probes.linear import probe_model
+from initlens.probes.patching import activation_patch, logit_diff
 
 
 def _cfg(**train_fields):
@@ -85,8 +85,8 @@ def test_sweeps_train_emb_mlps_one_by_one(tmp_path):
 
 
 def test_a_run_report_on_an_emb_mlp(tmp_path):
-    from analyses.report import write_report
-    from analyses.run_analysis import AnalysisConfig, analyze_runs
+    from initlens.analyses.report import write_report
+    from initlens.analyses.run_analysis import AnalysisConfig, analyze_runs
 
     run = train(_cfg(steps=20), tmp_path / "run", progress=False)
     tables, problems = analyze_runs([run], AnalysisConfig(pairs=16, probe_rows=300,

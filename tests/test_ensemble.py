@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-import models.ensemble as ensemble
+import initlens.models.ensemble as ensemble
 from conftest import tiny_config
-from models import Run, UserError, train
-from models.checkpoint import load_tensors
-from models.ensemble import train_ensemble
+from initlens.models import Run, UserError, train
+from initlens.models.checkpoint import load_tensors
+from initlens.models.ensemble import train_ensemble
 
 MEMBERS = [(0.3, 0), (0.5, 1), (0.8, 0)]  # (gamma, seed)
 # The attention key bias adds the same amount to every score of a query, which softmax

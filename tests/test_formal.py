@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-import analyses.sweep as sweep_module
-from analyses.phase_diagram import default_value
-from models import ModelConfig, RunConfig, TrainConfig, UserError, train
-from models.evaluate import evaluate, greedy_complete, make_eval_set, next_token_loss
-from models.tasks import FormalTask, dataset_arrays
-from models.tasks.base import EOS, PAD
-from models.tasks.formal import RULES
+import initlens.analyses.sweep as sweep_module
+from initlens.analyses.phase_diagram import default_value
+from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError, train
+from initlens.models.evaluate import evaluate, greedy_complete, make_eval_set, next_token_loss
+from initlens.models.tasks import FormalTask, dataset_arrays
+from initlens.models.tasks.base import EOS, PAD
+from initlens.models.tasks.formal import RULES
 from test_cli import assert_user_error, run_cli
 
 LANGUAGES = ("anbn", "anbncn", "dyck", "regular")

@@ -6,8 +6,8 @@ out op by op), so values agree to a few units in the last place, not bit for bit
 import pytest
 import torch
 
-from models import MixtureTask, ModelConfig, RunConfig, build_model
-from probes.forward import Weights, embed, run_with_cache, unembed, block
+from initlens.models import MixtureTask, ModelConfig, RunConfig, build_model
+from initlens.models.forward import Weights, embed, run_with_cache, unembed, block
 
 
 @pytest.mark.parametrize("model_cfg", [

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from models import CompositeTask, UserError
-from probes.geometry import (COLUMNS, attention_entropy, components_for_variance,
+from initlens.models import CompositeTask, UserError
+from initlens.probes.geometry import (COLUMNS, attention_entropy, components_for_variance,
                              condensation, cosine_matrix, distinguishability, effective_rank,
                              geometry_metrics, information_flow, linear_cka, mean_activations,
                              participation_ratio, pca, relative_weight_change,

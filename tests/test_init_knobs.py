@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from models import UserError, build_model, train
-from models.build import target_std
-from models.ensemble import train_ensemble
+from initlens.models import UserError, build_model, train
+from initlens.models.build import target_std
+from initlens.models.ensemble import train_ensemble
 
 
 def _weights(cfg):

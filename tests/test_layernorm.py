@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from models import Run, UserError, build_model, train
-from models.config import NORMALIZATIONS
-from models.layernorm import PLACEMENTS
+from initlens.models import Run, UserError, build_model, train
+from initlens.models.config import NORMALIZATIONS
+from initlens.models.layernorm import PLACEMENTS
 
 
 def _model(normalization, **model):

@@ -8,10 +8,10 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from models import CompositeTask, MixtureTask, ModelConfig, RunConfig, UserError, build_model
-from models.tasks.base import dataset_arrays
-from probes.forward import Weights, run_with_cache
-from probes.linear import (TARGETS, LinearProbe, control_labels, fit_probes, holdout_mask,
+from initlens.models import CompositeTask, MixtureTask, ModelConfig, RunConfig, UserError, build_model
+from initlens.models.tasks.base import dataset_arrays
+from initlens.models.forward import Weights, run_with_cache
+from initlens.probes.linear import (TARGETS, LinearProbe, control_labels, fit_probes, holdout_mask,
                            probe_model, target_values)
 
 COLUMNS = ["hook", "component", "layer", "position", "target", "accuracy", "control_accuracy",

@@ -3,12 +3,12 @@
 import pandas as pd
 import pytest
 
-from analyses.localization import (Experiment, compare_tasks, experiments, localize,
+from initlens.analyses.localization import (Experiment, compare_tasks, experiments, localize,
                                    rank_components, stage_steps, summary)
-from analyses.run_analysis import TABLES, AnalysisConfig, analyze_run
+from initlens.analyses.run_analysis import TABLES, AnalysisConfig, analyze_run
 from conftest import tiny_config
-from models import UserError, build_model
-from models.tasks import task_class
+from initlens.models import UserError, build_model
+from initlens.models.tasks import task_class
 
 
 def test_stage_steps_cover_init_early_and_end(tiny_run):

@@ -5,9 +5,9 @@ import dataclasses
 import pytest
 import torch
 
-from models import MixtureTask, ModelConfig, RunConfig, TrainConfig, build_model
-from models.build import fan_in, realized_init
-from models.checkpoint import load_tensors, save_tensors
+from initlens.models import MixtureTask, ModelConfig, RunConfig, TrainConfig, build_model
+from initlens.models.build import fan_in, realized_init
+from initlens.models.checkpoint import load_tensors, save_tensors
 
 # Big enough matrices that a 5% tolerance on the sample std is > 3 standard errors.
 WIDE = RunConfig(task=MixtureTask.published(),

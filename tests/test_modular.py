@@ -4,12 +4,12 @@ its read-outs (steps to fit and to generalize, attention entropy, compressibilit
 import numpy as np
 import pytest
 
-import analyses.sweep as sweep_module
-from analyses.over_training import geometry_over_training
-from models import ModelConfig, RunConfig, TrainConfig, UserError
-from models.tasks import ModularTask, dataset_arrays
-from probes.corruptions import make_pairs
-from probes.linear import probe_model
+import initlens.analyses.sweep as sweep_module
+from initlens.analyses.over_training import geometry_over_training
+from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError
+from initlens.models.tasks import ModularTask, dataset_arrays
+from initlens.probes.corruptions import make_pairs
+from initlens.probes.linear import probe_model
 from test_cli import assert_user_error, run_cli
 
 
@@ -89,8 +89,8 @@ def test_grokking_read_outs_over_training(ln_sweep):
 
 
 def test_probes_and_geometry_run_on_a_modular_model(ln_sweep):
-    from models import Run
-    from probes.geometry import geometry_metrics
+    from initlens.models import Run
+    from initlens.probes.geometry import geometry_metrics
 
     out, _ = ln_sweep
     run = Run(out / "runs" / "normalizationLN")

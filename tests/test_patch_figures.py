@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyses import export
-from analyses.export import StaticExportWarning, export_figure, static_export_status
-from analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
-from models.errors import UserError
+from initlens.analyses import export
+from initlens.analyses.export import StaticExportWarning, export_figure, static_export_status
+from initlens.analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
+from initlens.models.errors import UserError
 
 COLS = ["run", "step", "component", "layer", "position", "head", "value"]
 N_LAYERS, N_POS, N_HEADS = 3, 4, 2

@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformer_lens import patching as tlp
 
-from models import MixtureTask, ModelConfig, RunConfig, UserError, build_model
-from probes.patching import activation_patch, label_logprob, logit_diff, patch_all
+from initlens.models import MixtureTask, ModelConfig, RunConfig, UserError, build_model
+from initlens.probes.patching import activation_patch, label_logprob, logit_diff, patch_all
 
 TOL = 1e-5  # max abs difference in float32, as promised in the README
 REFERENCE = {  # (component, per_position) -> TransformerLens function

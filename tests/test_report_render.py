@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from analyses.report import build_report, write_report
-from analyses.run_analysis import AnalysisConfig
-from analyses.study import run_study
+from initlens.analyses.report import build_report, write_report
+from initlens.analyses.run_analysis import AnalysisConfig
+from initlens.analyses.study import run_study
 from browser import browser, inject_probe, render
 from conftest import tiny_config
 from test_patch_figures import decode_png

@@ -4,12 +4,12 @@ import pandas as pd
 import pytest
 import torch
 
-from analyses.over_training import (cka_over_training, geometry_over_training, over_training,
+from initlens.analyses.over_training import (cka_over_training, geometry_over_training, over_training,
                                     select_steps)
-from analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
+from initlens.analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
                                              probe_heatmap)
-from models.errors import UserError
-from probes.geometry import cosine_matrix, token_embeddings, token_roles
+from initlens.models.errors import UserError
+from initlens.probes.geometry import cosine_matrix, token_embeddings, token_roles
 from test_cli import assert_user_error, run_cli
 
 

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-import analyses.sweep as sweep_module
-import models.ensemble as ensemble
-from analyses.phase_diagram import phase_diagram, phase_grid, rows_axis
-from analyses.preference import curves, preference_row
+import initlens.analyses.sweep as sweep_module
+import initlens.models.ensemble as ensemble
+from initlens.analyses.phase_diagram import phase_diagram, phase_grid, rows_axis
+from initlens.analyses.preference import curves, preference_row
 from conftest import tiny_config
-from models import Run, UserError, train
+from initlens.models import Run, UserError, train
 from test_cli import TINY, assert_user_error, run_cli
 
 GRID = {"seed": [0, 1], "gamma": [0.3, 0.8], "n_layers": [1, 2]}

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models import CompositeTask, MixtureTask, UserError
-from models.tasks import dataset_arrays
+from initlens.models import CompositeTask, MixtureTask, UserError
+from initlens.models.tasks import dataset_arrays
 
 MIX = MixtureTask(seq_len=9, samples_per_pair=50)  # with noise and random key positions
 COMP = CompositeTask(samples_per_pair=60)

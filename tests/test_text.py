@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analyses.preference import relative_loss_gap
-from models import ModelConfig, RunConfig, TrainConfig, UserError, train
-from models.tasks import TextTask, dataset_arrays
+from initlens.analyses.preference import relative_loss_gap
+from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError, train
+from initlens.models.tasks import TextTask, dataset_arrays
 from test_cli import assert_user_error, run_cli
 
 DATA = Path(__file__).parent / "data"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from models import Run, UserError, train
-from models.train import checkpoint_steps, eval_steps, lr_at
+from initlens.models import Run, UserError, train
+from initlens.models.train import checkpoint_steps, eval_steps, lr_at
 
 
 def _weights(run: Run, step=None):

@@ -1,12 +1,12 @@
 """Task generators: deterministic from a seed, returning a `datasets.Dataset`."""
 
-from models.errors import UserError
-from models.tasks.base import Group, Task, as_tensors, dataset_arrays, group_mask
-from models.tasks.composite import CompositeTask
-from models.tasks.formal import FormalTask
-from models.tasks.mixture import MixtureTask
-from models.tasks.modular import ModularTask
-from models.tasks.text import TextTask
+from initlens.models.errors import UserError
+from initlens.models.tasks.base import Group, Task, as_tensors, dataset_arrays, group_mask
+from initlens.models.tasks.composite import CompositeTask
+from initlens.models.tasks.formal import FormalTask
+from initlens.models.tasks.mixture import MixtureTask
+from initlens.models.tasks.modular import ModularTask
+from initlens.models.tasks.text import TextTask
 
 TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask,
                                 "modular": ModularTask, "formal": FormalTask, "text": TextTask}

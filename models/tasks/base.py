@@ -13,7 +13,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from models.errors import UserError
+from initlens.models.errors import UserError
 
 COLUMNS = ("tokens", "label", "task_type", "key", "a1", "a2", "key_pos", "split")
 PAD, BOS, EOS = 0, 1, 2  # next-token tasks: padding (the loss ignores it), start, end

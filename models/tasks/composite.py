@@ -15,8 +15,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.errors import UserError
-from models.tasks.base import Group, Task, other_value, place_sequences, span, to_dataset
+from initlens.models.errors import UserError
+from initlens.models.tasks.base import Group, Task, other_value, place_sequences, span, to_dataset
 
 
 @dataclass(frozen=True)

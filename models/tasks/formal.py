@@ -22,8 +22,8 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from models.errors import UserError
-from models.tasks.base import Group, Task, framed, sequence_dataset
+from initlens.models.errors import UserError
+from initlens.models.tasks.base import Group, Task, framed, sequence_dataset
 SYMBOLS = {"anbn": "ab", "anbncn": "abc", "dyck": "()[]", "regular": "ab"}
 MAX_PROMPTS = 256  # prompts per read-out at most (a seeded subset of longer lists)
 

@@ -14,8 +14,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.errors import UserError
-from models.tasks.base import Group, Task, other_value, to_dataset
+from initlens.models.errors import UserError
+from initlens.models.tasks.base import Group, Task, other_value, to_dataset
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from models.errors import UserError
-from models.tasks.base import BOS, EOS, PAD, Group, Task, framed, sequence_dataset
+from initlens.models.errors import UserError
+from initlens.models.tasks.base import BOS, EOS, PAD, Group, Task, framed, sequence_dataset
 
 UNK = 3
 SPECIAL = ("<pad>", "<bos>", "<eos>", "<unk>")

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from models.emb_mlp import ACTIVATIONS as MODEL_ACTIVATIONS
-from models.errors import UserError
+from initlens.models.emb_mlp import ACTIVATIONS as MODEL_ACTIVATIONS
+from initlens.models.errors import UserError
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
