@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except UserError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"error: {e.for_cli()}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted; finished work is kept: `probe train --resume` continues a "
