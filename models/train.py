@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from initlens.models.checkpoint import (atomic_write, load_optimizer_tensors, lo
 from initlens.models.config import RunConfig
 from initlens.models.errors import UserError
 from initlens.models.evaluate import evaluate, make_eval_set, next_token_loss
+from initlens.models.progress import show_progress
 from initlens.models.run import Run, checkpoint_path
 from initlens.models.tasks import as_tensors, dataset_arrays
 
@@ -68,11 +67,6 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.AdamW:
     groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-
-
-def show_progress() -> bool:
-    """A progress bar on a terminal; quiet in CI logs and pipes."""
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def prepare_dir(out: Path, resume: bool) -> None:
