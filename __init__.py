@@ -6,3 +6,12 @@ instruments) and `initlens.analyses` (studies, figures, reports and the `probe` 
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+# Idle OpenMP threads sleep instead of spinning; read by OpenMP when torch loads, so first.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from initlens.models.threads import configure_threads  # noqa: E402
+
+configure_threads()  # as many threads as cores are free now; INITLENS_THREADS=N overrides
