@@ -37,7 +37,7 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_json(path: str | Path, what: str = "file") -> dict:
+def read_json(path: str | Path, what: str = "file") -> dict | list:
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -77,12 +77,20 @@ def _metadata(raw: bytes) -> dict[str, str]:
     return header.get("__metadata__", {}) or {}
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW moment estimates and step counts, keyed by parameter index."""
+def optimizer_tensors(opt: torch.optim.Optimizer, member: int | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """AdamW moment estimates and step counts, keyed by parameter index.
+
+    member: of parameters stacked along a first (member) axis, this member's state alone,
+    in the layout of a model trained on its own."""
     out = {}
     for i, p in enumerate(p for g in opt.param_groups for p in g["params"]):
         for k, v in opt.state.get(p, {}).items():
-            out[f"{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(float(v))
+            if not torch.is_tensor(v):
+                v = torch.tensor(float(v))
+            elif member is not None and k != "step":
+                v = v[member]
+            out[f"{i}.{k}"] = v
     return out
 
 

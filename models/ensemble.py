@@ -12,25 +12,23 @@ rounding, and is written as an ordinary run directory (resumable on its own by `
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch.func import vmap
-from tqdm.auto import tqdm
 
-from initlens.models.build import build_model, n_params, resolve_device
+from initlens.models.build import build_model, n_params, realized_init, resolve_device
+from initlens.models.checkpoint import optimizer_tensors
 from initlens.models.config import RunConfig
 from initlens.models.errors import UserError
-from initlens.models.evaluate import make_eval_set, score_logits
-from initlens.models.run import Run
-from initlens.models.train import (prepare_dir, batch_indices, checkpoint_steps, diverged, eval_steps,
-                          finish, lr_at, mark_failed, save_checkpoint, show_progress,
-                          start_run_dir, training_data, write_scores)
+from initlens.models.evaluate import EvalSet, make_eval_set, score_logits
 from initlens.models.forward import Weights, block, embed, unembed
+from initlens.models.run import Run
+from initlens.models.run_writer import RunWriter
+from initlens.models.train import training_data
+from initlens.models.trainer import adamw, batch_indices, run_training
 
 EVAL_ROWS = 2048  # evaluation rows per member in one pass
 # On a CPU, batching members only pays while their activations stay in cache: beyond about
@@ -94,7 +92,8 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
     """
     outs = [Path(o) for o in outs]
     if not cfgs or len(cfgs) != len(outs) or len(set(outs)) != len(outs):
-        raise UserError("train_ensemble needs one distinct output folder per config")
+        raise UserError("train_ensemble needs one distinct output folder per config",
+                        option="outs")
     for cfg in cfgs:
         cfg.validate()
         if not can_ensemble(cfg):
@@ -104,108 +103,68 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
             raise UserError("ensemble members may differ only in their init (gamma, "
                             "readout_scale, init_rank) and seed; train the "
                             "others in another ensemble (probe sweep groups them for you)")
-    for out in outs:
-        prepare_dir(out, resume=False)
-    tc, task = cfgs[0].train, cfgs[0].task
+    writers = [RunWriter(out) for out in outs]
+    for writer in writers:
+        writer.check_free()
+    tc = cfgs[0].train
     device = resolve_device(tc.device)
     rows, x_train, y_train = training_data(cfgs[0], device)
-    evalsets = [make_eval_set(task, rows, tc.eval_size, c.train.seed).to(device) for c in cfgs]
-
+    evalsets = [make_eval_set(cfgs[0].task, rows, tc.eval_size, c.train.seed).to(device)
+                for c in cfgs]
     models = [build_model(cfg, "cpu") for cfg in cfgs]  # exactly the standalone init
-    for cfg, out, model in zip(cfgs, outs, models):
-        start_run_dir(out, cfg, model)
-    order = _optimizer_order(models[0])  # state-dict names in `make_optimizer`'s order
-    states = [m.state_dict() for m in models]
-    stacked = {name: torch.stack([s[name] for s in states]).to(device)
-               for name in states[0]}
-    for name in order:
-        stacked[name].requires_grad_(True)
-    template = Weights.of(models[0])
-    size = n_params(models[0])
-    del models, states
-    matrices = [stacked[n] for n in order if stacked[n].ndim >= 3]
-    vectors = [stacked[n] for n in order if stacked[n].ndim < 3]
-    opt = torch.optim.AdamW([{"params": matrices, "weight_decay": tc.weight_decay},
-                             {"params": vectors, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(tc.beta1, tc.beta2))
-    group_order = [n for n in order if stacked[n].ndim >= 3] + \
-                  [n for n in order if stacked[n].ndim < 3]
-    k = len(cfgs)
-    width = max(t.shape[0] for t in template.params.values())  # widest layer (or vocab)
-    per_pass = members_per_pass(k, tc.batch_size * x_train.shape[1], width, device)
-    eval_pass = members_per_pass(k, EVAL_ROWS * x_train.shape[1], width, device)
-    alive = [True] * k
-    files = [(out / "metrics.jsonl").open("a") for out in outs]
-
-    def member_weights(i: int) -> dict[str, torch.Tensor]:
-        return {name: t[i].detach() for name, t in stacked.items()}
-
-    def member_optimizer(i: int) -> dict[str, torch.Tensor]:
-        out = {}
-        for j, name in enumerate(group_order):
-            for key, value in opt.state.get(stacked[name], {}).items():
-                out[f"{j}.{key}"] = value if key == "step" else value[i]
-        return out
-
-    def record(step: int, losses: list[float | None]) -> None:
-        logits = _eval_logits(template, stacked, evalsets, eval_pass)
-        for i in range(k):
-            if alive[i]:
-                write_scores(files[i], step, score_logits(logits[i], task, evalsets[i]),
-                             losses[i], tc)
-
-    def save(step: int) -> None:
-        for i in range(k):
-            if alive[i]:
-                save_checkpoint(outs[i], step, member_weights(i), member_optimizer(i))
-
-    evals = set(eval_steps(tc.steps, tc.eval_every))
-    ckpts = set(checkpoint_steps(tc.steps, tc.eval_every, tc.n_checkpoints))
-    seeds = [c.train.batch_order_seed for c in cfgs]
-    t0 = time.time()
-    record(0, [None] * k)
-    save(0)
-    bar = tqdm(total=tc.steps, desc=f"ensemble of {k}", unit="step",
-               disable=not (show_progress() if progress is None else progress))
-    loss_sum, n_loss = torch.zeros(k, device=device), 0
-    try:
-        for step in range(1, tc.steps + 1):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step - 1, tc)
-            idx = torch.stack([batch_indices(step - 1, len(x_train), tc.batch_size, s)
-                               for s in seeds]).to(device)
-            opt.zero_grad(set_to_none=True)
-            losses = torch.cat([_backward(template, stacked, x_train[i], y_train[i], start)
-                                for start, i in zip(range(0, k, per_pass),
-                                                    idx.split(per_pass))])
-            if tc.grad_clip > 0:
-                _clip_per_member([stacked[n] for n in order], tc.grad_clip)
-            opt.step()
-            loss_sum += losses.detach()
-            n_loss += 1
-            bar.update(1)
-            if step in evals or step in ckpts or step == tc.steps:
-                means = (loss_sum / n_loss).tolist()
-                for i, value in enumerate(means):
-                    if alive[i] and not math.isfinite(value):
-                        mark_failed(outs[i], step, diverged(outs[i], step, value))
-                        alive[i] = False
-                loss_sum.zero_()
-                n_loss = 0
-                record(step, means)
-            if step in ckpts or step == tc.steps:
-                save(step)
-            if not any(alive):
-                break
-    finally:
-        bar.close()
-        for f in files:
-            f.close()
-    seconds = time.time() - t0
-    for i in range(k):
-        if alive[i]:
-            finish(outs[i], size, device, seconds)
+    for cfg, writer, model in zip(cfgs, writers, models):
+        writer.start(cfg, realized_init(model, cfg.model))
+    members = StackedMembers(cfgs, models, x_train, y_train, evalsets, device)
+    del models
+    run_training(members, writers, tc, desc=f"ensemble of {len(cfgs)}", progress=progress)
     return [Run(out) for out in outs]
+
+
+class StackedMembers:
+    """An ensemble as the trainer's `Members`: k models with weights stacked along a first
+    axis, updated together by one vmapped forward and backward pass."""
+
+    def __init__(self, cfgs: list[RunConfig], models: list[torch.nn.Module],
+                 x_train: torch.Tensor, y_train: torch.Tensor, evalsets: list[EvalSet],
+                 device: torch.device):
+        self.tc, self.task, self.device = cfgs[0].train, cfgs[0].task, device
+        self.x_train, self.y_train, self.evalsets = x_train, y_train, evalsets
+        self.seeds = [c.train.batch_order_seed for c in cfgs]
+        self.order = _optimizer_order(models[0])  # state-dict names in `adamw`'s order
+        states = [m.state_dict() for m in models]
+        self.stacked = {name: torch.stack([s[name] for s in states]).to(device)
+                        for name in states[0]}
+        for name in self.order:
+            self.stacked[name].requires_grad_(True)
+        self.template = Weights.of(models[0])
+        self.n_params = n_params(models[0])
+        self.optimizer = adamw([self.stacked[n] for n in self.order], self.tc, matrix_ndim=3)
+        k, seq = len(cfgs), x_train.shape[1]
+        width = max(t.shape[0] for t in self.template.params.values())  # widest layer/vocab
+        self.per_pass = members_per_pass(k, self.tc.batch_size * seq, width, device)
+        self.eval_pass = members_per_pass(k, EVAL_ROWS * seq, width, device)
+
+    def step(self, update: int) -> Float[torch.Tensor, " k"]:
+        tc, k = self.tc, len(self.seeds)
+        idx = torch.stack([batch_indices(update, len(self.x_train), tc.batch_size, s)
+                           for s in self.seeds]).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = torch.cat([_backward(self.template, self.stacked, self.x_train[i],
+                                      self.y_train[i], start)
+                            for start, i in zip(range(0, k, self.per_pass),
+                                                idx.split(self.per_pass))])
+        if tc.grad_clip > 0:
+            _clip_per_member([self.stacked[n] for n in self.order], tc.grad_clip)
+        self.optimizer.step()
+        return losses
+
+    def evaluate(self, members: list[int]) -> list[dict[tuple[str, str], float]]:
+        logits = _eval_logits(self.template, self.stacked, self.evalsets, self.eval_pass)
+        return [score_logits(logits[i], self.task, self.evalsets[i]) for i in members]
+
+    def checkpoint(self, member: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        weights = {name: t[member].detach() for name, t in self.stacked.items()}
+        return weights, optimizer_tensors(self.optimizer, member)
 
 
 def _optimizer_order(model: torch.nn.Module) -> list[str]:

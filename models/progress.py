@@ -1,4 +1,8 @@
-"""Progress reporting: library code calls a callback; the CLI decides whether it is a bar."""
+"""Progress reporting for long loops: a bar on a terminal, silence in logs and pipes.
+
+Library code that is not training (probes, analyses) takes a `Progress` callback and calls
+it; the CLI decides whether that is a bar (`Bar`).
+"""
 
 from __future__ import annotations
 
@@ -13,11 +17,20 @@ T = TypeVar("T")
 
 # progress(done, total, description): called after each unit of work.
 Progress = Callable[[int, int, str], None]
+# log(message): a line for the user (the CLI echoes it; notebooks may print or drop it).
+Log = Callable[[str], None]
 
 
 def show_progress() -> bool:
     """A progress bar on a terminal; quiet in CI logs and pipes."""
     return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress_bar(total: int, desc: str, unit: str, progress: bool | None = None,
+                 initial: int = 0) -> tqdm:
+    """A tqdm bar, shown when `progress` says so (None: when `show_progress()`)."""
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                disable=not (show_progress() if progress is None else progress))
 
 
 def tracked(items: Iterable[T], progress: Progress | None, total: int, desc: str) -> Iterator[T]:

@@ -7,6 +7,8 @@
     RUN/summary.json                final metrics, wall time (written when training ends)
     RUN/checkpoints/step_NNNNNNN.safetensors   weights in TransformerLens state-dict names
     RUN/checkpoints/optimizer.safetensors      AdamW state at the last checkpoint (for resume)
+
+`Run` reads these files; `models.run_writer.RunWriter` is the one thing that writes them.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Run:
     path: Path
 
     @classmethod
-    def open(cls, path: str | Path) -> "Run":
+    def open(cls, path: str | Path) -> Run:
         """Open a run directory, or raise a UserError saying why it is not one."""
         path = Path(path)
         if not path.exists():
@@ -84,6 +86,16 @@ class Run:
                  if (m := CKPT.search(f.name))] if folder.exists() else []
         return sorted(steps)
 
+    def resume_point(self) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """(step, weights, optimizer state) of the checkpoint to resume from; None if none."""
+        state_file = self.path / "checkpoints" / "optimizer.safetensors"
+        if not state_file.exists():
+            return None
+        optimizer, meta = load_tensors(state_file)
+        step = int(meta["step"])
+        weights, _ = load_tensors(checkpoint_path(self.path, step))
+        return step, weights, optimizer
+
     def resolve_step(self, step: int | str | None = None) -> int:
         """`None`/"last" is the last checkpoint; an int must be one of the checkpoints."""
         steps = self.checkpoint_steps()
@@ -112,7 +124,8 @@ class Run:
             raise UserError(f"checkpoint {path} does not match the run's config.json ({first}); "
                             f"the file belongs to another model: restore it or retrain") from None
         model.eval()
-        return model.to(resolve_device(str(device or self.config.train.device)), print_details=False)
+        device = resolve_device(str(device or self.config.train.device))
+        return model.to(device, print_details=False)
 
     def dataset(self):
         """The run's task data (same data seed), torch-formatted: ds[:8]["tokens"] is a tensor."""

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from initlens.models import Run, UserError, train
 from initlens.models.train import checkpoint_steps, eval_steps, lr_at
 
@@ -91,15 +91,17 @@ def test_training_into_an_existing_run_is_refused_and_keeps_it(tmp_path, tiny_ru
     out = tmp_path / "r"
     train(tiny_config(), out, stop_at=5, progress=False)
     before = {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="already holds a run.*resume it") as refused:
         train(tiny_config(), out, progress=False)
+    assert refused.value.option == "out"  # the CLI shows it as --out
     assert before == {p.name: p.read_bytes() for p in (out / "checkpoints").iterdir()}
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path):
     cfg = tiny_config(lr=1e30, grad_clip=0.0, warmup_steps=0, steps=20)
-    with pytest.raises(UserError, match="diverged"):
+    with pytest.raises(UserError, match="diverged") as stopped:
         train(cfg, tmp_path / "nan", progress=False)
+    assert stopped.value.option == "lr"
     run = Run.open(tmp_path / "nan")
     assert run.status["state"] == "failed" and "diverged" in run.status["reason"]
     assert 0 in run.checkpoint_steps()
