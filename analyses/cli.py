@@ -1,4 +1,5 @@
-"""The `probe` command line: train, study, info, report.
+"""The `probe` command line: train, study, sweep, info, patch, geometry, linear, report,
+instruments. Each command parses its options and calls a function of `analyses`.
 
 Every field of the task, model and train configs is an option (`--gamma`, `--d-model`,
 `--lr`, `--keys 21,120`, ...), generated from the dataclasses so the two never drift.
@@ -17,8 +18,10 @@ from typing import Any, Optional
 
 import typer
 
+from initlens.analyses.instruments import INSTRUMENTS
 from initlens.models.config import ModelConfig, RunConfig, TrainConfig
 from initlens.models.errors import UserError
+from initlens.models.progress import Bar
 from initlens.models.tasks import TASKS, task_class
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -116,10 +119,11 @@ def with_config_options(func):
     return func
 
 
-def _analysis(on: bool, pairs: int, probe_rows: int, probe_targets: str):
-    from initlens.analyses.run_analysis import AnalysisConfig
+def _analysis(on: bool, pairs: int, probe_rows: int, probe_targets: str, instruments: str):
+    from initlens.analyses.studies.run_analysis import AnalysisConfig
     return AnalysisConfig(pairs=pairs, probe_rows=probe_rows,
-                          probe_targets=_formats(probe_targets)) if on else None
+                          probe_targets=_formats(probe_targets),
+                          instruments=_formats(instruments) or None) if on else None
 
 
 ANALYSIS_HELP = ("Analyse each run for the report (patching, probes, geometry; computed once "
@@ -127,6 +131,9 @@ ANALYSIS_HELP = ("Analyse each run for the report (patching, probes, geometry; c
 PAIRS_HELP = "Prompt pairs per patching experiment in the analysis."
 ROWS_HELP = "Task rows for the analysis probes (80% fit, 20% held out)."
 TARGETS_HELP = "Probe targets in the analysis: key, a1, a2, intermediate, label, task_type."
+INSTRUMENTS_HELP = ("Analysis instruments, comma-separated (default: " + ", ".join(
+    name for name, i in INSTRUMENTS.items() if i.default) + "); all: " + ", ".join(INSTRUMENTS)
+    + ". See `probe instruments`.")
 REPORT_FORMAT_HELP = ("Also export every report figure into REPORT_figures/: png,svg,pdf,html "
                       "(PNG/SVG/PDF need Chromium).")
 
@@ -165,11 +172,12 @@ def study_cmd(
     pairs: int = typer.Option(256, help=PAIRS_HELP),
     probe_rows: int = typer.Option(8000, help=ROWS_HELP),
     probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
+    instruments: str = typer.Option("", help=INSTRUMENTS_HELP),
     format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP),
     **fields,
 ):
     """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
-    from initlens.analyses.study import run_study
+    from initlens.analyses.studies.study import run_study
 
     try:
         gamma_values = tuple(float(g) for g in gammas.split(",") if g.strip())
@@ -178,8 +186,9 @@ def study_cmd(
     given = {k: v for k, v in fields.items() if v is not None and k != "gamma"}
     base = build_config(config, task, given)
     info = run_study(base, gamma_values, out, overwrite=overwrite,
-                     analysis=_analysis(analysis, pairs, probe_rows, probe_targets),
-                     formats=_formats(format))
+                     analysis=_analysis(analysis, pairs, probe_rows, probe_targets, instruments),
+                     formats=_formats(format), analysis_progress=Bar(unit="ckpt"),
+                     log=typer.echo)
     _echo_report(info)
 
 
@@ -306,8 +315,8 @@ def sweep_cmd(
     **fields,
 ):
     """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
-    from initlens.analyses.phase_diagram import default_value
-    from initlens.analyses.sweep import load_sweep, make_sweep, run_sweep
+    from initlens.analyses.studies.phase import default_value
+    from initlens.analyses.studies.sweep import load_sweep, make_sweep, run_sweep
 
     given = {k: v for k, v in fields.items() if v is not None}
     spec = load_sweep(grid) if grid else None
@@ -317,8 +326,10 @@ def sweep_cmd(
     if not values:
         raise UserError("nothing to sweep: give --gammas, --layers, --seeds, --vary NAME=V1,V2 "
                         "or --grid FILE")
-    info = run_sweep(make_sweep(base, values), out, backend, strategy, address, cpus_per_task,
-                     gpus_per_task, overwrite, formats=_formats(format))
+    info = run_sweep(make_sweep(base, values), out, backend=backend, strategy=strategy,
+                     address=address, cpus_per_task=cpus_per_task,
+                     gpus_per_task=gpus_per_task, overwrite=overwrite,
+                     formats=_formats(format), log=typer.echo)
     table = info["table"]
     value = default_value(table)
     for row in table.itertuples():
@@ -352,10 +363,13 @@ def patch_cmd(
     max_memory_mb: float = typer.Option(256, help="Memory budget of one patched chunk."),
 ):
     """Activation patching of a checkpoint on task corruptions: table and heatmaps."""
-    from initlens.analyses.patching_run import patch_run
+    from initlens.analyses.commands.patch import PatchOptions, patch_command
 
-    info = patch_run(run, component, corruption, out, step, n, metric, direction, source,
-                     not all_positions, _formats(format), attribution, seed, max_memory_mb)
+    options = PatchOptions(component=component, corruption=corruption, step=step, n=n,
+                           metric=metric, direction=direction, source=source,
+                           per_position=not all_positions, attribution=attribution,
+                           formats=_formats(format), seed=seed, max_memory_mb=max_memory_mb)
+    info = patch_command(run, out, options, progress=Bar(unit="chunk"))
     typer.echo(f"{metric}: clean {info['clean']:.4f}, corrupted {info['corrupted']:.4f}")
     if "agreement" in info:
         typer.echo("attribution vs exact: " + ", ".join(
@@ -374,9 +388,10 @@ def geometry_cmd(
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
     """Embedding and weight geometry, attention entropy and CKA over training."""
-    from initlens.analyses.representations_run import geometry_run
+    from initlens.analyses.commands.representations import geometry_command
 
-    info = geometry_run(runs, out, _steps(step), n, cka, _formats(format))
+    info = geometry_command(runs, out, _steps(step), n, cka, _formats(format),
+                            progress=Bar(unit="ckpt"))
     table = info["table"]
     typer.echo(f"{len(table)} rows: {table.run.nunique()} run(s), {table.step.nunique()} "
                f"step(s), {table.metric.nunique()} metrics")
@@ -398,11 +413,11 @@ def linear_cmd(
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
     """Linear probes with control tasks at every layer and position, over training."""
-    from initlens.analyses.over_training import last_steps
-    from initlens.analyses.representations_run import linear_run
+    from initlens.analyses.commands.representations import linear_command
+    from initlens.analyses.studies.over_training import last_steps
 
-    info = linear_run(runs, out, _formats(target), _formats(component), _steps(step), n, c,
-                      _formats(format))
+    info = linear_command(runs, out, _formats(target), _formats(component), _steps(step), n, c,
+                          _formats(format), progress=Bar(unit="ckpt"))
     table = info["table"]
     last = last_steps(table)
     for (run, target), rows in last.groupby(["run", "target"]):
@@ -422,26 +437,28 @@ def report_cmd(target: Path = typer.Argument(..., help="A study or sweep folder,
                pairs: int = typer.Option(256, help=PAIRS_HELP),
                probe_rows: int = typer.Option(8000, help=ROWS_HELP),
                probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
+               instruments: str = typer.Option("", help=INSTRUMENTS_HELP),
                format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP)):
     """(Re)build the HTML report of a study or a run, or a sweep's table and phase diagram."""
-    from initlens.analyses.report import write_report
-    from initlens.analyses.run_analysis import analyze_runs
-    from initlens.analyses.study import report_study
-    from initlens.analyses.sweep import report_sweep
-    from initlens.models.run import Run
+    from initlens.analyses.commands.report import report_command
 
-    if (target / "sweep.json").exists():
-        _echo_written(report_sweep(target, _formats(format) or ("html",)))
-        return
-    cfg = _analysis(analysis, pairs, probe_rows, probe_targets)
-    if (target / "study.json").exists() and out is None:
-        info = report_study(target, cfg, _formats(format))
-    else:
-        run = Run.open(target)
-        tables, problems = analyze_runs([run], cfg) if cfg else ({}, {})
-        info = write_report([run], out or target / "report.html", f"InitLens run {run.name}",
-                            problems, tables, _formats(format))
-    _echo_report(info)
+    info = report_command(target, out, _analysis(analysis, pairs, probe_rows, probe_targets,
+                                                 instruments),
+                          _formats(format), progress=Bar(unit="ckpt"))
+    if "report" in info:
+        _echo_report(info)
+    else:  # a sweep: its table and figures
+        _echo_written(info)
+
+
+@app.command("instruments")
+def instruments_cmd():
+    """The analysis instruments: name, what each needs, its tables, what it measures."""
+    for name, instrument in INSTRUMENTS.items():
+        default = "" if instrument.default else " (opt-in: --instruments)"
+        typer.echo(f"{name}{default}: {instrument.description}\n"
+                   f"    needs {', '.join(sorted(instrument.needs))}; tables "
+                   f"{', '.join(instrument.tables)}")
 
 
 def _echo_report(info: dict) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from initlens.analyses.preference import curves
+from initlens.analyses.studies.preference import curves
 from initlens.models import RunConfig, train
 from initlens.models.build import resolve_device
 from initlens.models.ensemble import train_ensemble

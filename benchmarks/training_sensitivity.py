@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 import initlens.models.train  # noqa: F401  (the module, for its build_model)
-from initlens.analyses.preference import curves
+from initlens.analyses.studies.preference import curves
 from initlens.models import RunConfig, train
 
 parser = argparse.ArgumentParser()

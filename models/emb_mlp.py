@@ -1,5 +1,5 @@
-"""Emb-MLP (Yao, Zhang, Xu 2025; REFERENCE section 1): the sum of the token embeddings,
-one hidden layer, then the vocabulary. No attention, no positions.
+"""Emb-MLP (Yao, Zhang, Xu 2025; docs/SCIENCE.md section 1.3): the sum of the token
+embeddings, one hidden layer, then the vocabulary. No attention, no positions.
 
 Built from TransformerLens hook points with TransformerLens names, so geometry and linear
 probes read it like the transformers: `hook_embed` (each token's embedding),
@@ -21,7 +21,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 # act_fn -> function (the TransformerLens native model's, by name).
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+ACT_FNS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
                "gelu_new": lambda x: F.gelu(x, approximate="tanh")}
 
 
@@ -59,7 +59,7 @@ class EmbMLP(HookedRootModule):
         block = self.blocks[0]
         x = block.hook_resid_pre(self.hook_embed(self.embed(tokens)).sum(1, keepdim=True))
         pre = block.mlp.hook_pre(getattr(block.mlp, "in")(x))
-        hidden = block.mlp.hook_post(ACTIVATIONS[self.cfg.act_fn](pre))
+        hidden = block.mlp.hook_post(ACT_FNS[self.cfg.act_fn](pre))
         return self.unembed(block.hook_resid_post(hidden))
 
     def to(self, *args, print_details: bool = True, **kwargs) -> "EmbMLP":

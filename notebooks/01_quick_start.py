@@ -30,8 +30,8 @@ SMALL = True  # False: the full setting (the demo's defaults: 3000 steps, about 
 # %%
 from pathlib import Path
 
-from initlens.analyses.figures import group_curves, loss_gap_curves, steps_to_threshold
-from initlens.analyses.preference import preference_table
+from initlens.analyses.figures.curves import group_curves, loss_gap_curves, steps_to_threshold
+from initlens.analyses.studies.preference import preference_table
 from initlens.models import Run, RunConfig, train
 
 GAMMAS = (0.3, 0.8)  # large init, small init

@@ -18,9 +18,9 @@
 #
 # This notebook
 # 1. patches one checkpoint by hand (`make_pairs`, `activation_patch`, `patch_all`) and
-#    draws the heatmaps (`analyses.patch_figures`);
+#    draws the heatmaps (`analyses.figures.patching`);
 # 2. checks the cheap first-order estimate (`probes.attribution`) against exact patching;
-# 3. runs the localization study (`analyses.localization`) at a few telling checkpoints
+# 3. runs the localization study (`analyses.studies.localization`) at a few telling checkpoints
 #    of a large-init (gamma = 0.3) and a small-init (gamma = 0.8) run, on reasoning and on
 #    memorization prompts, ranks the components and compares task types and init scales.
 #
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.localization import (compare_tasks, localize_run, rank_components,
-                                   stage_steps, summary)
-from initlens.analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
-from initlens.analyses.patching_run import position_labels
+from initlens.analyses.studies.localization import (compare_tasks, localize_run, rank_components,
+                                                    stage_steps, summary)
+from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
+from initlens.analyses.figures.labels import position_labels
 from initlens.models import Run, RunConfig, train
 from initlens.probes.attribution import agreement, attribution_patch, guided_patch
 from initlens.probes.corruptions import make_pairs

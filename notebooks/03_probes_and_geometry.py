@@ -24,7 +24,7 @@
 # - **CKA** (`cka_over_training`): how similar the label-position representations are
 #   between layers, checkpoints and init scales;
 # - the token-embedding cosine matrix and PCA of the final checkpoints
-#   (`analyses.representation_figures`).
+#   (`analyses.figures.representations`).
 #
 # `SMALL = True` trains for 100 steps on a smaller task and probes 500 rows on two targets
 # (seconds); `SMALL = False` uses the demo's defaults and 20,000 rows (minutes on a 2-core
@@ -38,10 +38,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.over_training import (cka_over_training, geometry_over_training,
-                                    probes_over_training)
-from initlens.analyses.representation_figures import (cosine_heatmap, metric_over_steps,
-                                             pca_scatter, probe_heatmap)
+from initlens.analyses.studies.over_training import (cka_over_training, geometry_over_training,
+                                                     probes_over_training)
+from initlens.analyses.figures.representations import (cosine_heatmap, metric_over_steps,
+                                                       pca_scatter, probe_heatmap)
 from initlens.models import RunConfig, train
 
 GAMMAS = (0.3, 0.8)  # large init, small init

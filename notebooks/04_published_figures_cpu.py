@@ -40,11 +40,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.export import export_figure
-from initlens.analyses.figures import group_curves, loss_gap_curves, steps_to_threshold
-from initlens.analyses.preference import preference_table
-from initlens.analyses.representation_figures import cosine_heatmap, pca_scatter
-from initlens.analyses.study import run_dir, run_study
+from initlens.analyses.figures.export import export_figure
+from initlens.analyses.figures.curves import group_curves, loss_gap_curves, steps_to_threshold
+from initlens.analyses.studies.preference import preference_table
+from initlens.analyses.figures.representations import cosine_heatmap, pca_scatter
+from initlens.analyses.studies.study import run_dir, run_study
 from initlens.models import Run, RunConfig
 
 GAMMAS = (0.3, 0.8) if SMALL else (0.3, 0.5, 0.8)

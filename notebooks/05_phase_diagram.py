@@ -12,7 +12,7 @@
 # # A phase diagram: init scale x depth x seed in one sweep
 #
 # The published findings are phase diagrams: small init (large gamma) learns the
-# reasoning solution, large init memorizes (REFERENCE section 1). `run_sweep` trains a grid
+# reasoning solution, large init memorizes (docs/SCIENCE.md section 2.4). `run_sweep` trains a grid
 # of runs (here gamma x depth x seed on the mixture task), the runs that share an
 # architecture as one ensemble, and gathers one tidy table and the phase diagram. The same
 # sweep runs from the shell as
@@ -32,9 +32,10 @@ SMALL = True  # False: the demo's setting, 12 runs (3 minutes on 2 CPU cores)
 # %%
 from pathlib import Path
 
-from initlens.analyses.export import export_figure
-from initlens.analyses.phase_diagram import phase_diagram, phase_grid
-from initlens.analyses.sweep import make_sweep, run_sweep
+from initlens.analyses.figures.export import export_figure
+from initlens.analyses.figures.phase_diagram import phase_diagram
+from initlens.analyses.studies.phase import phase_grid
+from initlens.analyses.studies.sweep import make_sweep, run_sweep
 from initlens.models import RunConfig
 
 OUT = Path("notebook_out") / ("05_phase_diagram_small" if SMALL else "05_phase_diagram")

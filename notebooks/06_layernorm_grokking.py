@@ -12,7 +12,7 @@
 # # Where LayerNorm sits decides when modular addition groks
 #
 # On (a + b) mod p a transformer first memorizes the training pairs, then (maybe much
-# later) generalizes to the test pairs: grokking. Singh, Misra and Orvieto (REFERENCE
+# later) generalizes to the test pairs: grokking. Singh, Misra and Orvieto (docs/SCIENCE.md
 # section 3) report that where LayerNorm sits moves that second step: LayerNorm before the
 # MLP only groks fastest, then both (pre-LN), then attention-only, then none; LayerNorm on
 # queries and keys only fails to grok and lowers attention entropy. This notebook runs the
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.export import export_figure
-from initlens.analyses.figures import steps_to_threshold, sweep_curves
-from initlens.analyses.over_training import geometry_over_training
-from initlens.analyses.representation_figures import metric_over_steps
-from initlens.analyses.sweep import GRIDS, Sweep, load_sweep, run_sweep
+from initlens.analyses.figures.export import export_figure
+from initlens.analyses.figures.curves import steps_to_threshold, sweep_curves
+from initlens.analyses.studies.over_training import geometry_over_training
+from initlens.analyses.figures.representations import metric_over_steps
+from initlens.analyses.studies.sweep import GRIDS, Sweep, load_sweep, run_sweep
 from initlens.models import Run
 
 OUT = Path("notebook_out") / ("06_layernorm_grokking_small" if SMALL else

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Rule extrapolation across init scales
 #
-# Four formal languages, each the strings that obey two rules (REFERENCE section 4):
+# Four formal languages, each the strings that obey two rules (docs/SCIENCE.md section 4):
 # a^n b^n, a^n b^n c^n, Dyck brackets and a regular language. Models learn next-token
 # prediction on valid strings; then prompts that break rule 1 are completed greedily, and
 # the rule-extrapolation score is the fraction of completions that still obey rule 2,
@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.export import export_figure
-from initlens.analyses.phase_diagram import phase_diagram, phase_grid
-from initlens.analyses.representation_figures import metric_over_steps
-from initlens.analyses.sweep import GRIDS, Sweep, load_sweep, run_sweep
+from initlens.analyses.figures.export import export_figure
+from initlens.analyses.figures.phase_diagram import phase_diagram
+from initlens.analyses.studies.phase import phase_grid
+from initlens.analyses.figures.representations import metric_over_steps
+from initlens.analyses.studies.sweep import GRIDS, Sweep, load_sweep, run_sweep
 from initlens.models import Run
 
 OUT = Path("notebook_out") / ("07_rule_extrapolation_small" if SMALL else

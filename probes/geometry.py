@@ -1,4 +1,5 @@
-"""Representation geometry: the read-outs of the small-init mechanism (REFERENCE 1, 2, 5, 6).
+"""Representation geometry: the read-outs of the small-init mechanism (docs/SCIENCE.md
+sections 1.5, 2.5, 5 and 6).
 
 At small init the embeddings of tokens that take part in a rule differentiate early and in
 order while memorization tokens stay alike; first-layer attention starts as a uniform
@@ -20,7 +21,7 @@ from jaxtyping import Float, Int
 from initlens.models.errors import UserError
 from initlens.models.forward import BLOCK_HOOKS, Weights, hook_name, run_with_cache
 
-COLUMNS = ("metric", "hook", "layer", "head", "group", "position", "value")
+GEOMETRY_COLUMNS = ("metric", "hook", "layer", "head", "group", "position", "value")
 # Hooks whose activation is [batch, seq, ...] (pattern is [batch, head, dest, src]).
 POSITION_HOOKS = tuple(c for c in BLOCK_HOOKS if c != "pattern")
 CONDENSED = ("attn.q", "attn.k", "attn.v", "mlp.in")  # weights whose rows condensation reads
@@ -127,7 +128,7 @@ def linear_cka(X: Float[torch.Tensor, "n d1"], Y: Float[torch.Tensor, "n d2"],
 
 
 def condensation(W: Float[torch.Tensor, "n_vectors d"], threshold: float = 0.7) -> dict:
-    """How many directions the rows of W collapse onto (REFERENCE 2: W_Q neurons at 0.7).
+    """How many directions the rows of W collapse onto (docs/SCIENCE.md section 2.5: W_Q at 0.7).
 
     Greedy rule: the ungrouped row with the most ungrouped neighbours (|cosine| > threshold;
     ties: lowest index) opens a group with those neighbours; repeat until all are grouped.
@@ -178,7 +179,7 @@ def information_flow(pattern: Float[torch.Tensor, "batch head dest src"], dest: 
 def relative_weight_change(params_t: Mapping[str, torch.Tensor],
                            params_0: Mapping[str, torch.Tensor]) -> dict[str, float]:
     """||W_t - W_0|| / ||W_0|| (Frobenius) per parameter: the rich-vs-lazy read-out
-    (REFERENCE 5). NaN where W_0 is zero (biases start at 0)."""
+    (docs/SCIENCE.md section 5). NaN where W_0 is zero (biases start at 0)."""
     if set(params_t) != set(params_0):
         diff = sorted(set(params_t) ^ set(params_0))
         raise UserError(f"relative_weight_change: parameter names differ "
@@ -277,7 +278,7 @@ def mean_activations(model, tokens_batch: Int[torch.Tensor, "batch seq"], hook: 
 
 
 def _rows(**fields) -> dict:
-    return {c: fields.get(c) for c in COLUMNS}
+    return {c: fields.get(c) for c in GEOMETRY_COLUMNS}
 
 
 def _tokens(rows) -> torch.Tensor:
@@ -289,7 +290,7 @@ def _tokens(rows) -> torch.Tensor:
     return tokens
 
 
-def _order_correlation(E: torch.Tensor, values: Sequence[int]) -> float:
+def _order_correlation(E: torch.Tensor, values: Sequence[float]) -> float:
     """Pearson correlation, over distinct pairs, of cosine with |value difference|:
     negative when cosine falls off with numeric distance (a banded, ordered matrix)."""
     v = torch.tensor(values, dtype=torch.float64)
@@ -383,7 +384,7 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=list(COLUMNS)).astype(
+    return pd.DataFrame(rows, columns=list(GEOMETRY_COLUMNS)).astype(
         {"layer": "Int64", "head": "Int64", "position": "Int64", "value": float})
 
 

@@ -31,7 +31,7 @@ from initlens.models.forward import Weights, hook_name, run_with_cache
 
 TARGETS = ("key", "a1", "a2", "intermediate", "label", "task_type", "memorized")
 # Block hooks with one d_model vector per position (attention-only models: no MLP hooks).
-COMPONENTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+PROBE_COMPONENTS = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
 # sklearn's default max_iter=100 stops 3-9 accuracy points short of the optimum on our
 # activations (BENCHMARKS.md); every fit here runs to its gradient tolerance instead.
 MAX_ITER = 2000
@@ -314,7 +314,7 @@ def holdout_mask(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarra
 
 def _components(model, components) -> list[str]:
     w = Weights.of(model)
-    valid = [c for c in COMPONENTS if w.has(c)]
+    valid = [c for c in PROBE_COMPONENTS if w.has(c)]
     bad = [c for c in components if c not in valid]
     if bad:
         kind = " (attention-only model)" if w.attn_only else \

@@ -97,7 +97,7 @@ def kernel(tmp_path_factory):
 
 def _environment_check() -> str:
     """First cell: the kernel is this venv's python and imports this checkout's packages."""
-    return (f"import sys, models, probes, analyses\n"
+    return (f"import sys\nfrom initlens import analyses, models, probes\n"
             f"assert sys.prefix == {sys.prefix!r}, sys.prefix\n"
             f"for _m in (models, probes, analyses):\n"
             f"    assert _m.__file__.startswith({str(ROOT) + os.sep!r}), _m.__file__\n")
@@ -199,6 +199,7 @@ CHECKS = {"01_quick_start": check_quick_start, "02_localizing_with_patching": ch
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.integration
 def test_notebook_runs(name, kernel, tmp_path, monkeypatch):
     # One torch thread in the kernel: these models are tiny, and on a busy 2-core machine
     # two spinning OpenMP threads per process slow training down many times over.

@@ -6,21 +6,19 @@ figures (HTML always; PNG/SVG/PDF when Chromium is there).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 import plotly.graph_objects as go
 
-from initlens.analyses.export import export_figure
-from initlens.analyses.over_training import (best_selectivity, cka_over_training,
-                                    geometry_over_training, open_runs, probes_over_training,
-                                    select_steps)
-from initlens.analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
-                                             probe_heatmap)
-from initlens.models.checkpoint import atomic_write
+from initlens.analyses.figures.export import export_figures, export_table
+from initlens.analyses.figures.representations import (cosine_heatmap, metric_over_steps,
+                                                       pca_scatter, probe_heatmap)
+from initlens.analyses.studies.over_training import (best_selectivity, cka_over_training,
+                                                     geometry_over_training, open_runs,
+                                                     probes_over_training, select_steps)
 from initlens.models.errors import UserError
+from initlens.models.progress import Progress
 
 # (file stem, filter) of the geometry lines drawn over training, when the table has them.
 GEOMETRY_LINES = (
@@ -36,36 +34,19 @@ GEOMETRY_LINES = (
 )
 
 
-def write_table(table: pd.DataFrame, out: Path, stem: str) -> list[Path]:
-    """The table as CSV and parquet, each written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / f"{stem}.csv", table.to_csv(index=False))
-    atomic_write(out / f"{stem}.parquet", table.to_parquet(index=False))
-    return [out / f"{stem}.csv", out / f"{stem}.parquet"]
-
-
-def write_figures(figures: dict[str, go.Figure], out: Path, formats: Sequence[str]
-                  ) -> tuple[list[Path], list[str]]:
-    """Export each figure; returns the files and any notes (e.g. no browser for PNG)."""
-    files: list[Path] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for name, fig in figures.items():
-            files += export_figure(fig, out / name, formats, strict=False)
-    return files, sorted({str(w.message) for w in caught})
-
-
-def geometry_run(runs: Sequence[str | Path], out: str | Path, steps="all", n: int = 512,
-                 cka: bool = True, formats: Sequence[str] = ("html",)) -> dict[str, object]:
+def geometry_command(runs: Sequence[str | Path], out: str | Path, steps="all", n: int = 512,
+                     cka: bool = True, formats: Sequence[str] = ("html",),
+                     progress: Progress | None = None) -> dict[str, object]:
     """Geometry over training (and CKA between layers, steps and runs) for `runs`: tables
     geometry.csv/.parquet and cka.csv/.parquet, cosine and PCA figures of each run's last
     selected checkpoint, and metric-over-steps lines (one per gamma)."""
     runs = open_runs(runs)
     out = Path(out)
-    table = geometry_over_training(runs, steps, n)
-    files = write_table(table, out, "geometry")
+    table = geometry_over_training(runs, steps, n, progress=progress)
+    files = export_table(table, out, "geometry")
     if cka:
-        files += write_table(cka_over_training(runs, steps, n=n), out, "cka")
+        files += export_table(cka_over_training(runs, steps, n=n, progress=progress), out,
+                              "cka")
     figures: dict[str, go.Figure] = {}
     for run in runs:
         step = select_steps(run, steps)[-1]
@@ -80,21 +61,21 @@ def geometry_run(runs: Sequence[str | Path], out: str | Path, steps="all", n: in
             figures[f"over_steps_{name}"] = metric_over_steps(table, **where)
         except UserError:  # not measured for this task (composite has no memory anchors)
             pass
-    more, notes = write_figures(figures, out, formats)
+    more, notes = export_figures(figures, out, formats)
     return {"table": table, "files": [str(f) for f in files + more], "warnings": notes}
 
 
-def linear_run(runs: Sequence[str | Path], out: str | Path, targets=("key",),
-               components=("resid_pre", "resid_mid", "resid_post"), steps="all",
-               n: int = 20000, C: float = 1.0, formats: Sequence[str] = ("html",)
-               ) -> dict[str, object]:
+def linear_command(runs: Sequence[str | Path], out: str | Path, targets=("key",),
+                   components=("resid_pre", "resid_mid", "resid_post"), steps="all",
+                   n: int = 20000, C: float = 1.0, formats: Sequence[str] = ("html",),
+                   progress: Progress | None = None) -> dict[str, object]:
     """Probes over training for `runs`: probes.csv/.parquet, accuracy and selectivity
     heatmaps (layer x position) at each run's last selected step per target and component,
     and selectivity over steps (best layer and position, one line per gamma) per target."""
     runs = open_runs(runs)
     out = Path(out)
-    table = probes_over_training(runs, targets, components, steps, n, C=C)
-    files = write_table(table, out, "probes")
+    table = probes_over_training(runs, targets, components, steps, n, C=C, progress=progress)
+    files = export_table(table, out, "probes")
     figures: dict[str, go.Figure] = {}
     for run in runs:
         step = select_steps(run, steps)[-1]
@@ -107,5 +88,5 @@ def linear_run(runs: Sequence[str | Path], out: str | Path, targets=("key",),
         figures[f"over_steps_selectivity_{target}"] = metric_over_steps(
             best, "selectivity", title=f"Best probe selectivity for {target} over training "
             "(max over components, layers and positions)", target=target)
-    more, notes = write_figures(figures, out, formats)
+    more, notes = export_figures(figures, out, formats)
     return {"table": table, "files": [str(f) for f in files + more], "warnings": notes}

@@ -1,4 +1,4 @@
-"""Plotly figures of runs. Each function returns a figure; `export` writes them."""
+"""Plotly figures of runs' learning curves. Each function returns a figure; `export` writes them."""
 
 from __future__ import annotations
 
@@ -6,21 +6,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from initlens.analyses.preference import curves, relative_loss_gap
+from initlens.analyses.figures.colors import GAMMA_COLORS, GROUP_COLORS
+from initlens.analyses.figures.labels import value_text
+from initlens.analyses.studies.preference import curves, relative_loss_gap
 from initlens.models.run import Run
 
-GROUP_COLORS = {"reasoning": "#1f77b4", "reasoning_test": "#17becf", "memory": "#d62728",
-                "seen": "#1f77b4", "seen_test": "#17becf", "twist": "#d62728",
-                "held_out": "#9467bd", "train": "#7f7f7f"}
-GAMMA_COLORS = ["#d62728", "#ff7f0e", "#2ca02c", "#1f77b4", "#9467bd", "#8c564b"]
-
-
-def value_text(value) -> str:
-    """A config value as text: 0.3, 21-60 (a pair), 11-13+13-11 (pairs)."""
-    if isinstance(value, tuple):
-        nested = bool(value) and isinstance(value[0], tuple)
-        return ("+" if nested else "-").join(value_text(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _label(run: Run) -> str:

@@ -1,4 +1,8 @@
-"""Write plotly figures to disk: self-contained HTML always, PNG/SVG/PDF via kaleido.
+"""The one place figures and tables are written to disk.
+
+`export_figure` / `export_figures`: plotly figures as self-contained HTML always, PNG/SVG/PDF
+via kaleido. `export_table`: tidy tables as CSV (and parquet). `export_html`: a page (the
+report).
 
 HTML needs nothing but plotly (plotly.js is inlined, no external script). PNG, SVG and PDF
 need kaleido >= 1, which renders in a headless Chromium/Chrome it finds on this machine; it
@@ -22,10 +26,11 @@ import asyncio
 import os
 import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pandas as pd
 import plotly.graph_objects as go
 
 from initlens.models.checkpoint import atomic_write
@@ -162,3 +167,36 @@ def export_figure(fig: go.Figure, path_without_suffix: str | Path,
         atomic_write(path, images[fmt])
         written.append(path)
     return written
+
+
+def export_figures(figures: Mapping[str, go.Figure], folder: str | Path,
+                   formats: str | Iterable[str] = ("html",)) -> tuple[list[Path], list[str]]:
+    """Export each figure as FOLDER/NAME.*; returns the files and any notes (e.g. no
+    browser for PNG: HTML only)."""
+    files: list[Path] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for name, fig in figures.items():
+            files += export_figure(fig, Path(folder) / name, formats, strict=False)
+    return files, sorted({str(w.message) for w in caught})
+
+
+def export_table(table: pd.DataFrame, folder: str | Path, stem: str,
+                 formats: Sequence[str] = ("csv", "parquet")) -> list[Path]:
+    """The table as FOLDER/STEM.csv (and .parquet), each written atomically."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {"csv": lambda: table.to_csv(index=False),
+               "parquet": lambda: table.to_parquet(index=False)}
+    files = []
+    for fmt in formats:
+        atomic_write(folder / f"{stem}.{fmt}", written[fmt]())
+        files.append(folder / f"{stem}.{fmt}")
+    return files
+
+
+def export_html(page: str, path: str | Path) -> Path:
+    """A whole HTML page (e.g. the report), written atomically."""
+    path = Path(path)
+    atomic_write(path, page)
+    return path

@@ -20,15 +20,15 @@ import plotly.graph_objects as go
 
 from initlens.models.errors import UserError
 
-COLUMNS = ("run", "step", "component", "layer", "position", "head", "value")
+PATCH_TABLE_COLUMNS = ("run", "step", "component", "layer", "position", "head", "value")
 
 
 def _component_rows(table: pd.DataFrame, component: str) -> pd.DataFrame:
     """The table's rows for `component`, after checking columns, name and (run, step)."""
-    missing = [c for c in COLUMNS if c not in table.columns]
+    missing = [c for c in PATCH_TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise UserError(f"patching table lacks column(s) {', '.join(missing)}; "
-                        f"it needs {', '.join(COLUMNS)}")
+                        f"it needs {', '.join(PATCH_TABLE_COLUMNS)}")
     components = sorted(map(str, table["component"].unique()))
     if component not in components:
         raise UserError(f"component {component!r} is not in the table; choose one of: "

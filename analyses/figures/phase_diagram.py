@@ -1,51 +1,25 @@
-"""The phase diagram of a sweep: init scale (gamma) x depth, coloured by the preference.
+"""The phase-diagram figure of a sweep: init scale (gamma) x depth, coloured by the preference.
 
 Mixture runs are coloured by the signed area between the reasoning and memory accuracy
 curves (> 0: reasoning learned first), composite runs by the inferential fraction on the
-held-out (4,3) pair (REFERENCE section 1), formal-language runs by the rule-extrapolation
+held-out (4,3) pair (docs/SCIENCE.md section 2.2), formal-language runs by the rule-extrapolation
 score at their best validation step (section 4). One panel per seed, then their mean. The rows
 are the depths, or another swept option when depth is fixed (e.g. weight decay).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from initlens.analyses.studies.phase import default_value, phase_grid
 
 VALUES = {"signed_area": ("reasoning - memory accuracy area", -1.0, 1.0, "RdBu"),
           "inferential_fraction": ("inferential fraction on (4,3)", 0.0, 1.0, "Viridis"),
           "final_acc_reasoning_test": ("held-out reasoning accuracy", 0.0, 1.0, "Viridis"),
           "rule_extrapolation_at_best": ("rule extrapolation (best validation step)", 0.0,
                                          1.0, "Viridis")}
-HEADLINES = ("inferential_fraction", "rule_extrapolation_at_best")  # tasks' own read-outs
-
-
-def default_value(table: pd.DataFrame) -> str:
-    """The task's headline read-out when the table has one (composite: inferential_fraction;
-    formal languages: rule_extrapolation_at_best), else signed_area."""
-    return next((c for c in HEADLINES if c in table and table[c].notna().any()), "signed_area")
-
-
-def rows_axis(table: pd.DataFrame, swept: Sequence[str] = ()) -> str:
-    """The diagram's rows: n_layers when it varies, else the first other swept field that
-    does, else n_layers."""
-    for name in ["n_layers", *swept]:
-        if name not in ("gamma", "seed") and name in table and table[name].nunique() > 1:
-            return name
-    return "n_layers"
-
-
-def phase_grid(table: pd.DataFrame, value: str, seed=None, rows: str = "n_layers"
-               ) -> pd.DataFrame:
-    """`rows` (default n_layers) x gamma (columns) of `value` for one seed (None: mean over
-    seeds), averaged over any other swept option; unfinished runs count as missing."""
-    sub = table if seed is None else table[table.seed == seed]
-    values = pd.to_numeric(sub[value], errors="coerce") if value in sub else float("nan")
-    return (sub.assign(v=values).groupby([rows, "gamma"]).v.mean()
-            .unstack("gamma").sort_index().sort_index(axis=1))
 
 
 def phase_diagram(table: pd.DataFrame, value: str | None = None, rows: str = "n_layers"

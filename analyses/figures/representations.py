@@ -4,6 +4,8 @@
   ordered by value and grouped by role (keys, memory anchors, reasoning anchors).
 - `metric_over_steps`: any metric of a tidy over-training table, one line per run (gamma).
 - `probe_heatmap`: probe accuracy, control accuracy or selectivity by layer x position.
+- `probes_by_layer`, `facet_over_steps`, `weight_change_bars`: the report's figures of the
+  per-run analysis tables (probes, geometry), one line or bar per init scale.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from initlens.analyses.figures import GAMMA_COLORS
+from initlens.analyses.figures.colors import (GAMMA_COLORS, ROLE_COLORS, gamma_color,
+                                              gammas_of)
+from initlens.analyses.studies.over_training import last_steps
 from initlens.models.errors import UserError
 from initlens.probes.geometry import cosine_matrix, pca, token_embeddings, token_roles
-
-ROLE_COLORS = {"key": "#7f7f7f", "memory_anchor": "#d62728", "reasoning_anchor": "#1f77b4",
-               "anchor": "#1f77b4"}
-
 
 def _role_tokens(task) -> tuple[list[int], list[str]]:
     """Anchor roles first (they are few and the point of the figure), then the keys."""
@@ -149,4 +150,86 @@ def probe_heatmap(table: pd.DataFrame, value: str = "selectivity", component: st
                       margin=dict(t=50, b=50, l=60, r=20))
     if not np.isfinite(z).any():
         raise UserError(f"probe table has no finite {value} values for {label}")
+    return fig
+
+
+def probes_by_layer(probes: pd.DataFrame, target: str = "label") -> go.Figure:
+    """Held-out probe accuracy (solid) and control-task accuracy (dotted) of `target` at
+    the label position, hook by hook in forward order, at each run's last step."""
+    rows = last_steps(probes[probes.target == target])
+    rows = rows[rows.position == rows.position.max()]
+    order = rows.sort_values(["layer", "component"], key=lambda c: c.map(
+        {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4})
+        if c.name == "component" else c).hook.drop_duplicates().tolist()
+    gammas = gammas_of(rows)
+    fig = go.Figure()
+    for gamma in gammas:
+        part = rows[rows.gamma == gamma].set_index("hook").loc[order]
+        for value, dash in (("accuracy", "solid"), ("control_accuracy", "dot")):
+            fig.add_trace(go.Scatter(
+                x=order, y=part[value], mode="lines+markers", name=f"gamma {gamma:g}: "
+                + value.replace("_", " "), line=dict(color=gamma_color(gammas, gamma), dash=dash),
+                hovertemplate="%{x}<br>" + value + " %{y:.3f}<extra></extra>"))
+    fig.update_layout(height=400, yaxis=dict(title_text="held-out accuracy", range=[0, 1.02]),
+                      xaxis=dict(title_text="hook (label position)", tickangle=-30),
+                      margin=dict(t=30, b=110, l=60, r=20))
+    return fig
+
+
+def facet_over_steps(table: pd.DataFrame, facet: str, title: str, **where) -> go.Figure:
+    """A tidy metric over steps, one panel per value of `facet` (e.g. source position),
+    one line per init scale; rows are filtered by `where` and averaged per step."""
+    rows = table
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    facets = sorted(rows[facet].dropna().unique())
+    gammas = gammas_of(rows)
+    fig = make_subplots(rows=1, cols=max(1, len(facets)), shared_yaxes=True,
+                        subplot_titles=[f"{facet} {f}" for f in facets])
+    for j, f in enumerate(facets, start=1):
+        for gamma in gammas:
+            line = rows[(rows[facet] == f) & (rows.gamma == gamma)].groupby("step").value.mean()
+            fig.add_trace(go.Scatter(x=line.index, y=line.to_numpy(), mode="lines+markers",
+                                     name=f"gamma = {gamma:g}", legendgroup=str(gamma),
+                                     showlegend=j == 1,
+                                     line=dict(color=gamma_color(gammas, gamma))), row=1, col=j)
+        fig.update_xaxes(title_text="step", type="log", row=1, col=j)
+    fig.update_layout(title=dict(text=title), height=360, margin=dict(t=70, b=40, l=60, r=20))
+    return fig
+
+
+def weight_change_bars(geometry: pd.DataFrame) -> go.Figure:
+    """Relative weight change ||W_T - W_0|| / ||W_0|| of each weight matrix at each run's
+    last step, one bar per init scale."""
+    rows = last_steps(geometry[geometry.metric == "relative_weight_change"])
+    gammas = gammas_of(rows)
+    fig = go.Figure()
+    for gamma in gammas:
+        part = rows[rows.gamma == gamma]
+        fig.add_trace(go.Bar(x=part.hook, y=part.value, name=f"gamma = {gamma:g}",
+                             marker_color=gamma_color(gammas, gamma),
+                             hovertemplate="%{x}<br>relative change %{y:.3f}<extra></extra>"))
+    fig.update_layout(barmode="group", height=420, yaxis=dict(title_text="relative change",
+                                                              type="log"),
+                      xaxis=dict(tickangle=-40), margin=dict(t=30, b=140, l=60, r=20))
+    return fig
+
+
+def cka_to_final(cka: pd.DataFrame) -> go.Figure:
+    """Linear CKA of each layer's label-position representation with the same layer at the
+    run's last step, over training: one line per init scale and layer."""
+    rows = cka[(cka.run_a == cka.run_b) & (cka.layer_a == cka.layer_b)]
+    rows = rows[rows.step_b == rows.groupby("run_b").step_b.transform("max")]
+    gammas = sorted(rows.gamma_a.unique())
+    dashes = ["solid", "dot", "dash", "dashdot"]
+    fig = go.Figure()
+    for (run, gamma, layer), line in rows.groupby(["run_a", "gamma_a", "layer_a"]):
+        line = line.sort_values("step_a")
+        fig.add_trace(go.Scatter(
+            x=line.step_a, y=line.cka, mode="lines+markers",
+            name=f"gamma = {gamma:g}, layer {layer}",
+            line=dict(color=gamma_color(gammas, gamma), dash=dashes[int(layer) % len(dashes)]),
+            hovertemplate=f"{run}<br>step %{{x}}<br>CKA %{{y:.3f}}<extra></extra>"))
+    fig.update_layout(height=380, xaxis_title="step", yaxis=dict(title_text="CKA with the "
+                      "last step", range=[0, 1.02]), margin=dict(t=30, b=40, l=60, r=20))
     return fig

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from initlens.analyses.over_training import last_steps as _final  # the last analysed step
-from initlens.analyses.patching_run import position_labels
-from initlens.analyses.preference import curves, first_step_reaching
+from initlens.analyses.figures.labels import component_label, position_labels
+from initlens.analyses.studies.over_training import last_steps
+from initlens.analyses.studies.preference import curves, first_step_reaching
+from initlens.models.progress import Progress, tracked
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement, attribution_patch
 from initlens.probes.corruptions import make_pairs
@@ -27,7 +28,7 @@ from initlens.probes.patching import MLP_COMPONENTS, activation_patch, logit_dif
 # (per position), and each head's output. The residual stream itself is patched and drawn
 # (it shows where the information sits) but not ranked: restoring it restores everything.
 RANKED = ("attn_out", "mlp_out", "z")
-COMPONENTS = ("resid_pre",) + RANKED
+LOCALIZED = ("resid_pre",) + RANKED
 # Below this clean-corrupted gap (in logits) the normalized score is noise over noise.
 MIN_GAP = 0.1
 
@@ -72,7 +73,7 @@ def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:
     return {s: ", ".join(stages[s]) for s in sorted(stages)}
 
 
-def localize(model, task, experiment: Experiment, components: Sequence[str] = COMPONENTS,
+def localize(model, task, experiment: Experiment, components: Sequence[str] = LOCALIZED,
              n: int = 256, seed: int = 0, data_seed: int = 0, top_k: int = 5,
              **labels) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exact and attribution patching of `components` for one experiment (denoising, logit
@@ -111,8 +112,8 @@ def localize(model, task, experiment: Experiment, components: Sequence[str] = CO
 
 
 def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
-                 components: Sequence[str] = COMPONENTS, n: int = 256, seed: int = 0
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 components: Sequence[str] = LOCALIZED, n: int = 256, seed: int = 0,
+                 progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`localize` for every experiment of the run's task at each step (default: the
     `stage_steps`; a list of steps gets their stage names where they have one), with run,
     gamma, step and stage columns."""
@@ -123,7 +124,7 @@ def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
         steps = {run.resolve_step(s): stages.get(run.resolve_step(s), f"step {s}")
                  for s in steps}
     tables, agreements = [], []
-    for step, stage in steps.items():
+    for step, stage in tracked(steps.items(), progress, len(steps), "localizing"):
         model = run.load_model(step)
         for experiment in experiments(run.config.task):
             t, a = localize(model, run.config.task, experiment, components, n, seed,
@@ -136,18 +137,11 @@ def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
     return pd.concat(tables, ignore_index=True), pd.concat(agreements, ignore_index=True)
 
 
-def component_label(row) -> str:
-    """'head L1 H0 @a2' style name of one patch."""
-    name = {"z": "head"}.get(row.component, row.component)
-    head = f" H{int(row.head)}" if row.head >= 0 else ""
-    return f"{name} L{int(row.layer)}{head} @{row.token}"
-
-
 def rank_components(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     """The `top` component patches by |normalized effect| per run (gamma) and experiment,
     at each run's last analysed step, among attention/MLP outputs and heads (not the
     residual stream)."""
-    rows = _final(table)
+    rows = last_steps(table)
     rows = rows[rows.component.isin(RANKED) & rows.normalized.notna()]
     rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()],
                        effect=rows.normalized.abs())
@@ -163,7 +157,7 @@ def rank_components(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
 def compare_tasks(table: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     """Per run (gamma) and ranked patch at the last step: normalized effect on `first` and
     on `second` prompts and their difference, largest |difference| first."""
-    rows = _final(table)
+    rows = last_steps(table)
     rows = rows[rows.component.isin(RANKED) & rows.experiment.isin([first, second])]
     rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()])
     wide = rows.pivot_table(index=["gamma", "run", "patch"], columns="experiment",
@@ -185,7 +179,7 @@ def summary(table: pd.DataFrame, first: str, second: str) -> list[str]:
         return ["No patching results: this task has no clean/corrupted pairs."]
     ranked = rank_components(table, top=1)
     diffs = compare_tasks(table, first, second)
-    finals = _final(table)
+    finals = last_steps(table)
     finals = finals.assign(patch=[component_label(r) for r in finals.itertuples()])
     runs = finals[["gamma", "run"]].drop_duplicates().sort_values(["gamma", "run"])
     many = runs.gamma.duplicated().any()  # several runs per gamma: name them

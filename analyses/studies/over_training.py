@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from initlens.models.errors import UserError
 from initlens.models.run import Run
 from initlens.models.tasks.base import dataset_arrays
-from initlens.models.train import show_progress
 from initlens.models.forward import Weights, hook_name, run_with_cache
+from initlens.models.progress import Progress, tracked
 from initlens.probes.geometry import geometry_metrics, linear_cka, weight_change_table
 
 Measure = Callable[[object, Run, int], "pd.DataFrame | dict"]
@@ -32,7 +32,7 @@ def open_runs(runs: Sequence[str | Path | Run]) -> list[Run]:
     return [r if isinstance(r, Run) else Run.open(r) for r in runs]
 
 
-def select_steps(run: Run, steps: str | int | Sequence[int] | None) -> list[int]:
+def select_steps(run: Run, steps: str | int | Sequence[int | str] | None) -> list[int]:
     """'all' (or None): every checkpoint; 'last'/an int/a list: those (checked to exist)."""
     if steps is None or steps == "all":
         return run.checkpoint_steps()
@@ -42,13 +42,15 @@ def select_steps(run: Run, steps: str | int | Sequence[int] | None) -> list[int]
 
 
 def over_training(runs: Sequence[str | Path | Run], measure: Measure,
-                  steps: str | int | Sequence[int] | None = "all",
-                  device: str | None = None) -> pd.DataFrame:
+                  steps: str | int | Sequence[int | str] | None = "all",
+                  device: str | None = None, progress: Progress | None = None
+                  ) -> pd.DataFrame:
     """measure(model, run, step) at each selected checkpoint of each run, stacked into
-    one table with run, gamma and step first (a dict result becomes metric/value rows)."""
+    one table with run, gamma and step first (a dict result becomes metric/value rows);
+    `progress` hears of each checkpoint done."""
     frames = []
     todo = [(run, step) for run in open_runs(runs) for step in select_steps(run, steps)]
-    for run, step in tqdm(todo, desc="checkpoints", unit="ckpt", disable=not show_progress()):
+    for run, step in tracked(todo, progress, len(todo), "checkpoints"):
         result = measure(run.load_model(step, device), run, step)
         if isinstance(result, dict):
             result = pd.DataFrame({"metric": list(result), "value": list(result.values())})
@@ -78,7 +80,7 @@ def eval_rows(run: Run, n: int = 512, seed: int = 0) -> dict:
 
 
 def geometry_over_training(runs: Sequence[str | Path | Run], steps="all", n: int = 512,
-                           seed: int = 0) -> pd.DataFrame:
+                           seed: int = 0, progress: Progress | None = None) -> pd.DataFrame:
     """`geometry_metrics` at each checkpoint (on n fixed task rows; with the compressibility
     of the label-position features entering the unembedding: the last block's resid_post),
     plus each weight matrix's relative change from its init (relative_weight_change)."""
@@ -97,10 +99,10 @@ def geometry_over_training(runs: Sequence[str | Path | Run], steps="all", n: int
                                "layer": change.layer, "value": change.relative_change})
         return pd.concat([table, change], ignore_index=True)
 
-    return over_training(runs, measure, steps)
+    return over_training(runs, measure, steps, progress=progress)
 
 
-def label_activations(model, tokens: torch.Tensor, component: str = "resid_post"
+def label_activations(model, tokens: torch.Tensor | np.ndarray, component: str = "resid_post"
                       ) -> dict[int, torch.Tensor]:
     """{layer: [batch, d]} activations of `component` at the label (last) position."""
     w = Weights.of(model)
@@ -113,7 +115,8 @@ def label_activations(model, tokens: torch.Tensor, component: str = "resid_post"
 
 def cka_over_training(runs: Sequence[str | Path | Run], steps="all",
                       component: str = "resid_post", n: int = 512, seed: int = 0,
-                      debiased: bool = True) -> pd.DataFrame:
+                      debiased: bool = True, progress: Progress | None = None
+                      ) -> pd.DataFrame:
     """Linear CKA between every pair of (run, step, layer) representations of the label
     position, on the same n task rows (taken from the first run's task, so runs must share
     a task to be compared): between layers, between checkpoints, and across init scales."""
@@ -124,12 +127,12 @@ def cka_over_training(runs: Sequence[str | Path | Run], steps="all",
         if run.config.task.seq_len != seq:
             raise UserError(f"run {run.name} has seq_len {run.config.task.seq_len}, not {seq}:"
                             f" CKA compares runs on the same inputs")
+    todo = [(run, step) for run in runs for step in select_steps(run, steps)]
     reps = {}
-    for run in runs:
-        for step in select_steps(run, steps):
-            for layer, acts in label_activations(run.load_model(step), tokens,
-                                                 component).items():
-                reps[(run.name, run.config.model.gamma, step, layer)] = acts
+    for run, step in tracked(todo, progress, len(todo), "checkpoints"):
+        for layer, acts in label_activations(run.load_model(step), tokens,
+                                             component).items():
+            reps[(run.name, run.config.model.gamma, step, layer)] = acts
     keys = list(reps)
     out = []
     for i, a in enumerate(keys):
@@ -145,7 +148,8 @@ def cka_over_training(runs: Sequence[str | Path | Run], steps="all",
 def probes_over_training(runs: Sequence[str | Path | Run], targets=("key",),
                          components=("resid_pre", "resid_mid", "resid_post"), steps="all",
                          n: int = 20000, seed: int = 0, C: float = 1.0,
-                         test_fraction: float = 0.2) -> pd.DataFrame:
+                         test_fraction: float = 0.2, progress: Progress | None = None
+                         ) -> pd.DataFrame:
     """Linear probes (with control tasks) at every (component, layer, position) for each
     target, at each checkpoint; each fit starts from the previous checkpoint's solution."""
     from initlens.probes.linear import probe_model
@@ -160,4 +164,4 @@ def probes_over_training(runs: Sequence[str | Path | Run], targets=("key",),
                            test_fraction=test_fraction, seed=seed, C=C,
                            state=states[run.name])
 
-    return over_training(runs, measure, steps)
+    return over_training(runs, measure, steps, progress=progress)

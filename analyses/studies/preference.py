@@ -1,6 +1,6 @@
 """How strongly a run prefers reasoning over memorization, from its tidy metrics.
 
-Three read-outs per run (REFERENCE section 1):
+Three read-outs per run (docs/SCIENCE.md section 1.4):
 - the first step at which each group reaches an accuracy threshold (90% by default);
 - the signed area between the reasoning and memory accuracy curves over normalized
   training time (positive: reasoning ahead; in [-1, 1]);

@@ -4,8 +4,8 @@
     STUDY/gamma_<g>/           one run directory per gamma
     STUDY/preference.csv       the preference summary, one row per gamma
     STUDY/metrics.csv          every run's tidy metrics, stacked
-    STUDY/localization.csv, agreement.csv, probes.csv, geometry.csv
-                               the runs' analyses stacked (see analyses.run_analysis)
+    STUDY/<table>.csv          each analysis table of the runs, stacked (localization,
+                               agreement, probes, geometry; see analyses.studies.run_analysis)
     STUDY/report.html          the self-contained report
     STUDY/report_figures/      every figure as PNG/SVG/PDF, when asked for
 """
@@ -19,12 +19,14 @@ from typing import Callable
 
 import pandas as pd
 
-from initlens.analyses.preference import preference_table
-from initlens.analyses.report import write_report
-from initlens.analyses.run_analysis import TABLES, AnalysisConfig, analyze_runs
-from initlens.models.checkpoint import atomic_write, read_json, write_json
+from initlens.analyses.figures.export import export_table
+from initlens.analyses.studies.preference import preference_table
+from initlens.analyses.studies.report import write_report
+from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_runs
+from initlens.models.checkpoint import read_json, write_json
 from initlens.models.config import RunConfig
 from initlens.models.errors import UserError
+from initlens.models.progress import Log, Progress
 from initlens.models.run import Run
 from initlens.models.train import train
 
@@ -32,6 +34,7 @@ DEMO_GAMMAS = (0.3, 0.8)
 
 
 def run_dir(study: Path, gamma: float) -> Path:
+    """The run directory of `gamma` in a study folder."""
     return Path(study) / f"gamma_{gamma:g}"
 
 
@@ -39,18 +42,18 @@ def check_folder(out: Path, marker: str, spec: dict, overwrite: bool,
                  normalize: Callable[[dict], dict] = lambda d: d) -> None:
     """Refuse to mix work: `out` must be new, empty, or hold the same spec in its `marker`
     file (then it resumes; `normalize` fills in config fields added since it was written);
-    --overwrite replaces only a folder with that marker."""
+    `overwrite` replaces only a folder with that marker."""
     kind, file = Path(marker).stem, out / marker
     if overwrite and file.exists():
         shutil.rmtree(out)
     elif overwrite and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not a {kind} folder (no {marker}); refusing to overwrite "
-                        f"it: choose another --out")
+                        f"it: choose another folder", option="out")
     elif file.exists() and normalize(read_json(file, f"{kind} file")) != spec:
-        raise UserError(f"{out} holds a different {kind}; pass --overwrite to replace it, or "
-                        f"choose another --out")
+        raise UserError(f"{out} holds a different {kind}; set overwrite to replace it, "
+                        f"or choose another folder", option="out")
     elif not file.exists() and out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} exists and is not empty; choose a new --out folder")
+        raise UserError(f"{out} exists and is not empty; choose a new folder", option="out")
 
 
 def _study_spec(gammas: list[float], base: RunConfig) -> dict:
@@ -61,15 +64,17 @@ def _study_spec(gammas: list[float], base: RunConfig) -> dict:
 def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
               overwrite: bool = False, progress: bool | None = None,
               analysis: AnalysisConfig | None = AnalysisConfig(),
-              formats: tuple[str, ...] = ()) -> dict[str, object]:
+              formats: tuple[str, ...] = (), analysis_progress: Progress | None = None,
+              log: Log | None = None) -> dict[str, object]:
     """Train `base` at each gamma into `out` (resuming unfinished runs), then analyse and
-    report (`report_study`).
+    report (`report_study`). `progress`: training step bars (None: on a terminal);
+    `analysis_progress` hears of the analyses' checkpoints; `log` of runs that failed.
 
     A run that fails is listed in the report with its reason; the others still report.
     """
     out = Path(out)
     if not gammas:
-        raise UserError("a study needs at least one gamma")
+        raise UserError("a study needs at least one gamma", option="gammas")
     configs = [base.replace(model={"gamma": float(g)}).validate() for g in gammas]
     spec = _study_spec([float(g) for g in gammas], base)
     check_folder(out, "study.json", spec, overwrite,
@@ -82,8 +87,9 @@ def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
         try:
             train(None if resume else cfg, folder, resume=resume, progress=progress)
         except UserError as e:  # e.g. diverged: keep going, the report says so
-            print(f"gamma={cfg.model.gamma:g}: {e}")
-    return report_study(out, analysis, formats)
+            if log is not None:
+                log(f"gamma={cfg.model.gamma:g}: {e}")
+    return report_study(out, analysis, formats, analysis_progress)
 
 
 def collect(study: str | Path) -> tuple[list[Run], dict[str, str]]:
@@ -108,22 +114,22 @@ def collect(study: str | Path) -> tuple[list[Run], dict[str, str]]:
 
 
 def report_study(study: str | Path, analysis: AnalysisConfig | None = AnalysisConfig(),
-                 formats: tuple[str, ...] = ()) -> dict[str, object]:
+                 formats: tuple[str, ...] = (), progress: Progress | None = None
+                 ) -> dict[str, object]:
     """(Re)write the tables and report.html of a study folder from what is on disk;
-    `analysis=None` leaves out the localization, probe and geometry sections."""
+    `analysis=None` leaves out the analysis sections (localization, probes, geometry)."""
     study = Path(study)
     runs, problems = collect(study)
     tables: dict[str, pd.DataFrame] = {}
     if runs:
-        atomic_write(study / "preference.csv", preference_table(runs).to_csv(index=False))
+        export_table(preference_table(runs), study, "preference", formats=("csv",))
         metrics = pd.concat([r.metrics() for r in runs], ignore_index=True)
-        atomic_write(study / "metrics.csv", metrics.to_csv(index=False))
+        export_table(metrics, study, "metrics", formats=("csv",))
         if analysis is not None:
-            tables, failed = analyze_runs(runs, analysis)
+            tables, failed = analyze_runs(runs, analysis, progress)
             problems.update(failed)
-            for name in TABLES:
-                if name in tables:
-                    atomic_write(study / f"{name}.csv", tables[name].to_csv(index=False))
+            for name, table in tables.items():
+                export_table(table, study, name, formats=("csv",))
     task = runs[0].config.task.name if runs else "?"
     return write_report(runs, study / "report.html",
                         title=f"InitLens study: {task} task at init scales "

@@ -23,25 +23,27 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from initlens.analyses.figures import sweep_curves, value_text
-from initlens.analyses.phase_diagram import phase_diagram, rows_axis
-from initlens.analyses.preference import preference_row, readout_row
-from initlens.analyses.representations_run import write_figures, write_table
-from initlens.analyses.study import check_folder
+from initlens.analyses.figures.curves import sweep_curves
+from initlens.analyses.figures.export import export_figures, export_table
+from initlens.analyses.figures.labels import value_text
+from initlens.analyses.figures.phase_diagram import phase_diagram
+from initlens.analyses.studies.phase import rows_axis
+from initlens.analyses.studies.preference import preference_row, readout_row
+from initlens.analyses.studies.study import check_folder
 from initlens.models.checkpoint import read_json, write_json
 from initlens.models.config import RunConfig
 from initlens.models.ensemble import can_ensemble, ensemble_key, train_ensemble
 from initlens.models.errors import UserError
+from initlens.models.progress import Bar, Log, Progress, show_progress
 from initlens.models.run import Run
-from initlens.models.train import mark_failed, show_progress, train
+from initlens.models.train import mark_failed, train
 
 SHORT = {"gamma": "g", "n_layers": "L", "seed": "s"}
 STRATEGIES = ("auto", "ensemble", "sequential")
 BACKENDS = ("local", "ray")
 MAX_MEMBERS = 32  # runs per ensemble at most (memory of the stacked weights and batches)
-GRIDS = Path(__file__).parent / "grids"  # shipped grid files (`probe sweep --grid FILE`)
+GRIDS = Path(__file__).parent.parent / "grids"  # shipped grid files (`probe sweep --grid FILE`)
 
 
 def section_of(name: str, cfg: RunConfig) -> str:
@@ -149,8 +151,8 @@ def pending(runs: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
     return todo
 
 
-def plan(runs: list[tuple[RunConfig, Path]], strategy: str = "auto",
-         min_units: int = 1) -> list[Unit]:
+def plan(runs: list[tuple[RunConfig, Any]], strategy: str = "auto",
+         min_units: int = 1) -> list[list[tuple[RunConfig, Any]]]:
     """Group runs into units: ensembles of runs that differ only in init and seed (auto,
     ensemble) or one run each (sequential); groups are split to give at least `min_units`
     units (e.g. one per Ray worker) and at most MAX_MEMBERS runs each."""
@@ -185,11 +187,28 @@ def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str,
             for p in paths]
 
 
-def run_local(units: list[Unit], bar) -> None:
-    """Train the units one after another in this process (with a step bar each, under the
-    sweep's bar, when that one shows)."""
+@dataclass
+class Tally:
+    """Runs finished so far: each reported to `progress`, each failure told to `log`."""
+
+    done: int
+    total: int
+    progress: Progress | None = None
+    log: Log | None = None
+
+    def record(self, result: list[tuple[str, str, str]]) -> None:
+        for path, state, error in result:
+            self.done += 1
+            if self.progress is not None:
+                self.progress(self.done, self.total, "sweep")
+            if state != "done" and self.log is not None:
+                self.log(f"{Path(path).name}: {state}: {error}")
+
+
+def run_local(units: list[Unit], tally: Tally, bars: bool | None = None) -> None:
+    """Train the units one after another in this process (`bars`: a step bar each)."""
     for unit in units:
-        _record(train_unit(unit, progress=not bar.disable), bar)
+        tally.record(train_unit(unit, progress=bars))
 
 
 def connect_ray(address: str | None = None):
@@ -199,14 +218,15 @@ def connect_ray(address: str | None = None):
         import ray
     except ImportError:
         raise UserError("the ray backend needs Ray: pip install 'initlens[ray]' (or "
-                        "ray[default]); or use --backend local") from None
+                        "ray[default]); or use the local backend", option="backend") from None
     if not ray.is_initialized():
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
         except Exception as e:  # e.g. no cluster at that address
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise UserError(f"could not start or reach {where}: {_error(e)}") from None
+            raise UserError(f"could not start or reach {where}: {_error(e)}",
+                            option="address") from None
     return ray
 
 
@@ -214,13 +234,13 @@ def ray_slots(resources: dict, cpus_per_task: int, gpus_per_task: float) -> int:
     """How many tasks the cluster runs at once; a clear error if it has no GPU to give."""
     if gpus_per_task > 0:
         if not resources.get("GPU"):
-            raise UserError("--gpus-per-task needs GPUs, and the Ray cluster has none; "
-                            "leave it at 0 to train on CPUs")
+            raise UserError("GPUs per task were asked for, and the Ray cluster has none; "
+                            "leave it at 0 to train on CPUs", option="gpus_per_task")
         return max(1, int(resources["GPU"] / gpus_per_task))
     return max(1, int(resources.get("CPU", 1)) // cpus_per_task)
 
 
-def run_ray(ray, runs: list[tuple[RunConfig, Path]], strategy: str, bar, slots: int,
+def run_ray(ray, runs: list[tuple[RunConfig, Path]], strategy: str, tally: Tally, slots: int,
             cpus_per_task: int = 1, gpus_per_task: float = 0) -> None:
     """Train the runs as Ray tasks (`ray`: from `connect_ray`), one per unit with
     `cpus_per_task` cores (torch threads) and `gpus_per_task` GPUs each (a fraction shares
@@ -236,7 +256,7 @@ def run_ray(ray, runs: list[tuple[RunConfig, Path]], strategy: str, bar, slots: 
             result = ray.get(ready)
         except Exception as e:  # the worker died (e.g. out of memory): the others go on
             result = [_failed(path, 0, f"Ray task failed: {_error(e)}") for _, path in unit]
-        _record(result, bar)
+        tally.record(result)
 
 
 def _ray_unit(unit: Unit, threads: int) -> list[tuple[str, str, str]]:
@@ -257,7 +277,7 @@ def _failed(path: Path, step: int, reason: str) -> tuple[str, str, str]:
 
 def _one_of(what: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise UserError(f"{what} {value!r} is not one of {', '.join(choices)}")
+        raise UserError(f"{what} {value!r} is not one of {', '.join(choices)}", option=what)
 
 
 def _error(e: Exception) -> str:
@@ -265,26 +285,21 @@ def _error(e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
-def _record(result: list[tuple[str, str, str]], bar) -> None:
-    for path, state, error in result:
-        bar.update(1)
-        if state != "done":
-            bar.write(f"{Path(path).name}: {state}: {error}")
-
-
 def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
               strategy: str = "auto", address: str | None = None, cpus_per_task: int = 1,
               gpus_per_task: float = 0, overwrite: bool = False,
-              progress: bool | None = None, formats: Sequence[str] = ("html",)
-              ) -> dict[str, object]:
+              progress: bool | None = None, formats: Sequence[str] = ("html",),
+              log: Log | None = None) -> dict[str, object]:
     """Train every grid point of `sweep` into `out/runs/` (skipping finished runs), then
-    gather results.csv/.parquet and the phase diagram (`report_sweep`)."""
+    gather results.csv/.parquet and the phase diagram (`report_sweep`). `progress`: bars
+    for the runs and their steps (None: on a terminal); `log` hears of each failed run."""
     out = Path(out)
     _one_of("backend", backend, BACKENDS)
     _one_of("strategy", strategy, STRATEGIES)
     if cpus_per_task < 1 or gpus_per_task < 0:
-        raise UserError(f"--cpus-per-task must be at least 1 and --gpus-per-task at least 0 "
-                        f"(got {cpus_per_task} and {gpus_per_task})")
+        raise UserError(f"CPUs per task must be at least 1 and GPUs per task at least 0 "
+                        f"(got {cpus_per_task} and {gpus_per_task})",
+                        option="cpus_per_task" if cpus_per_task < 1 else "gpus_per_task")
     configs = sweep.configs()  # every combination valid before anything trains
     if backend == "ray":  # before anything is written
         ray = connect_ray(address)
@@ -295,12 +310,12 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     (out / "runs").mkdir(parents=True, exist_ok=True)
     write_json(out / "sweep.json", spec)
     todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])
-    with tqdm(total=len(configs), initial=len(configs) - len(todo), unit="run", desc="sweep",
-              disable=not (show_progress() if progress is None else progress)) as bar:
-        if backend == "ray":
-            run_ray(ray, todo, strategy, bar, slots, cpus_per_task, gpus_per_task)
-        else:
-            run_local(plan(todo, strategy), bar)
+    bars = show_progress() if progress is None else progress
+    tally = Tally(len(configs) - len(todo), len(configs), Bar(bars, unit="run"), log)
+    if backend == "ray":
+        run_ray(ray, todo, strategy, tally, slots, cpus_per_task, gpus_per_task)
+    else:
+        run_local(plan(todo, strategy), tally, bars)
     return report_sweep(out, formats)
 
 
@@ -308,11 +323,10 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
     """(Re)write results.csv/.parquet and phase_diagram.* of a sweep folder from disk."""
     out = Path(out)
     if not (out / "sweep.json").exists():
-        raise UserError(f"{out} is not a sweep folder (no sweep.json); run `probe sweep` "
-                        f"first")
+        raise UserError(f"{out} is not a sweep folder (no sweep.json); run the sweep first")
     sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
     table = results_table(sweep, out)
-    files = write_table(table, out, "results")
+    files = export_table(table, out, "results")
     labels = {name: ", ".join(f"{k}={value_text(v)}" for k, v in values.items())
               for name, values in sweep.points()}
     done = table.run[table.state == "done"]
@@ -320,7 +334,7 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
                                                [labels[n] for n in done])}
     if table.gamma.nunique() > 1:  # gamma x depth (or another swept option)
         figures["phase_diagram"] = phase_diagram(table, rows=rows_axis(table, list(sweep.grid)))
-    figures, notes = write_figures(figures, out, formats)
+    figures, notes = export_figures(figures, out, formats)
     return {"table": table, "files": files + figures, "warnings": notes}
 
 

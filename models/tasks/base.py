@@ -15,7 +15,7 @@ import torch
 
 from initlens.models.errors import UserError
 
-COLUMNS = ("tokens", "label", "task_type", "key", "a1", "a2", "key_pos", "split")
+DATASET_COLUMNS = ("tokens", "label", "task_type", "key", "a1", "a2", "key_pos", "split")
 PAD, BOS, EOS = 0, 1, 2  # next-token tasks: padding (the loss ignores it), start, end
 
 
@@ -182,7 +182,7 @@ def to_dataset(columns: dict[str, np.ndarray]) -> "datasets.Dataset":  # noqa: F
     """Build the Dataset with the shared column layout."""
     import datasets
 
-    return datasets.Dataset.from_dict({c: columns[c].tolist() for c in COLUMNS})
+    return datasets.Dataset.from_dict({c: columns[c].tolist() for c in DATASET_COLUMNS})
 
 
 def framed(ids: list[int], length: int) -> list[int]:
@@ -204,7 +204,7 @@ def sequence_dataset(tokens, task_type, split, key=None) -> "datasets.Dataset": 
 def dataset_arrays(ds) -> dict[str, np.ndarray]:
     """Column arrays of a task dataset (read from Arrow directly: fast for 100k+ rows)."""
     table = ds.with_format(None).data.table
-    out = {c: table.column(c).to_numpy() for c in COLUMNS if c != "tokens"}
+    out = {c: table.column(c).to_numpy() for c in DATASET_COLUMNS if c != "tokens"}
     flat = table.column("tokens").combine_chunks().flatten().to_numpy()
     out["tokens"] = flat.astype(np.int64).reshape(len(ds), -1)
     out["label"] = out["label"].astype(np.int64)

@@ -1,11 +1,14 @@
-"""The anchor-function composite task (Zhang et al. 2024; REFERENCE section 2).
+"""The anchor-function composite task (Zhang et al. 2024; docs/SCIENCE.md
+section 2).
 
 Anchors 1..4 mean shifts +5, +1, -2, -8. A sequence holds a key x followed by two anchors
 (a1, a2); the label applies both shifts: x + s(a1) + s(a2). The pair (3, 4) is the
 deliberate non-compositional twist, trained with x - 6; the pair (4, 3) is held out. On
 (4, 3) an *inferential* solution answers x - 10 (composes the rules), a *symmetric* one
 answers x - 6 (copies the memorized (3, 4)). Optionally key positions are held out too:
-in training key x never sits at position x mod (seq_len - 2); test rows put it only there.
+in training key x never sits at position x mod m; test rows put it only there. m is
+`key_position_mod`, by default seq_len - 2 (the number of key positions); the authors'
+code uses m = seq_len (9), so keys with x mod 9 in {7, 8} have no held-out position.
 """
 
 from __future__ import annotations
@@ -37,8 +40,14 @@ class CompositeTask(Task):
     twist_shift: int = -6
     held_out: tuple[int, int] = (4, 3)
     hold_out_key_positions: bool = True
+    key_position_mod: int | None = None  # m of the key-position hold-out; None: seq_len - 2
     seq_len: int = 9
     samples_per_pair: int = 2000
+
+    @property
+    def position_mod(self) -> int:
+        """m: key x is held out at position x mod m."""
+        return self.key_position_mod or self.seq_len - 2
 
     @property
     def anchors(self) -> np.ndarray:
@@ -77,6 +86,9 @@ class CompositeTask(Task):
                             f"n_ctx={n_ctx}")
         if self.samples_per_pair < 1:
             raise UserError("composite: samples_per_pair must be >= 1")
+        if self.key_position_mod is not None and self.key_position_mod < 1:
+            raise UserError(f"composite: key_position_mod={self.key_position_mod} must be "
+                            f">= 1 (or none: seq_len - 2)")
 
     def generate(self, seed: int):
         """Train rows for the 15 seen pairs and test rows (held-out positions, and (4,3))."""
@@ -88,9 +100,10 @@ class CompositeTask(Task):
         parts = []
 
         def add(k, a1, a2, key_pos, task_type, split):
-            parts.append(dict(key=k, a1=np.full(n, a1), a2=np.full(n, a2), key_pos=key_pos,
-                              label=k + self.shift(a1, a2), task_type=np.full(n, task_type),
-                              split=np.full(n, split)))
+            m = len(k)
+            parts.append(dict(key=k, a1=np.full(m, a1), a2=np.full(m, a2), key_pos=key_pos,
+                              label=k + self.shift(a1, a2), task_type=np.full(m, task_type),
+                              split=np.full(m, split)))
 
         for a1 in self.anchors.tolist():
             for a2 in self.anchors.tolist():
@@ -103,10 +116,12 @@ class CompositeTask(Task):
                 if not self.hold_out_key_positions:
                     add(k, a1, a2, anywhere, task_type, "train")
                     continue
-                banned = k % n_pos
+                banned = k % self.position_mod  # >= n_pos: no position held out
                 others = rng.integers(0, n_pos - 1, size=n)  # any position but `banned`
-                add(k, a1, a2, others + (others >= banned), task_type, "train")
-                add(k, a1, a2, banned, task_type, "test")
+                held = banned < n_pos
+                add(k, a1, a2, np.where(held, others + (others >= banned), anywhere),
+                    task_type, "train")
+                add(k[held], a1, a2, banned[held], task_type, "test")
         cols = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
         cols["tokens"] = place_sequences(rng, cols["key"], cols["a1"], cols["a2"], keys,
                                          self.seq_len, cols["key_pos"])
@@ -165,7 +180,7 @@ class CompositeTask(Task):
         ok = np.array([(int(x), int(y)) != tuple(self.held_out)
                        for x, y in zip(cor["a1"], cor["a2"])])
         if kind == "key" and self.hold_out_key_positions:
-            ok &= cor["key"] % (self.seq_len - 2) != clean["key_pos"]
+            ok &= cor["key"] % self.position_mod != clean["key_pos"]
         return ok
 
     def patch_experiments(self):

@@ -1,5 +1,5 @@
 """Formal languages with two rules each, for rule extrapolation (Reizinger et al. 2024;
-REFERENCE section 4).
+docs/SCIENCE.md section 4).
 
 The model learns next-token prediction on valid strings `BOS s EOS PAD...`. Each language
 is the set of strings obeying two rules; out-of-distribution prompts break rule 1, and the

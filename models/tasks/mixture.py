@@ -1,4 +1,5 @@
-"""The reasoning-vs-memorization mixture task (Yao, Zhang, Xu 2025; REFERENCE section 1).
+"""The reasoning-vs-memorization mixture task (Yao, Zhang, Xu 2025;
+docs/SCIENCE.md section 1.2).
 
 A sequence holds a key followed by two consecutive anchors; every other token is noise
 drawn from the key set. Reasoning anchors have a rule: label = key + a1 + a2 (the anchors'

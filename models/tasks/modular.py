@@ -1,5 +1,5 @@
-"""Modular addition, the grokking set-up (Power et al. 2022; Nanda et al. 2023; REFERENCE
-section 3).
+"""Modular addition, the grokking set-up (Power et al. 2022; Nanda et al. 2023;
+docs/SCIENCE.md section 3).
 
 A sequence is `a b =` and the label, read at `=`, is (a + b) mod p. Of the p * p pairs a
 seeded `train_fraction` is training data, the rest the test set: memorizing the training

@@ -1,4 +1,4 @@
-"""Reasoning-vs-memorization text (REFERENCE section 1, "real data"), word level.
+"""Reasoning-vs-memorization text (docs/SCIENCE.md section 1.6, "real data"), word level.
 
 Two generated sources, trained together on next-token prediction:
 - prontoqa: PrOntoQA-style questions over a fresh fictional ontology in every row

@@ -1,0 +1,1 @@
+"""CLI command bodies: parse-free functions behind `probe patch`, `geometry`, `linear`, `report`."""
