@@ -14,4 +14,4 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from initlens.models.threads import configure_threads  # noqa: E402
 
-configure_threads()  # as many threads as cores are free now; INITLENS_THREADS=N overrides
+configure_threads()  # INITLENS_THREADS=N or =auto (the cores free now); else torch's count

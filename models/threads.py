@@ -1,14 +1,15 @@
-"""How many CPU threads torch and the BLAS libraries use: the cores that are free now.
+"""Threads that sleep when they wait, and a thread count chosen from the free cores on request.
 
 On a busy machine, a process that starts one OpenMP thread per core makes every parallel
-region wait for its slowest thread, which shares a core with another job; the threads
-spin while they wait. A 2-core machine with one other busy process then runs our work
-three times slower instead of at most two. So the thread count is chosen when a process
-starts from the cores that are idle at that moment, and threads sleep rather than spin
-when they wait (OMP_WAIT_POLICY=PASSIVE, when set before torch loads).
+region wait for its slowest thread, which shares a core with another job, and by default
+the waiting threads spin, burning the core the other job needs. OMP_WAIT_POLICY=PASSIVE
+(set when `initlens` is imported, before torch loads) makes them sleep instead.
 
-The user decides instead with INITLENS_THREADS=N, or with OMP_NUM_THREADS, which we then
-leave alone.
+The thread count is left as torch chooses it (one per core), because it changes the last
+bits of sums and so of results: same seed, same numbers needs the same count. Choose it
+with INITLENS_THREADS=N, or INITLENS_THREADS=auto for the cores idle when the process starts
+(fastest on a busy machine, at the price of bit-reproducibility across loads).
+OMP_NUM_THREADS, where set, is left alone.
 """
 
 from __future__ import annotations
@@ -53,26 +54,24 @@ def free_cores(cores: int, busy: float) -> int:
 
 
 def chosen_threads() -> int | None:
-    """The thread count for this process, or None where the user set OMP_NUM_THREADS."""
-    if value := os.environ.get(USER_SETTING, "").strip():
-        try:
-            n = int(value)
-        except ValueError:
-            n = 0
-        if n >= 1:
-            return n
-        warnings.warn(f"{USER_SETTING}={value!r} is not a whole number of threads (>= 1); "
-                      f"using the free cores instead", stacklevel=2)
-    if os.environ.get("OMP_NUM_THREADS"):
+    """The thread count INITLENS_THREADS asks for, or None (leave torch's own choice)."""
+    value = os.environ.get(USER_SETTING, "").strip().lower()
+    if not value:
         return None
-    return free_cores(usable_cores(), running_elsewhere())
+    if value == "auto":
+        return free_cores(usable_cores(), running_elsewhere())
+    if value.isdigit() and int(value) >= 1:
+        return int(value)
+    warnings.warn(f"{USER_SETTING}={value!r}: expected a whole number of threads (>= 1) or "
+                  f"'auto'; leaving the thread count as it is", stacklevel=2)
+    return None
 
 
 def configure_threads(threads: int | None = None) -> int:
     """Set torch's and the BLAS libraries' thread counts (default: chosen_threads()).
 
-    Called once when `initlens` is imported; call it again in a long session after the
-    machine's load changed. Returns the count in effect."""
+    Called when `initlens` is imported; call it again (e.g. with INITLENS_THREADS=auto) in
+    a long session after the machine's load changed. Returns the count in effect."""
     if threads is None:
         threads = chosen_threads()
     import torch
