@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install chromium demo test test-fast notebooks clean
+.PHONY: install chromium demo test test-fast lint check notebooks clean
 
 install: $(STAMP)
 
@@ -33,11 +33,22 @@ demo: $(STAMP)
 	$(BIN)/probe study --out $(DEMO_OUT) --overwrite
 	@echo "Open $(DEMO_OUT)/report.html in a browser."
 
+# The whole suite; every initlens function's annotations (jaxtyping shapes) are checked
+# while it runs (pyproject's pytest addopts).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Unit tests only (about a minute): no training, CLI subprocess, notebook or browser.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not integration and not slow"
+
+# Lint and format check (pyproject's [tool.ruff]); `ruff check --fix .` and
+# `ruff format .` fix most findings.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+check: lint test
 
 # The .ipynb notebooks are generated from their jupytext .py sources (without outputs);
 # edit the .py, then regenerate. tests/test_notebooks.py fails when they drift apart.

@@ -1,5 +1,5 @@
 """Where a block normalizes: pre-LN, post-LN, none, and the partial placements of
-REFERENCE section 3 (attention input only, MLP input only, query/key only, value only).
+docs/SCIENCE.md section 3.2 (attention input only, MLP input only, query/key only, value only).
 
 TransformerLens's native model is pre-LN. We boot it with LayerNorm everywhere, then turn
 the slots a placement does not use into pass-throughs (their parameters leave the state
@@ -14,6 +14,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from transformer_lens.model_bridge.sources.native.model import NativeAttention, NativeBlock
 
 # normalization -> (LayerNorm slots kept, what ln1 normalizes)
@@ -36,10 +37,11 @@ class SplitInputAttention(NativeAttention):
 
     def forward(self, hidden_states: torch.Tensor, value_input: Optional[torch.Tensor] = None,
                 pattern_fn=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, seq, _ = hidden_states.shape
+        seq = hidden_states.shape[1]
 
         def heads(linear, x: torch.Tensor) -> torch.Tensor:
-            return linear(x).view(batch, seq, self.n_heads, self.d_head).transpose(1, 2)
+            return rearrange(linear(x), "batch seq (head d_head) -> batch head seq d_head",
+                             head=self.n_heads)
 
         q, k = heads(self.q, hidden_states), heads(self.k, hidden_states)
         v = heads(self.v, hidden_states if value_input is None else value_input)
@@ -47,7 +49,7 @@ class SplitInputAttention(NativeAttention):
         pattern = F.softmax(scores.masked_fill(self.causal_mask[:seq, :seq], float("-inf")), -1)
         if pattern_fn is not None:  # the bridge's hook_pattern, as in NativeAttention
             pattern = pattern_fn(pattern)
-        z = torch.matmul(pattern, v).transpose(1, 2).reshape(batch, seq, -1)
+        z = rearrange(torch.matmul(pattern, v), "batch head seq d_head -> batch seq (head d_head)")
         return self.o(z), pattern
 
 
@@ -74,9 +76,12 @@ class PlacedBlock(NativeBlock):
         return (mid + self.mlp(self.ln2(mid)),)
 
 
-def apply_placement(model, normalization: str) -> None:
-    """Make a model booted with LayerNorm everywhere normalize as `normalization` says."""
+def apply_placement(model, normalization: str, final_ln: bool | None = None) -> None:
+    """Make a model booted with LayerNorm everywhere normalize as `normalization` says;
+    `final_ln` True or False adds or drops the final LayerNorm (None: as the placement)."""
     slots, normalizes = PLACEMENTS[normalization]
+    if final_ln is not None:
+        slots = slots | {"ln_final"} if final_ln else slots - {"ln_final"}
     norms = [(block, name) for block in model.blocks for name in ("ln1", "ln2")
              if hasattr(block, name)] + [(model, "ln_final")]
     for owner, name in norms:

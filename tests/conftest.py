@@ -1,20 +1,22 @@
-"""Shared fixtures: a tiny config that trains in about a second, and one trained run."""
+"""Shared fixtures: a tiny config that trains in about a second, and one trained run (the
+helpers the test modules import live in helpers.py)."""
 
+import beartype.door  # noqa: F401
+import jaxtyping
+import pandas  # noqa: F401
+import plotly.graph_objects  # noqa: F401
 import pytest
+import sklearn.base  # noqa: F401
+import torch  # noqa: F401
+import transformer_lens.model_bridge.sources.native  # noqa: F401
+import typer  # noqa: F401
 
-from initlens.models import MixtureTask, ModelConfig, RunConfig, TrainConfig, train
-
-TINY_TASK = MixtureTask(keys=(21, 30), memory_anchors=(1, 2), reasoning_anchors=(11, 13),
-                        seq_len=5, samples_per_pair=30)
-
-
-def tiny_config(**train_fields) -> RunConfig:
-    fields = dict(steps=30, batch_size=32, eval_every=10, eval_size=64, n_checkpoints=3,
-                  warmup_steps=5)
-    fields.update(train_fields)
-    return RunConfig(task=TINY_TASK,
-                     model=ModelConfig(gamma=0.5, n_layers=2, d_model=16, n_heads=2),
-                     train=TrainConfig(**fields))
+# The imports above, before initlens's, save ~15 s per pytest process: while the
+# annotation checks' import hook (pyproject's addopts) runs an initlens module, each module
+# that it imports for the first time is compiled afresh (its bytecode cache is keyed to the
+# hook), so the heavy third-party packages come in first, through their normal caches.
+from helpers import tiny_config
+from initlens.models import RunConfig, train
 
 
 @pytest.fixture
@@ -25,3 +27,19 @@ def tiny_cfg() -> RunConfig:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny", progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _annotation_checks(request):
+    """Tests marked `unchecked` run without the annotation checks (pyproject's addopts):
+    they pass deliberately ill-shaped input to see our own UserError, which the checks,
+    refusing the call first, would hide."""
+    if request.node.get_closest_marker("unchecked") is None:
+        yield
+        return
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
