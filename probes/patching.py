@@ -27,10 +27,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from jaxtyping import Int
-from tqdm.auto import tqdm
 
 from initlens.models.errors import UserError
-from initlens.models.train import show_progress
+from initlens.models.progress import Progress, tracked
 from initlens.models.forward import (Hook, Weights, no_hook, block, block_tail, heads, hook_name,
                             run_with_cache, unembed)
 
@@ -44,7 +43,7 @@ AXES = {
     "z": ("pos", "head"), "q": ("pos", "head"), "k": ("pos", "head"), "v": ("pos", "head"),
     "pattern": ("head", "dest_pos"),
 }
-COMPONENTS = tuple(AXES)
+PATCHABLE = tuple(AXES)  # every component activation_patch accepts
 MLP_COMPONENTS = ("resid_mid", "mlp_out")  # absent from attention-only models
 DIRECTIONS = ("denoising", "noising")
 
@@ -147,9 +146,9 @@ def _variant_masks(component: str, shape: tuple[int, ...], per_position: bool,
 
 def _check_inputs(w: Weights, clean: torch.Tensor, corrupted: torch.Tensor, component: str,
                   direction: str) -> None:
-    if component not in COMPONENTS:
+    if component not in PATCHABLE:
         raise UserError(f"unknown component {component!r}; choose one of "
-                        f"{', '.join(COMPONENTS)}")
+                        f"{', '.join(PATCHABLE)}")
     if w.attn_only and component in MLP_COMPONENTS:
         raise UserError(f"component {component!r} does not exist in an attention-only model; "
                         f"choose one of resid_pre, resid_post, attn_out, z, q, k, v, pattern")
@@ -165,15 +164,19 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
                      corrupted: Int[torch.Tensor, "batch seq"], metric: Metric,
                      component: str = "resid_pre", per_position: bool = True,
                      direction: str = "denoising", max_memory_mb: float = 256,
-                     only: torch.Tensor | None = None) -> Patched:
+                     only: torch.Tensor | None = None,
+                     progress: Progress | None = None) -> Patched:
     """Patch `component` at every layer (x position, x head) and measure `metric`.
 
     Matches `transformer_lens.patching.get_act_patch_*` (for denoising: run on `corrupted`,
     patch from `clean`) with the metric averaged over the batch. Shapes: per-position
     residual/attn_out/mlp_out [layer, pos]; z/q/k/v [layer, pos, head]; pattern
     [layer, head, dest_pos]; without positions [layer] or [layer, head].
-    `max_memory_mb` bounds the activations of one batched chunk of patched variants.
+    `max_memory_mb` bounds the activations of one batched chunk of patched variants; the
+    chunk size changes the values by float32 rounding only (a row of a matrix product can
+    depend on how many rows share the call).
     `only`: a boolean tensor shaped like the result; unselected patches are skipped (NaN).
+    `progress`: called after each chunk of patched variants (e.g. the CLI's `Bar()`).
     """
     w = Weights.of(model)
     w.require_attention("activation patching")
@@ -200,7 +203,7 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     chunk = max(1, int(max_memory_mb * 2**20 // per_variant))
     target, source = ({k: v[i] for k, v in halves.items()} for i in (tgt, src))
     keep = (torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device) if only is None
-            else only.to(device).reshape(w.n_layers, len(masks)))
+            else _selection(only, (w.n_layers, *out_shape), device))
     values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
     # Patches that cannot move the label logits give the target's own value, uncomputed.
     differs = _differs(source, target, component, w.n_layers)
@@ -215,9 +218,8 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     sourced = (_sourced(masks, component, differs, source, target)
                if component in RUN_ON_AS_SOURCE else torch.zeros_like(keep))
     parts = torch.arange(len(masks), device=device).split(chunk)
-    if len(parts) > 1 and show_progress():
-        parts = tqdm(parts, desc=f"patching {component}", unit="chunk", leave=False)
-    for part in parts if keep.any() else ():
+    for part in tracked(parts if keep.any() else (), progress, len(parts),
+                        f"patching {component}"):
         picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
         results = _sweep(w, metric, target, source, [masks[i] for i in picked], component,
                          [sourced[layer, i] for layer, i in enumerate(picked)])
@@ -226,6 +228,15 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
                 values[layer, i] = v
     return Patched(values.view(w.n_layers, *out_shape), component, axes, float(base[0]),
                    float(base[1]))
+
+
+def _selection(only: torch.Tensor, shape: tuple[int, ...], device: torch.device
+               ) -> torch.Tensor:
+    """A copy of the caller's `only` mask, [layer, variant]: the sweep edits its own."""
+    if tuple(only.shape) != shape:
+        raise UserError(f"only has shape {tuple(only.shape)}; it must be shaped like the "
+                        f"result, {shape}")
+    return only.to(device=device, dtype=torch.bool, copy=True).reshape(shape[0], -1)
 
 
 def _differs(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
@@ -440,8 +451,7 @@ def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor,
             q[label] = heads(w, last, "q", a[label, -1:])
     q = hook("q", q)
     scale = w.d_head ** 0.5
-    # Elementwise products, not matmuls: cheaper at these sizes, and each variant's numbers
-    # do not depend on how many variants share the call (chunking changes nothing).
+    # Elementwise products, not matmuls: cheaper at these sizes.
     scores = ((q.view(n, batch, 1, w.n_heads, w.d_head) * k).sum(-1) / scale).transpose(2, 3)
     scores = scores.reshape(n * batch, w.n_heads, seq)
     changed = kv_at is not None and pos.shape[1] > 0
@@ -509,14 +519,14 @@ def _tail_at(w: Weights, layer: int, target: dict[str, torch.Tensor],
                       patch("z", _rows_at(target[hook_name("z", layer)], pos, seq)), patch)
 
 
-def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_position=True,
-              direction="denoising", max_memory_mb=256, **labels) -> pd.DataFrame:
+def patch_all(model, clean, corrupted, metric, components=PATCHABLE, per_position=True,
+              direction="denoising", max_memory_mb=256, progress: Progress | None = None,
+              **labels) -> pd.DataFrame:
     """One tidy table of several components' patching sweeps (skipping ones the model
     lacks), with a normalized column (0 = corrupted, 1 = clean)."""
     w = Weights.of(model)
     frames = []
-    for component in tqdm(components, desc="patching", unit="component",
-                          disable=not show_progress()):
+    for component in tracked(components, progress, len(components), "patching"):
         if w.attn_only and component in MLP_COMPONENTS:
             continue
         result = activation_patch(model, clean, corrupted, metric, component, per_position,
@@ -527,5 +537,5 @@ def patch_all(model, clean, corrupted, metric, components=COMPONENTS, per_positi
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["COMPONENTS", "METRICS", "Patched", "accuracy", "activation_patch",
+__all__ = ["METRICS", "PATCHABLE", "Patched", "accuracy", "activation_patch",
            "label_logprob", "logit_diff", "patch_all"]
