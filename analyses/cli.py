@@ -1,10 +1,10 @@
-"""The `probe` command line: train, study, sweep, info, patch, geometry, linear, report,
-instruments. Each command parses its options and calls a function of `analyses`.
+"""The `probe` command line: train, study, sweep, info, presets, patch, geometry, linear,
+report, instruments. Each command parses its options and calls a function of `analyses`.
 
 Every field of the task, model and train configs is an option (`--gamma`, `--d-model`,
 `--lr`, `--keys 21,120`, ...), generated from the dataclasses so the two never drift.
-Precedence: built-in defaults < `--config FILE` < options. User mistakes print one line
-and exit with code 2.
+Precedence: built-in defaults < `--config FILE` or `--preset NAME` < options. User
+mistakes print one line and exit with code 2.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ def _option_type(default) -> type:
 
 
 FIELDS = _field_options()
-INT_OR_NONE = {"d_head", "d_mlp", "n_ctx", "batch_seed", "init_rank"}
+INT_OR_NONE = {"d_head", "d_mlp", "n_ctx", "batch_seed", "init_rank", "key_position_mod"}
+BOOL_OR_NONE = {"final_ln"}  # true, false or none (the default)
 PATHS = {"files"}  # tuple-of-path fields: comma-separated
 
 
@@ -74,6 +75,11 @@ def _parse(name: str, raw, task_cls) -> Any:
         default = _default(f)
     if name in INT_OR_NONE:
         return None if str(raw).lower() == "none" else int(raw)
+    if name in BOOL_OR_NONE:
+        text = str(raw).lower()
+        if text not in ("true", "false", "none"):
+            raise UserError(f"--{name.replace('_', '-')} {raw!r}: expected true, false or none")
+        return None if text == "none" else text == "true"
     if name in PATHS:
         return tuple(p.strip() for p in str(raw).split(",") if p.strip())
     if not isinstance(default, tuple):
@@ -101,12 +107,45 @@ def build_config(config: Optional[Path], task: Optional[str], values: dict[str, 
     return cfg.replace(**changes).validate()
 
 
+PRESET_HELP = "Start from a published set-up (`probe presets` lists them); options win."
+
+
+def preset_base(preset: Optional[str], config: Optional[Path]) -> RunConfig | None:
+    """The config of --preset (None without one); --config would replace it, so not both."""
+    if preset is None:
+        return None
+    from initlens.models.presets import get_preset
+
+    found = get_preset(preset)
+    if config:
+        raise UserError("--preset and --config each give a whole config; use one",
+                        option="preset")
+    return found.config
+
+
+def record_preset(preset: Optional[str], cfg: RunConfig, given: dict[str, Any],
+                  task: Optional[str], folder: Path, varied: dict | None = None) -> None:
+    """Write FOLDER/preset.json: the preset, and the options given on top (final values)."""
+    if preset is None or not folder.is_dir():
+        return
+    from initlens.models.presets import preset_record
+
+    overrides = {name: getattr(getattr(cfg, FIELDS[name][0]), name) for name in given}
+    if task:
+        overrides["task"] = task
+    record = preset_record(preset, overrides)
+    if varied:
+        record["varied"] = {k: list(v) for k, v in varied.items()}
+    (folder / "preset.json").write_text(json.dumps(record, indent=2, default=list) + "\n")
+
+
 def with_config_options(func):
     """Append an option per config field to a command's signature."""
     sig = inspect.signature(func)
     params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
     for name, (section, f, hint) in FIELDS.items():
-        typ = str if name in INT_OR_NONE else _option_type(_default(f))  # accepts "none"
+        typ = (str if name in INT_OR_NONE | BOOL_OR_NONE  # accept "none"
+               else _option_type(_default(f)))
         flag = f"--{name.replace('_', '-')}"
         decl = [f"{flag}/--no-{name.replace('_', '-')}"] if typ is bool else [flag]
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
@@ -147,15 +186,19 @@ def train_cmd(
     task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last "
                                             "checkpoint."),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
     """Train one model at init scale --gamma into a run directory."""
     from initlens.models.train import train
 
     given = {k: v for k, v in fields.items() if v is not None}
-    cfg = None if resume and not (given or config or task) else build_config(config, task,
-                                                                             given)
+    base = preset_base(preset, config)
+    cfg = None if resume and not (given or config or task or preset) else build_config(
+        config, task, given, base=base)
     run = train(cfg, out, resume=resume)
+    if cfg is not None:
+        record_preset(preset, cfg, given, task, Path(out))
     typer.echo(f"trained {run.path} ({run.status.get('state')}); inspect it with "
                f"`probe info {run.path}`")
 
@@ -174,6 +217,7 @@ def study_cmd(
     probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
     instruments: str = typer.Option("", help=INSTRUMENTS_HELP),
     format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
     """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
@@ -184,11 +228,12 @@ def study_cmd(
     except ValueError:
         raise UserError(f"--gammas {gammas!r}: expected numbers like 0.3,0.8") from None
     given = {k: v for k, v in fields.items() if v is not None and k != "gamma"}
-    base = build_config(config, task, given)
+    base = build_config(config, task, given, base=preset_base(preset, config))
     info = run_study(base, gamma_values, out, overwrite=overwrite,
                      analysis=_analysis(analysis, pairs, probe_rows, probe_targets, instruments),
                      formats=_formats(format), analysis_progress=Bar(unit="ckpt"),
                      log=typer.echo)
+    record_preset(preset, base, given, task, Path(out), {"gamma": gamma_values})
     _echo_report(info)
 
 
@@ -205,13 +250,19 @@ def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
     cfg = r.config
     loaded = r.resolve_step(step)
     model = r.load_model(loaded, device="cpu")  # proves the checkpoint loads
+    preset_file = r.path / "preset.json"
+    preset = json.loads(preset_file.read_text()) if preset_file.exists() else None
     info = {"run": str(r.path), "status": r.status, "config": cfg.to_dict(),
             "checkpoints": r.checkpoint_steps(), "final": r.summary.get("final", {}),
-            "loaded_step": loaded, "n_params": n_params(model), "init": r.init}
+            "loaded_step": loaded, "n_params": n_params(model), "init": r.init,
+            "preset": preset}
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     typer.echo(f"run        {r.path}\nstatus     {r.status}")
+    if preset:
+        typer.echo(f"preset     {preset['preset']} (overrides: " + (", ".join(
+            f"{k}={v}" for k, v in preset["overrides"].items()) or "none") + ")")
     for section, values in cfg.to_dict().items():
         typer.echo(f"{section:<10} " + ", ".join(f"{k}={v}" for k, v in values.items()))
     typer.echo(f"checkpoints {', '.join(map(str, info['checkpoints']))} (step {loaded} "
@@ -312,6 +363,7 @@ def sweep_cmd(
                                         "0 trains on CPUs."),
     overwrite: bool = typer.Option(False, help="Replace an existing sweep in --out."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
+    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
     """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
@@ -319,8 +371,12 @@ def sweep_cmd(
     from initlens.analyses.studies.sweep import load_sweep, make_sweep, run_sweep
 
     given = {k: v for k, v in fields.items() if v is not None}
+    start = preset_base(preset, config)
     spec = load_sweep(grid) if grid else None
-    base = build_config(config, task, given, base=spec.base if spec else None)
+    if start is not None and spec is not None:
+        raise UserError("--preset and --grid's base each give a whole config; use one",
+                        option="preset")
+    base = build_config(config, task, given, base=spec.base if spec else start)
     values = {**(dict(spec.grid) if spec else {}),
               **sweep_grid(base, {"gammas": gammas, "layers": layers, "seeds": seeds}, vary)}
     if not values:
@@ -330,6 +386,7 @@ def sweep_cmd(
                      address=address, cpus_per_task=cpus_per_task,
                      gpus_per_task=gpus_per_task, overwrite=overwrite,
                      formats=_formats(format), log=typer.echo)
+    record_preset(preset, base, given, task, Path(out), values)
     table = info["table"]
     value = default_value(table)
     for row in table.itertuples():
@@ -449,6 +506,18 @@ def report_cmd(target: Path = typer.Argument(..., help="A study or sweep folder,
         _echo_report(info)
     else:  # a sweep: its table and figures
         _echo_written(info)
+
+
+@app.command("presets")
+def presets_cmd():
+    """The published set-ups of --preset: what each sets, and its source."""
+    from initlens.models.presets import PRESETS
+
+    for p in PRESETS.values():
+        typer.echo(f"{p.name}: {p.paper}\n    source: {p.source}")
+        for section, values in p.settings().items():
+            typer.echo(f"    {section:<6} " + ", ".join(f"{k}={v}" for k, v in values.items()))
+        typer.echo(f"    note: {p.note}")
 
 
 @app.command("instruments")

@@ -8,6 +8,8 @@ with N(0, (d_in^-gamma)^2) from a seeded generator, so the init is exact and rep
 
 from __future__ import annotations
 
+import re
+
 import torch
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
@@ -19,6 +21,8 @@ from initlens.models.layernorm import apply_placement
 
 # Embedding matrices: their input is one-hot, so their d_in is the number of rows.
 EMBEDDINGS = ("embed.weight", "pos_embed.weight")
+# The biases `biases=False` removes: attention Q/K/V/O and the MLP's (not the unembedding's).
+BLOCK_BIASES = re.compile(r"blocks\.\d+\.(attn\.[qkvo]|mlp\.(in|out))\.bias")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -68,7 +72,7 @@ def bridge_config(cfg: RunConfig) -> TransformerBridgeConfig:
 
 
 @torch.no_grad()
-def init_weights(model: TransformerBridge, cfg: ModelConfig, seed: int) -> None:
+def init_weights(model: TransformerBridge | EmbMLP, cfg: ModelConfig, seed: int) -> None:
     """Every matrix ~ N(0, d_in^-2gamma); biases 0; LayerNorm weights 1.
 
     Draws on the CPU in name order from one generator, so the same seed gives the same
@@ -97,16 +101,28 @@ def build_model(cfg: RunConfig, device: str | torch.device | None = None
         m = cfg.model
         model = EmbMLP(cfg.task.vocab_size, m.d_model, m.mlp_dim, cfg.n_ctx, m.act_fn)
         init_weights(model, m, cfg.train.seed)
+        if not m.biases:
+            freeze_biases(model)
         return model.eval().to(device)
     model = TransformerBridge.boot_native(bridge_config(cfg))
     if cfg.model.normalization != "none":
-        apply_placement(model, cfg.model.normalization)
+        apply_placement(model, cfg.model.normalization, cfg.model.final_ln)
     init_weights(model, cfg.model, cfg.train.seed)
+    if not cfg.model.biases:
+        freeze_biases(model)
     model.eval()
     return model.to(device, print_details=False)
 
 
-def realized_init(model: TransformerBridge, cfg: ModelConfig) -> list[dict]:
+def freeze_biases(model: torch.nn.Module) -> None:
+    """Keep the attention and MLP biases at zero: no gradient, no optimizer moves them."""
+    names = {t.data_ptr(): name for name, t in model.state_dict().items()}
+    for p in model.parameters():
+        if BLOCK_BIASES.fullmatch(names.get(p.data_ptr(), "")):
+            p.requires_grad_(False)
+
+
+def realized_init(model: TransformerBridge | EmbMLP, cfg: ModelConfig) -> list[dict]:
     """Per parameter: shape, d_in, target std and the std actually drawn (tidy rows)."""
     rows = []
     for name, tensor in model.state_dict().items():
@@ -123,5 +139,5 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["bridge_config", "build_model", "fan_in", "init_weights", "n_params",
-           "realized_init", "resolve_device", "target_std"]
+__all__ = ["bridge_config", "build_model", "fan_in", "freeze_biases", "init_weights",
+           "n_params", "realized_init", "resolve_device", "target_std"]

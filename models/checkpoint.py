@@ -45,6 +45,10 @@ def read_json(path: str | Path, what: str = "file") -> dict | list:
         raise UserError(f"{what} {path} is missing") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{what} {path} is corrupt ({e.msg}); restore or delete it") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {path} is not UTF-8 text; restore or delete it") from None
+    except OSError as e:
+        raise UserError(f"{what} {path} cannot be read ({e.strerror}); restore it") from None
 
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
@@ -62,6 +66,9 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist; list the run's checkpoints "
                         f"with `probe info RUN`") from None
+    except OSError as e:
+        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}); restore it, or "
+                        f"delete it and resume from an earlier one") from None
     try:
         tensors = st_load(raw)
         metadata = _metadata(raw)
@@ -95,7 +102,20 @@ def optimizer_tensors(opt: torch.optim.Optimizer, member: int | None = None
 
 
 def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    """Put saved AdamW state into `opt`; a ValueError if it does not fit its parameters."""
     params = [p for g in opt.param_groups for p in g["params"]]
+    expected = {f"{i}.{name}": () if name == "step" else tuple(p.shape)
+                for i, p in enumerate(params) for name in ("step", "exp_avg", "exp_avg_sq")}
+    indices = {key.split(".", 1)[0] for key in tensors}
+    complete = {f"{i}.{name}" for i in indices for name in ("step", "exp_avg", "exp_avg_sq")}
+    if set(tensors) != complete or not complete <= set(expected):
+        wrong = sorted(set(tensors) ^ (complete & set(expected)))
+        raise ValueError(f"its keys do not match the model's parameters ({', '.join(wrong[:3])}"
+                         f"{', ...' if len(wrong) > 3 else ''})")
+    for key, value in tensors.items():
+        if tuple(value.shape) != expected[key]:
+            raise ValueError(f"{key} has shape {tuple(value.shape)}, the model needs "
+                             f"{expected[key]}")
     for key, value in tensors.items():
         i, name = key.split(".", 1)
         p = params[int(i)]

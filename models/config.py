@@ -52,8 +52,10 @@ class ModelConfig:
     authors' released code, the default) uses d_model; `"vocab"` (the paper's text: one-hot
     input) uses d_vocab and n_ctx. Biases start at zero (`biases=False`: the attention and
     MLP biases stay exactly zero, frozen), LayerNorm weights at one. Two more init knobs:
-    `readout_scale` multiplies the unembedding's std; `init_rank` r keeps the top r singular directions of
-    every matrix larger than that (rescaled to the same norm, so the std is unchanged).
+    `readout_scale` multiplies the unembedding's std; `init_rank` r keeps the top r singular
+    directions of every matrix larger than that (rescaled to the same norm, so the std is
+    unchanged). `d_head` is free of d_model / n_heads; `final_ln` adds or drops the final
+    LayerNorm (None: as the placement has it).
     """
 
     gamma: float = 0.5
@@ -278,10 +280,18 @@ def check_fields(cls, values: dict[str, Any], source: str) -> None:
         if hint is None:
             continue
         if not _matches(value, hint):
-            raise UserError(f"{source}: {name}={value!r}: expected {_expected(hint)}")
+            raise UserError(f"{source}: {name}={_show(value)}: expected {_expected(hint)}")
         problem = _out_of_range(name, value)
         if problem:
-            raise UserError(f"{source}: {name}={value!r}: {problem}")
+            raise UserError(f"{source}: {name}={_show(value)}: {problem}")
+
+
+def _show(value) -> str:
+    """A value as its JSON text (lists for tuples), else its repr."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 def _matches(value, hint) -> bool:
@@ -313,7 +323,7 @@ def _expected(hint) -> str:
         return " or ".join(_expected(a) for a in args)
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_expected(args[0])}s"
+            return f"a list, each item {_expected(args[0])}"
         return "a list [" + ", ".join(_expected(a) for a in args) + "]"
     return {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
             str: "a string"}.get(hint, str(hint))

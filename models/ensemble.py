@@ -87,8 +87,9 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
     """Train every config in `cfgs` into its run directory in `outs`, as one ensemble.
 
     Each member draws its batches as it would alone (members with the same seed, or the
-    same `train.batch_seed`, see the same batches). A member whose loss stops being finite
-    is marked failed (status.json says why) and its files stop changing; the others go on.
+    same `train.batch_seed`, see the same batches). A member that diverges (its loss,
+    weights or scores stop being finite) is marked failed and diverged (status.json says
+    why) and its files stop changing; the others go on.
     """
     outs = [Path(o) for o in outs]
     if not cfgs or len(cfgs) != len(outs) or len(set(outs)) != len(outs):
@@ -104,8 +105,20 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
                             "readout_scale, init_rank) and seed; train the "
                             "others in another ensemble (probe sweep groups them for you)")
     writers = [RunWriter(out) for out in outs]
-    for writer in writers:
-        writer.check_free()
+    try:
+        for writer in writers:
+            writer.lock()
+            writer.check_free()
+        _train_members(cfgs, writers, progress)
+    finally:
+        for writer in writers:
+            writer.unlock()
+    return [Run(out) for out in outs]
+
+
+def _train_members(cfgs: list[RunConfig], writers: list[RunWriter],
+                   progress: bool | None) -> None:
+    """`train_ensemble` once it holds every member's run directory."""
     tc = cfgs[0].train
     device = resolve_device(tc.device)
     rows, x_train, y_train = training_data(cfgs[0], device)
@@ -117,7 +130,6 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
     members = StackedMembers(cfgs, models, x_train, y_train, evalsets, device)
     del models
     run_training(members, writers, tc, desc=f"ensemble of {len(cfgs)}", progress=progress)
-    return [Run(out) for out in outs]
 
 
 class StackedMembers:
@@ -166,11 +178,16 @@ class StackedMembers:
         weights = {name: t[member].detach() for name, t in self.stacked.items()}
         return weights, optimizer_tensors(self.optimizer, member)
 
+    @torch.no_grad()
+    def finite(self) -> list[bool]:
+        return torch.stack([torch.isfinite(t.flatten(1)).all(1) for t in self.stacked.values()]
+                           ).all(0).tolist()
+
 
 def _optimizer_order(model: torch.nn.Module) -> list[str]:
     """State-dict names of the trainable parameters, in `model.parameters()` order."""
     names = {t.data_ptr(): name for name, t in model.state_dict().items()}
-    return [names[p.data_ptr()] for p in model.parameters()]
+    return [names[p.data_ptr()] for p in model.parameters() if p.requires_grad]
 
 
 @torch.no_grad()

@@ -12,20 +12,20 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 
-from initlens.models.emb_mlp import ACTIVATIONS as MODEL_ACTIVATIONS
+from initlens.models.emb_mlp import ACT_FNS
 from initlens.models.errors import UserError
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # The models' activations, but relu in place: its input is a fresh matmul output nothing
 # else reads (saves a buffer).
-ACTIVATIONS = {**MODEL_ACTIVATIONS, "relu": lambda x: F.relu(x, inplace=True)}
+FAST_ACT_FNS = {**ACT_FNS, "relu": lambda x: F.relu(x, inplace=True)}
 BLOCK_HOOKS = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
                "mlp_out", "resid_post")
 
@@ -163,20 +163,20 @@ def block_tail(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"],
         return hook("resid_post", mid)
     pre = F.linear(mid if post else w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"],
                    w[f"{p}.mlp.in.bias"])
-    mlp_out = F.linear(ACTIVATIONS[w.act_fn](pre), w[f"{p}.mlp.out.weight"],
+    mlp_out = F.linear(FAST_ACT_FNS[w.act_fn](pre), w[f"{p}.mlp.out.weight"],
                        w[f"{p}.mlp.out.bias"])
     out = mid + hook("mlp_out", mlp_out)
     return hook("resid_post", w.norm(out, f"{p}.ln2") if post else out)
 
 
-def unembed(w: Weights, x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n vocab"]:
+def unembed(w: Weights, x: Float[torch.Tensor, "*n d"]) -> Float[torch.Tensor, "*n vocab"]:
     """Final norm and unembedding."""
     return F.linear(w.norm(x, "ln_final"), w["unembed.weight"], w["unembed.bias"])
 
 
 def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
-                   names: tuple[str, ...] = BLOCK_HOOKS, label_only: bool = False
-                   ) -> tuple[Float[torch.Tensor, "batch seq vocab"], dict[str, torch.Tensor]]:
+                   names: Sequence[str] = BLOCK_HOOKS, label_only: bool = False
+                   ) -> tuple[Float[torch.Tensor, "batch out vocab"], dict[str, torch.Tensor]]:
     """Logits and the named block activations, keyed by TransformerLens name.
 
     label_only: the final block computes only the last position after its k/v (its q,
@@ -194,12 +194,12 @@ def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
     return unembed(w, x), cache
 
 
-def _emb_mlp(w: Weights, tokens: Int[torch.Tensor, "batch seq"], names: tuple[str, ...]
+def _emb_mlp(w: Weights, tokens: Int[torch.Tensor, "batch seq"], names: Sequence[str]
              ) -> tuple[Float[torch.Tensor, "batch 1 vocab"], dict[str, torch.Tensor]]:
     """The Emb-MLP's forward: resid_pre is the summed embedding, resid_post the hidden
     layer (one position each)."""
     x = w["embed.weight"][tokens].sum(1, keepdim=True)
-    hidden = ACTIVATIONS[w.act_fn](F.linear(x, w["blocks.0.mlp.in.weight"],
+    hidden = FAST_ACT_FNS[w.act_fn](F.linear(x, w["blocks.0.mlp.in.weight"],
                                             w["blocks.0.mlp.in.bias"]))
     acts = {"resid_pre": x, "resid_post": hidden}
     cache = {hook_name(c, 0): t for c, t in acts.items() if c in names}

@@ -2,11 +2,13 @@
 
     RUN/config.json                 RunConfig (task, model, train)
     RUN/init.json                   realized init: per parameter, d_in, target and drawn std
-    RUN/status.json                 {"state": running|done|failed, "step": last checkpoint, ...}
-    RUN/metrics.jsonl               tidy rows: {"step", "group", "metric", "value"}
+    RUN/status.json                 {"state": running|done|failed, "step": ..., "reason",
+                                     "diverged": true when training diverged}
+    RUN/metrics.jsonl               tidy rows: {"step", "group", "metric", "value"}, appended
     RUN/summary.json                final metrics, wall time (written when training ends)
     RUN/checkpoints/step_NNNNNNN.safetensors   weights in TransformerLens state-dict names
     RUN/checkpoints/optimizer.safetensors      AdamW state at the last checkpoint (for resume)
+    RUN/.lock                       while a process trains the run: its pid, host, start time
 
 `Run` reads these files; `models.run_writer.RunWriter` is the one thing that writes them.
 """
@@ -26,13 +28,40 @@ from transformer_lens.model_bridge import TransformerBridge
 from initlens.models.build import build_model, resolve_device
 from initlens.models.checkpoint import load_tensors, read_json
 from initlens.models.config import RunConfig
+from initlens.models.emb_mlp import EmbMLP
 from initlens.models.errors import UserError
 
 CKPT = re.compile(r"step_(\d+)\.safetensors$")
+METRIC_COLUMNS = ["step", "group", "metric", "value"]
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:07d}.safetensors"
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """The rows of a metrics.jsonl and the bytes they fill; a last line without its newline
+    (a write cut short by a kill) is left out. A UserError if another line is damaged."""
+    try:
+        raw = path.read_bytes() if path.exists() else b""
+    except OSError as e:
+        raise UserError(f"metrics file {path} cannot be read ({e.strerror})") from None
+    size = raw.rfind(b"\n") + 1
+    rows = []
+    for n, line in enumerate(raw[:size].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            rows.append({k: row[k] for k in METRIC_COLUMNS})
+            step, group, metric = row["step"], row["group"], row["metric"]
+            if not (isinstance(step, int) and isinstance(group, str)
+                    and isinstance(metric, str)):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"metrics file {path} is damaged at line {n}; restore it, or "
+                            f"delete that line") from None
+    return rows, size
 
 
 @dataclass(frozen=True)
@@ -65,7 +94,7 @@ class Run:
     @property
     def status(self) -> dict:
         f = self.path / "status.json"
-        return read_json(f, "status file") if f.exists() else {"state": "unknown"}
+        return self._read(f, "status file", dict) if f.exists() else {"state": "unknown"}
 
     @property
     def done(self) -> bool:
@@ -74,27 +103,42 @@ class Run:
     @property
     def summary(self) -> dict:
         f = self.path / "summary.json"
-        return read_json(f, "summary") if f.exists() else {}
+        return self._read(f, "summary", dict) if f.exists() else {}
 
     @property
     def init(self) -> list[dict]:
-        return read_json(self.path / "init.json", "init record")
+        return self._read(self.path / "init.json", "init record", list)
+
+    @staticmethod
+    def _read(path: Path, what: str, kind: type):
+        value = read_json(path, what)
+        if not isinstance(value, kind):
+            raise UserError(f"{what} {path} is damaged: it holds a JSON "
+                            f"{type(value).__name__}, not a {kind.__name__}; restore or "
+                            f"delete it")
+        return value
 
     def checkpoint_steps(self) -> list[int]:
         folder = self.path / "checkpoints"
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder} is a file, not the run's checkpoint folder; restore it")
         steps = [int(m.group(1)) for f in folder.glob("step_*.safetensors")
                  if (m := CKPT.search(f.name))] if folder.exists() else []
         return sorted(steps)
 
     def resume_point(self) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
         """(step, weights, optimizer state) of the checkpoint to resume from; None if none."""
+        self.checkpoint_steps()  # the checkpoint folder is a folder
         state_file = self.path / "checkpoints" / "optimizer.safetensors"
         if not state_file.exists():
             return None
         optimizer, meta = load_tensors(state_file)
-        step = int(meta["step"])
-        weights, _ = load_tensors(checkpoint_path(self.path, step))
-        return step, weights, optimizer
+        step = meta.get("step", "")
+        if not step.isdigit():
+            raise UserError(f"optimizer state {state_file} does not say its step; restore it, "
+                            f"or delete it to retrain the run from the start")
+        weights, _ = load_tensors(checkpoint_path(self.path, int(step)))
+        return int(step), weights, optimizer
 
     def resolve_step(self, step: int | str | None = None) -> int:
         """`None`/"last" is the last checkpoint; an int must be one of the checkpoints."""
@@ -111,7 +155,7 @@ class Run:
         return step
 
     def load_model(self, step: int | str | None = None,
-                   device: str | torch.device | None = None) -> TransformerBridge:
+                   device: str | torch.device | None = None) -> TransformerBridge | EmbMLP:
         """The model at a checkpoint (default: the last), ready for TransformerLens tools."""
         step = self.resolve_step(step)
         path = checkpoint_path(self.path, step)
@@ -135,11 +179,11 @@ class Run:
     @cached_property
     def _metric_rows(self) -> list[dict]:
         """metrics.jsonl, parsed once per Run object (reopen the run to see new rows)."""
-        f = self.path / "metrics.jsonl"
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] \
-            if f.exists() else []
+        return read_metrics(self.path / "metrics.jsonl")[0]
 
     def metrics(self) -> pd.DataFrame:
-        """Tidy metrics: one row per (step, group, metric), with the run's gamma attached."""
-        df = pd.DataFrame(self._metric_rows, columns=["step", "group", "metric", "value"])
+        """Tidy metrics: one row per (step, group, metric) (its first write), with the run's
+        gamma attached."""
+        df = pd.DataFrame(self._metric_rows, columns=METRIC_COLUMNS)
+        df = df.drop_duplicates(["step", "group", "metric"]).reset_index(drop=True)
         return df.assign(run=self.name, gamma=self.config.model.gamma)

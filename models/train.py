@@ -45,7 +45,6 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     stop_at: stop resumably after this step (for training in chunks, and tests).
     """
     out = Path(out)
-    writer = RunWriter(out)
     if resume:
         saved = Run.open(out)
         if cfg is not None and cfg != saved.config:
@@ -55,9 +54,23 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
         cfg = saved.config
         if saved.done:
             return saved
+    cfg.validate()
+    with RunWriter(out) as writer:
+        return _train(cfg, writer, resume, stop_at, progress)
+
+
+def _train(cfg: RunConfig, writer: RunWriter, resume: bool, stop_at: int | None,
+           progress: bool | None) -> Run:
+    """`train` as the one writer of the run: everything is checked before anything is
+    written."""
+    out = writer.path
+    point = None
+    if resume:
+        saved = Run(out)
+        saved.metrics()  # readable, or a UserError before anything is written
+        point = saved.resume_point()
     else:
         writer.check_free()
-    cfg.validate()
     tc = cfg.train
     device = resolve_device(tc.device)
 
@@ -66,14 +79,23 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
 
     model = build_model(cfg, device)
     opt = adamw(list(model.parameters()), tc)
+    init = realized_init(model, cfg.model)
     start = 0
-    if resume and (point := Run(out).resume_point()) is not None:
+    if point is not None:
         start, weights, opt_tensors = point
-        model.load_state_dict(weights, strict=True)
-        load_optimizer_tensors(opt, opt_tensors)
-        writer.truncate_metrics(start)
-    else:  # a new run, or one that died before its first checkpoint
-        writer.start(cfg, realized_init(model, cfg.model))
+        try:
+            model.load_state_dict(weights, strict=True)
+            load_optimizer_tensors(opt, opt_tensors)
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[-1].strip()
+            raise UserError(f"the checkpoint of step {start} in {out} does not match its "
+                            f"config.json ({first}); restore the checkpoint, or delete "
+                            f"checkpoints/optimizer.safetensors to retrain from the start",
+                            option="out") from None
+    if resume:  # metrics written so far are kept; redone evaluations are not rewritten
+        writer.resume(init)
+    else:
+        writer.start(cfg, init)
     model.train()
 
     member = OneModel(cfg, model, opt, x_train, y_train, evalset, device)
@@ -111,6 +133,10 @@ class OneModel:
 
     def checkpoint(self, member: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return self.model.state_dict(), optimizer_tensors(self.optimizer)
+
+    def finite(self) -> list[bool]:
+        return [bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
+                     .all())]
 
 
 def batch_loss(task, model, tokens: Int[torch.Tensor, "batch seq"],

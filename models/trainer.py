@@ -24,8 +24,22 @@ from initlens.models.run_writer import RunWriter
 
 
 def lr_at(step: int, cfg) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio."""
+    """The learning rate of update `step` (0-based) under cfg.schedule.
+
+    warmup_cosine: linear warm-up to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio.
+    gradual_warmup: the same cosine after a linear warm-up from cfg.lr / warmup_multiplier
+    (GradualWarmupScheduler + CosineAnnealingLR as the anchor-function authors chain them,
+    in closed form). inverse_sqrt: linear warm-up, then cfg.lr * sqrt(warmup_steps / step).
+    """
+    schedule = cfg.schedule
+    if schedule == "inverse_sqrt":
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        return cfg.lr * (max(cfg.warmup_steps, 1) / max(step, 1)) ** 0.5
     if step < cfg.warmup_steps:
+        if schedule == "gradual_warmup":
+            start = 1 / cfg.warmup_multiplier
+            return cfg.lr * (start + (1 - start) * step / cfg.warmup_steps)
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(cfg.steps - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
@@ -56,12 +70,15 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int) -> torch.T
 
 
 def adamw(params: list[torch.Tensor], cfg, matrix_ndim: int = 2) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (biases and LayerNorm weights are not decayed).
+    """AdamW over the trainable `params`; weight decay on matrices only (biases and
+    LayerNorm weights are not decayed), or on all of them when cfg.decay is "all".
 
     matrix_ndim: dimensions of a matrix parameter (3 when members are stacked)."""
-    groups = [{"params": [p for p in params if p.ndim >= matrix_ndim],
+    params = [p for p in params if p.requires_grad]
+    floor = 0 if cfg.decay == "all" else matrix_ndim
+    groups = [{"params": [p for p in params if p.ndim >= floor],
                "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < matrix_ndim], "weight_decay": 0.0}]
+              {"params": [p for p in params if p.ndim < floor], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -82,12 +99,16 @@ class Members(Protocol):
     def checkpoint(self, member: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """A member's weights and optimizer state, as a standalone run would save them."""
 
+    def finite(self) -> list[bool]:
+        """Per member: whether all its weights are finite."""
 
-def diverged(out, step: int, train_loss: float) -> str:
-    """Why a run stopped: its loss is no longer finite."""
-    return (f"training diverged: the loss became {train_loss} by step {step}; lower the "
-            f"learning rate or raise gamma (checkpoints up to step "
-            f"{Run(out).resolve_step()} are kept)")
+
+def diverged(out, step: int, what: str) -> str:
+    """Why a run stopped: something it computed is no longer finite."""
+    kept = Run(out).checkpoint_steps()
+    return (f"training diverged at step {step}: {what}; lower the learning rate or raise "
+            f"gamma (" + (f"checkpoints up to step {kept[-1]} are kept)" if kept else
+                          "no checkpoint was kept)"))
 
 
 def run_training(members: Members, writers: list[RunWriter], tc: TrainConfig, start: int = 0,
@@ -96,8 +117,10 @@ def run_training(members: Members, writers: list[RunWriter], tc: TrainConfig, st
     """Train `members` from update `start` to `stop_at` (default: tc.steps), writing member
     i's run directory through writers[i]; per member, why it failed, or None.
 
-    A member whose loss stops being finite is marked failed and its files stop changing;
-    the others go on. Reaching tc.steps finishes each remaining run (summary, done status).
+    A member whose training loss, weights or evaluation scores stop being finite (checked
+    at every evaluation, before its checkpoint is saved) is marked failed and diverged, and
+    its files stop changing; the others go on. An optimizer overflow stops every member.
+    Reaching tc.steps finishes each remaining run (summary, done status).
     """
     k = len(writers)
     evals = set(eval_steps(tc.steps, tc.eval_every))
@@ -109,10 +132,24 @@ def run_training(members: Members, writers: list[RunWriter], tc: TrainConfig, st
     def alive() -> list[int]:
         return [i for i in range(k) if failed[i] is None]
 
+    def stop(i: int, step: int, what: str) -> None:
+        failed[i] = diverged(writers[i].path, step, what)
+        writers[i].fail(step, failed[i], diverged=True)
+
     def record(step: int, losses: list[float] | None) -> list[dict]:
+        finite = members.finite()
+        for i in alive():
+            if losses is not None and not math.isfinite(losses[i]):
+                stop(i, step, f"the training loss became {losses[i]}")
+            elif not finite[i]:
+                stop(i, step, "the weights are no longer finite")
         which = alive()
         scores = members.evaluate(which)
         for i, values in zip(which, scores):
+            bad = [f"{g}/{m}" for (g, m), v in values.items() if not math.isfinite(v)]
+            if bad:
+                stop(i, step, f"the evaluation gave non-finite {', '.join(bad)}")
+                continue
             values = dict(values)
             if losses is not None:
                 values[("train", "loss")] = losses[i]
@@ -133,20 +170,23 @@ def run_training(members: Members, writers: list[RunWriter], tc: TrainConfig, st
         for step in range(start + 1, last + 1):
             for group in members.optimizer.param_groups:
                 group["lr"] = lr_at(step - 1, tc)
-            loss_sum += members.step(step - 1)
+            try:
+                loss_sum += members.step(step - 1)
+            except RuntimeError as e:  # AdamW: "value cannot be converted ... overflow"
+                if "overflow" not in str(e):
+                    raise
+                for i in alive():
+                    stop(i, step, f"the optimizer overflowed ({str(e).splitlines()[0]})")
+                break
             n_loss += 1
             bar.update(1)
             if step in evals or step in ckpts or step == last:
                 means = [total / n_loss for total in loss_sum.tolist()]  # in float64
-                for i in alive():
-                    if not math.isfinite(means[i]):
-                        failed[i] = diverged(writers[i].path, step, means[i])
-                        writers[i].fail(step, failed[i])
                 loss_sum.zero_()
                 n_loss = 0
+                scores = record(step, means)
                 if not alive():
                     break
-                scores = record(step, means)
                 if k == 1:
                     bar.set_postfix({g: f"{v:.2f}" for (g, m), v in scores[0].items()
                                      if m == "accuracy"})

@@ -15,7 +15,7 @@ a finite value to draw (a panel of all-NaN data is rightly empty). It stores all
 `data-render-probe` attribute of <html>. Chromium runs headless with `--dump-dom` and a
 virtual time budget (timers run instantly, no real waiting), and we read the attribute
 back from the dumped DOM. No extra dependencies: the system Chromium, found the same way
-figure export finds it (`analyses.export.find_browser`).
+figure export finds it (`analyses.figures.export.find_browser`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from initlens.analyses.export import find_browser
+from initlens.analyses.figures.export import find_browser
 
 ATTRIBUTE = "data-render-probe"
 WINDOW = (1280, 1000)

@@ -1,7 +1,6 @@
 """The `probe` CLI: bad input gives one clear line and exit code 2; a tiny study reports."""
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -9,32 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from initlens.analyses.cli import main
+from helpers import SMALL_ANALYSIS, TINY, assert_user_error, run_cli
 from initlens.models import Run
-
-TINY = ["--keys", "21,30", "--memory-anchors", "1,2", "--reasoning-anchors", "11,13",
-        "--seq-len", "5", "--samples-per-pair", "30", "--d-model", "16", "--steps", "30",
-        "--batch-size", "32", "--eval-every", "10", "--eval-size", "64",
-        "--n-checkpoints", "3", "--warmup-steps", "5"]
-SMALL_ANALYSIS = ["--pairs", "32", "--probe-rows", "600", "--probe-targets", "task_type"]
-
-
-def run_cli(capsys, *args) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(result, pattern):
-    code, out, err = result
-    assert code == 2, (code, out, err)
-    assert "Traceback" not in err + out
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and re.search(pattern, lines[0]), err
 
 
 @pytest.mark.parametrize("args, pattern", [
@@ -42,7 +17,9 @@ def assert_user_error(result, pattern):
     (["--gamma", "0"], "gamma=0.0 is invalid.*> 0"),
     (["--gamma", "-0.5"], "gamma=-0.5 is invalid"),
     (["--d-model", "64", "--n-heads", "3"], "not divisible by n_heads=3"),
-    (["--d-model", "64", "--n-heads", "2", "--d-head", "16"], "d_head \\* n_heads"),
+    (["--d-model", "64", "--n-heads", "2", "--d-head", "0"], "d_head=0 must be >= 1"),
+    (["--final-ln", "maybe"], "expected true, false or none"),
+    (["--schedule", "step"], "schedule='step' is not one of"),
     (["--normalization", "rms"], "normalization='rms' is not one of"),
     (["--keys", "a,b"], "expected integers"),
     (["--task", "composite", "--memory-anchors", "1,2"], "does not apply to task"),
@@ -107,7 +84,7 @@ def test_corrupt_or_mismatched_checkpoint(capsys, tmp_path, tiny_run):
 
 def test_resume_with_corrupt_checkpoint_is_a_clear_error(capsys, tmp_path):
     out = tmp_path / "r"
-    from conftest import tiny_config
+    from helpers import tiny_config
     from initlens.models import train
     train(tiny_config(), out, stop_at=12, progress=False)
     ckpt = out / "checkpoints" / "step_0000012.safetensors"
@@ -125,6 +102,7 @@ def test_info_prints_config_init_and_final_metrics(capsys, tiny_run):
     assert info["status"]["state"] == "done" and info["checkpoints"][0] == 0
 
 
+@pytest.mark.integration
 def test_tiny_study_end_to_end(capsys, tmp_path):
     study = tmp_path / "study"
     code, out, err = run_cli(capsys, "study", "--out", study, "--gammas", "0.3,0.8", *TINY,
@@ -164,6 +142,7 @@ def test_tiny_study_end_to_end(capsys, tmp_path):
     assert "Missing or failed runs" in html and "gamma_0.8" in html
 
 
+@pytest.mark.integration
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     probe = Path(sys.executable).parent / "probe"
     result = subprocess.run([str(probe), "train", "--out", str(tmp_path / "r"), "--gamma", "0"],

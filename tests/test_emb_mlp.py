@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import initlens.analyses.sweep as sweep_module
-from conftest import tiny_config
+import initlens.analyses.studies.sweep as sweep_module
+from helpers import tiny_config
 from initlens.models import UserError, build_model, train
 from initlens.models.build import target_std
 from initlens.models.forward import Weights, run_with_cache
@@ -85,8 +85,8 @@ def test_sweeps_train_emb_mlps_one_by_one(tmp_path):
 
 
 def test_a_run_report_on_an_emb_mlp(tmp_path):
-    from initlens.analyses.report import write_report
-    from initlens.analyses.run_analysis import AnalysisConfig, analyze_runs
+    from initlens.analyses.studies.report import write_report
+    from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_runs
 
     run = train(_cfg(steps=20), tmp_path / "run", progress=False)
     tables, problems = analyze_runs([run], AnalysisConfig(pairs=16, probe_rows=300,

@@ -4,10 +4,12 @@ import pytest
 import torch
 
 import initlens.models.ensemble as ensemble
-from conftest import tiny_config
+from helpers import tiny_config
 from initlens.models import Run, UserError, train
 from initlens.models.checkpoint import load_tensors
 from initlens.models.ensemble import train_ensemble
+
+pytestmark = pytest.mark.integration  # every test trains ensembles
 
 MEMBERS = [(0.3, 0), (0.5, 1), (0.8, 0)]  # (gamma, seed)
 # The attention key bias adds the same amount to every score of a query, which softmax
@@ -95,6 +97,7 @@ def test_failed_member_is_isolated(tmp_path, monkeypatch):
     runs = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(3)], progress=False)
     states = [r.status for r in runs]
     assert states[1]["state"] == "failed" and "diverged" in states[1]["reason"]
+    assert states[1]["diverged"] is True and not runs[1].checkpoint_steps()  # NaN at init
     assert states[0]["state"] == states[2]["state"] == "done"
     ref = train(cfgs[2], tmp_path / "alone", progress=False)
     torch.testing.assert_close(runs[2].load_model(device="cpu").state_dict()["embed.weight"],

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import initlens.analyses.sweep as sweep_module
-from initlens.analyses.phase_diagram import default_value
+import initlens.analyses.studies.sweep as sweep_module
+from initlens.analyses.studies.phase import default_value
 from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError, train
 from initlens.models.evaluate import evaluate, greedy_complete, make_eval_set, next_token_loss
 from initlens.models.tasks import FormalTask, dataset_arrays
 from initlens.models.tasks.base import EOS, PAD
 from initlens.models.tasks.formal import RULES
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 LANGUAGES = ("anbn", "anbncn", "dyck", "regular")
 
@@ -135,6 +135,7 @@ def _base(steps=40):
                                        eval_every=10, eval_size=100, n_checkpoints=2))
 
 
+@pytest.mark.integration
 def test_next_token_training_learns_and_records_the_read_outs(tmp_path):
     run = train(_base(60), tmp_path / "run", progress=False)
     m = run.metrics()
@@ -145,6 +146,7 @@ def test_next_token_training_learns_and_records_the_read_outs(tmp_path):
         assert len(values) == len(loss) and values.between(0, 1).all()
 
 
+@pytest.mark.integration
 def test_a_gamma_sweep_reports_rule_extrapolation_at_the_best_step(tmp_path):
     sweep = sweep_module.make_sweep(_base(), {"gamma": [0.3, 0.8]})
     runs = [(cfg, tmp_path / name) for name, cfg in sweep.configs()]

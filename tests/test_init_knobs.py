@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import tiny_config
+from helpers import tiny_config
 from initlens.models import UserError, build_model, train
 from initlens.models.build import target_std
 from initlens.models.ensemble import train_ensemble
@@ -44,6 +44,7 @@ def test_invalid_knobs_are_rejected(field, value):
         tiny_config().replace(model={field: value}).validate()
 
 
+@pytest.mark.integration
 def test_ensembles_mix_init_knobs_and_match_runs_alone(tmp_path):
     cfgs = [tiny_config(steps=12).replace(model=m) for m in
             ({"init_rank": 2}, {"readout_scale": 0.2}, {"gamma": 0.8})]

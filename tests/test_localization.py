@@ -3,10 +3,11 @@
 import pandas as pd
 import pytest
 
-from initlens.analyses.localization import (Experiment, compare_tasks, experiments, localize,
-                                   rank_components, stage_steps, summary)
-from initlens.analyses.run_analysis import TABLES, AnalysisConfig, analyze_run
-from conftest import tiny_config
+from initlens.analyses.studies.localization import (Experiment, compare_tasks, experiments,
+                                                    localize, rank_components, stage_steps,
+                                                    summary)
+from initlens.analyses.studies.run_analysis import TABLES, AnalysisConfig, analyze_run
+from helpers import tiny_config
 from initlens.models import UserError, build_model
 from initlens.models.tasks import task_class
 
@@ -90,6 +91,7 @@ def test_summary_refuses_to_localize_without_a_gap():
     assert "too close to localize" in " ".join(summary(table, "reasoning", "memory"))
 
 
+@pytest.mark.integration
 def test_analyze_run_writes_once_and_reuses(tiny_run):
     cfg = AnalysisConfig(pairs=16, probe_rows=400, probe_targets=("task_type",),
                          geometry_rows=64)

@@ -45,9 +45,10 @@ def test_realized_init_std_matches_d_in_power(gamma, embed_fan_in):
 
 
 def test_fan_in_of_linear_weights_is_the_input_dimension():
-    cfg = ModelConfig()
+    cfg = ModelConfig(embed_fan_in="vocab")
     assert fan_in("blocks.0.mlp.out.weight", (64, 256), cfg) == 256
     assert fan_in("embed.weight", (89, 64), cfg) == 89
+    assert fan_in("embed.weight", (89, 64), ModelConfig()) == 64  # default: d_model
     assert fan_in("blocks.0.ln1.bias", (64,), cfg) is None
 
 

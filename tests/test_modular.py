@@ -4,13 +4,13 @@ its read-outs (steps to fit and to generalize, attention entropy, compressibilit
 import numpy as np
 import pytest
 
-import initlens.analyses.sweep as sweep_module
-from initlens.analyses.over_training import geometry_over_training
+import initlens.analyses.studies.sweep as sweep_module
+from initlens.analyses.studies.over_training import geometry_over_training
 from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError
 from initlens.models.tasks import ModularTask, dataset_arrays
 from initlens.probes.corruptions import make_pairs
 from initlens.probes.linear import probe_model
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 
 

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.integration
 def test_one_public_name(tmp_path):
     """From a folder with its own `models/` (as most ML projects have), both import right."""
     (tmp_path / "models").mkdir()

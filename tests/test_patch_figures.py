@@ -1,17 +1,16 @@
-"""Patching heatmaps (analyses.patch_figures) and figure export (analyses.export)."""
+"""Patching heatmaps (analyses.figures.patching) and figure export (analyses.figures.export)."""
 
 import re
-import struct
 import xml.etree.ElementTree as ET
-import zlib
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from initlens.analyses import export
-from initlens.analyses.export import StaticExportWarning, export_figure, static_export_status
-from initlens.analyses.patch_figures import layer_head_heatmap, layer_position_heatmap
+from helpers import decode_png
+from initlens.analyses.figures import export
+from initlens.analyses.figures.export import StaticExportWarning, export_figure, static_export_status
+from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
 from initlens.models.errors import UserError
 
 COLS = ["run", "step", "component", "layer", "position", "head", "value"]
@@ -147,42 +146,6 @@ needs_browser = pytest.mark.skipif(not STATIC_OK, reason=STATIC_REASON)
 WIDTH, HEIGHT = 320, 240
 
 
-def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and unfiltered rows of an 8-bit RGB/RGBA, non-interlaced PNG."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, header = 8, b"", None
-    while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-    width, height, depth, color, _, _, interlace = header
-    assert depth == 8 and color in (2, 6) and interlace == 0
-    bpp = 4 if color == 6 else 3
-    raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytes(width * bpp)
-    for y in range(height):
-        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):
-            a = line[i - bpp] if i >= bpp else 0
-            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-            if kind == 1:
-                line[i] = (line[i] + a) & 255
-            elif kind == 2:
-                line[i] = (line[i] + b) & 255
-            elif kind == 3:
-                line[i] = (line[i] + (a + b) // 2) & 255
-            elif kind == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append(bytes(line))
-        prev = line
-    return width, height, rows
-
-
 @pytest.fixture(scope="module")
 def static_files(table, tmp_path_factory):
     """One export of PNG, SVG and PDF (one browser session, about 3-5 s)."""
@@ -193,6 +156,7 @@ def static_files(table, tmp_path_factory):
 
 
 @needs_browser
+@pytest.mark.integration
 def test_png_export(static_files):
     width, height, rows = decode_png(static_files["png"].read_bytes())
     assert (width, height) == (WIDTH, HEIGHT)
@@ -202,6 +166,7 @@ def test_png_export(static_files):
 
 
 @needs_browser
+@pytest.mark.integration
 def test_svg_and_pdf_export(static_files):
     root = ET.fromstring(static_files["svg"].read_bytes())
     assert root.tag == "{http://www.w3.org/2000/svg}svg"

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from initlens.analyses.preference import first_step_reaching, relative_loss_gap, signed_area
-from initlens.analyses.report import verdict
+from initlens.analyses.studies.preference import first_step_reaching, relative_loss_gap, signed_area
+from initlens.analyses.studies.report import verdict
 
 STEPS = [0, 10, 20, 30, 40]
 

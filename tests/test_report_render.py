@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from initlens.analyses.report import build_report, write_report
-from initlens.analyses.run_analysis import AnalysisConfig
-from initlens.analyses.study import run_study
+from initlens.analyses.studies.report import build_report, write_report
+from initlens.analyses.studies.run_analysis import AnalysisConfig
+from initlens.analyses.studies.study import run_study
 from browser import browser, inject_probe, render
-from conftest import tiny_config
-from test_patch_figures import decode_png
+from helpers import decode_png, tiny_config
 
 pytestmark = pytest.mark.skipif(browser() is None,
                                 reason="no Chromium/Chrome found (apt-get install chromium, "
@@ -47,6 +46,7 @@ def rendered(report):
 
 
 @pytest.mark.slow  # the study's analyses take minutes on a small CPU
+@pytest.mark.integration
 def test_report_figures_draw_without_errors(report, rendered):
     assert rendered["errors"] == []
     plots = rendered["plots"]
@@ -66,6 +66,7 @@ def small_report(tiny_run, tmp_path):
     return path
 
 
+@pytest.mark.integration
 def test_a_javascript_error_is_caught(small_report, tmp_path):
     page = small_report.read_text()
     assert render(small_report)["errors"] == []
@@ -74,6 +75,7 @@ def test_a_javascript_error_is_caught(small_report, tmp_path):
     assert any("undefinedFunction" in e for e in render(broken)["errors"])
 
 
+@pytest.mark.integration
 def test_missing_plotly_js_gives_errors_and_empty_plots(small_report, tmp_path):
     page = small_report.read_text()
     start = page.index("<script>", page.index("<head>")) + len("<script>")
@@ -93,6 +95,7 @@ def test_probe_goes_first_in_head():
     assert probed.endswith("<title>t</title></head></html>")
 
 
+@pytest.mark.integration
 def test_report_figures_export_as_nonblank_png_of_their_size(tiny_run, tmp_path):
     """`--format png`: every figure of the report as a PNG of the figure's own size
     (plotly's default width 700 where the layout sets none), with more than a background."""

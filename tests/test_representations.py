@@ -4,13 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from initlens.analyses.over_training import (cka_over_training, geometry_over_training, over_training,
-                                    select_steps)
-from initlens.analyses.representation_figures import (cosine_heatmap, metric_over_steps, pca_scatter,
-                                             probe_heatmap)
+from initlens.analyses.studies.over_training import (cka_over_training, geometry_over_training,
+                                                     over_training, select_steps)
+from initlens.analyses.figures.representations import (cosine_heatmap, metric_over_steps,
+                                                       pca_scatter, probe_heatmap)
 from initlens.models.errors import UserError
 from initlens.probes.geometry import cosine_matrix, token_embeddings, token_roles
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 
 def test_over_training_stacks_every_checkpoint(tiny_run):

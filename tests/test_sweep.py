@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-import initlens.analyses.sweep as sweep_module
+import initlens.analyses.studies.sweep as sweep_module
 import initlens.models.ensemble as ensemble
-from initlens.analyses.phase_diagram import phase_diagram, phase_grid, rows_axis
-from initlens.analyses.preference import curves, preference_row
-from conftest import tiny_config
+from initlens.analyses.figures.phase_diagram import phase_diagram
+from initlens.analyses.studies.phase import phase_grid, rows_axis
+from initlens.analyses.studies.preference import curves, preference_row
+from helpers import TINY, assert_user_error, run_cli, tiny_config
 from initlens.models import Run, UserError, train
-from test_cli import TINY, assert_user_error, run_cli
 
 GRID = {"seed": [0, 1], "gamma": [0.3, 0.8], "n_layers": [1, 2]}
 
@@ -62,6 +62,7 @@ def test_grid_runs_are_ensembles_of_matching_architectures():
     assert all(len(u) == 1 for u in sweep_module.plan(runs, "sequential"))
 
 
+@pytest.mark.integration
 def test_results_table_has_every_grid_point(done):
     out, info = done
     table = info["table"]
@@ -76,6 +77,7 @@ def test_results_table_has_every_grid_point(done):
         assert row.signed_area == pytest.approx(preference_row(run)["signed_area"])
 
 
+@pytest.mark.integration
 def test_a_sweep_run_equals_the_run_trained_alone(done, tmp_path):
     out, _ = done
     run = Run.open(out / "runs" / "g0.8_L2_s1")
@@ -83,6 +85,7 @@ def test_a_sweep_run_equals_the_run_trained_alone(done, tmp_path):
     assert (_train_loss(run) - _train_loss(alone)).abs().max() < 1e-4
 
 
+@pytest.mark.integration
 def test_phase_diagram_shows_the_table(done):
     _, info = done
     table = info["table"]
@@ -98,6 +101,7 @@ def test_phase_diagram_shows_the_table(done):
                       ).isna().all().all()
 
 
+@pytest.mark.integration
 def test_rerun_skips_finished_runs_and_restarts_half_written_ones(done):
     out, _ = done
     kept, broken = out / "runs" / "g0.3_L1_s0", out / "runs" / "g0.8_L2_s0"
@@ -119,6 +123,7 @@ def test_rerun_skips_finished_runs_and_restarts_half_written_ones(done):
     assert (kept / "metrics.jsonl").stat().st_mtime_ns == before
 
 
+@pytest.mark.integration
 def test_a_failed_member_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
     real = ensemble.build_model
 
@@ -138,6 +143,7 @@ def test_a_failed_member_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
     assert (table.drop("g0.8_s1").state == "done").all()
 
 
+@pytest.mark.integration
 def test_a_unit_that_raises_fails_alone(tmp_path, monkeypatch):
     real = sweep_module.train
 
@@ -155,6 +161,7 @@ def test_a_unit_that_raises_fails_alone(tmp_path, monkeypatch):
     assert table.loc["g0.8", "state"] == "done"
 
 
+@pytest.mark.integration
 def test_ray_backend_trains_the_same_runs(done, tmp_path):
     ray = pytest.importorskip("ray")
     out, info = done
@@ -175,6 +182,7 @@ def test_ray_backend_trains_the_same_runs(done, tmp_path):
         assert (_train_loss(ours) - _train_loss(local)).abs().max() < 1e-4
 
 
+@pytest.mark.integration
 def test_cli_sweep(tmp_path, capsys):
     code, out, err = run_cli(capsys, "sweep", "--out", tmp_path / "s", "--gammas", "0.3,1",
                              "--vary", "lr=0.001,0.003", *TINY, "--steps", "10")
@@ -209,6 +217,7 @@ def test_tuple_fields_sweep_and_read_back():
     assert again == sweep and [c for _, c in again.configs()] == [c for _, c in sweep.configs()]
 
 
+@pytest.mark.integration
 def test_probe_report_rebuilds_a_sweeps_table_and_figure(done, capsys):
     out, info = done
     (out / "results.csv").unlink()
@@ -219,6 +228,7 @@ def test_probe_report_rebuilds_a_sweeps_table_and_figure(done, capsys):
     assert list(pd.read_csv(out / "results.csv").run) == list(info["table"].run)
 
 
+@pytest.mark.integration
 def test_cli_sweep_from_a_grid_file(tmp_path, capsys):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"base": tiny_config().to_dict(), "grid": {"gamma": [0.3, 0.8]}}))

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from initlens.analyses.preference import relative_loss_gap
+from initlens.analyses.studies.preference import relative_loss_gap
 from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError, train
 from initlens.models.tasks import TextTask, dataset_arrays
-from test_cli import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli
 
 DATA = Path(__file__).parent / "data"
 FILES = (str(DATA / "stories_sample.txt"), str(DATA / "prontoqa_sample.jsonl"))
@@ -71,6 +71,7 @@ def test_options_that_cannot_produce_data(options, pattern):
         TextTask(**options).validate()
 
 
+@pytest.mark.integration
 def test_training_records_per_source_losses(tmp_path):
     cfg = RunConfig(task=TextTask(samples=300, files=FILES),
                     model=ModelConfig(n_layers=1, d_model=16, n_heads=2),

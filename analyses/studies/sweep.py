@@ -37,6 +37,7 @@ from initlens.models.ensemble import can_ensemble, ensemble_key, train_ensemble
 from initlens.models.errors import UserError
 from initlens.models.progress import Bar, Log, Progress, show_progress
 from initlens.models.run import Run
+from initlens.models.run_writer import FolderLock
 from initlens.models.train import mark_failed, train
 
 SHORT = {"gamma": "g", "n_layers": "L", "seed": "s"}
@@ -307,16 +308,17 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     spec = sweep.to_dict()
     check_folder(out, "sweep.json", spec, overwrite,
                  lambda d: Sweep.from_dict(d, str(out)).to_dict())
-    (out / "runs").mkdir(parents=True, exist_ok=True)
-    write_json(out / "sweep.json", spec)
-    todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])
-    bars = show_progress() if progress is None else progress
-    tally = Tally(len(configs) - len(todo), len(configs), Bar(bars, unit="run"), log)
-    if backend == "ray":
-        run_ray(ray, todo, strategy, tally, slots, cpus_per_task, gpus_per_task)
-    else:
-        run_local(plan(todo, strategy), tally, bars)
-    return report_sweep(out, formats)
+    with FolderLock(out, "sweep"):  # one sweep at a time writes this folder
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        write_json(out / "sweep.json", spec)
+        todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])
+        bars = show_progress() if progress is None else progress
+        tally = Tally(len(configs) - len(todo), len(configs), Bar(bars, unit="run"), log)
+        if backend == "ray":
+            run_ray(ray, todo, strategy, tally, slots, cpus_per_task, gpus_per_task)
+        else:
+            run_local(plan(todo, strategy), tally, bars)
+        return report_sweep(out, formats)
 
 
 def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[str, object]:
