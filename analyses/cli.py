@@ -14,7 +14,7 @@ import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -24,8 +24,12 @@ from initlens.models.errors import UserError
 from initlens.models.progress import Bar
 from initlens.models.tasks import TASKS, task_class
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="InitLens: train transformers at any init scale and dissect them.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="InitLens: train transformers at any init scale and dissect them.",
+)
 
 SECTIONS = {"model": [ModelConfig], "train": [TrainConfig], "task": list(TASKS.values())}
 
@@ -68,8 +72,9 @@ def _parse(name: str, raw, task_cls) -> Any:
     section, f, _ = FIELDS[name]
     if section == "task":
         if name not in {g.name for g in dataclasses.fields(task_cls)}:
-            raise UserError(f"option --{name.replace('_', '-')} does not apply to task "
-                            f"{task_cls.name!r}")
+            raise UserError(
+                f"option --{name.replace('_', '-')} does not apply to task {task_cls.name!r}"
+            )
         default = _default(next(g for g in dataclasses.fields(task_cls) if g.name == name))
     else:
         default = _default(f)
@@ -85,17 +90,23 @@ def _parse(name: str, raw, task_cls) -> Any:
     if not isinstance(default, tuple):
         return raw
     try:
-        groups = [tuple(int(v) for v in g.split(",") if v.strip())
-                  for g in str(raw).replace(" ", ";").split(";") if g.strip()]
+        groups = [
+            tuple(int(v) for v in g.split(",") if v.strip())
+            for g in str(raw).replace(" ", ";").split(";")
+            if g.strip()
+        ]
     except ValueError:
-        raise UserError(f"--{name.replace('_', '-')} {raw!r}: expected integers like "
-                        f"'1,2' or pairs like '11,13;13,11'") from None
+        raise UserError(
+            f"--{name.replace('_', '-')} {raw!r}: expected integers like "
+            f"'1,2' or pairs like '11,13;13,11'"
+        ) from None
     nested = bool(default) and isinstance(default[0], tuple)
     return tuple(groups) if nested else (groups[0] if groups else ())
 
 
-def build_config(config: Optional[Path], task: Optional[str], values: dict[str, Any],
-                 base: RunConfig | None = None) -> RunConfig:
+def build_config(
+    config: Path | None, task: str | None, values: dict[str, Any], base: RunConfig | None = None
+) -> RunConfig:
     """Defaults (or `base`), then the config file, then the options that were given."""
     cfg = RunConfig.load(config) if config else (base or RunConfig())
     if task and task != cfg.task.name:
@@ -110,7 +121,7 @@ def build_config(config: Optional[Path], task: Optional[str], values: dict[str, 
 PRESET_HELP = "Start from a published set-up (`probe presets` lists them); options win."
 
 
-def preset_base(preset: Optional[str], config: Optional[Path]) -> RunConfig | None:
+def preset_base(preset: str | None, config: Path | None) -> RunConfig | None:
     """The config of --preset (None without one); --config would replace it, so not both."""
     if preset is None:
         return None
@@ -118,13 +129,18 @@ def preset_base(preset: Optional[str], config: Optional[Path]) -> RunConfig | No
 
     found = get_preset(preset)
     if config:
-        raise UserError("--preset and --config each give a whole config; use one",
-                        option="preset")
+        raise UserError("--preset and --config each give a whole config; use one", option="preset")
     return found.config
 
 
-def record_preset(preset: Optional[str], cfg: RunConfig, given: dict[str, Any],
-                  task: Optional[str], folder: Path, varied: dict | None = None) -> None:
+def record_preset(
+    preset: str | None,
+    cfg: RunConfig,
+    given: dict[str, Any],
+    task: str | None,
+    folder: Path,
+    varied: dict | None = None,
+) -> None:
     """Write FOLDER/preset.json: the preset, and the options given on top (final values)."""
     if preset is None or not folder.is_dir():
         return
@@ -144,15 +160,23 @@ def with_config_options(func):
     sig = inspect.signature(func)
     params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
     for name, (section, f, hint) in FIELDS.items():
-        typ = (str if name in INT_OR_NONE | BOOL_OR_NONE  # accept "none"
-               else _option_type(_default(f)))
+        typ = (
+            str
+            if name in INT_OR_NONE | BOOL_OR_NONE  # accept "none"
+            else _option_type(_default(f))
+        )
         flag = f"--{name.replace('_', '-')}"
         decl = [f"{flag}/--no-{name.replace('_', '-')}"] if typ is bool else [flag]
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                                        default=typer.Option(None, *decl, help=hint,
-                                                             show_default=False,
-                                                             rich_help_panel=section.title()),
-                                        annotation=Optional[typ]))
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(
+                    None, *decl, help=hint, show_default=False, rich_help_panel=section.title()
+                ),
+                annotation=typ | None,
+            )
+        )
     func.__signature__ = sig.replace(parameters=params)
     func.__annotations__ = {p.name: p.annotation for p in params}
     return func
@@ -160,33 +184,49 @@ def with_config_options(func):
 
 def _analysis(on: bool, pairs: int, probe_rows: int, probe_targets: str, instruments: str):
     from initlens.analyses.studies.run_analysis import AnalysisConfig
-    return AnalysisConfig(pairs=pairs, probe_rows=probe_rows,
-                          probe_targets=_formats(probe_targets),
-                          instruments=_formats(instruments) or None) if on else None
+
+    return (
+        AnalysisConfig(
+            pairs=pairs,
+            probe_rows=probe_rows,
+            probe_targets=_formats(probe_targets),
+            instruments=_formats(instruments) or None,
+        )
+        if on
+        else None
+    )
 
 
-ANALYSIS_HELP = ("Analyse each run for the report (patching, probes, geometry; computed once "
-                 "per run, then reused); --no-analysis: behaviour only.")
+ANALYSIS_HELP = (
+    "Analyse each run for the report (patching, probes, geometry; computed once "
+    "per run, then reused); --no-analysis: behaviour only."
+)
 PAIRS_HELP = "Prompt pairs per patching experiment in the analysis."
 ROWS_HELP = "Task rows for the analysis probes (80% fit, 20% held out)."
 TARGETS_HELP = "Probe targets in the analysis: key, a1, a2, intermediate, label, task_type."
-INSTRUMENTS_HELP = ("Analysis instruments, comma-separated (default: " + ", ".join(
-    name for name, i in INSTRUMENTS.items() if i.default) + "); all: " + ", ".join(INSTRUMENTS)
-    + ". See `probe instruments`.")
-REPORT_FORMAT_HELP = ("Also export every report figure into REPORT_figures/: png,svg,pdf,html "
-                      "(PNG/SVG/PDF need Chromium).")
+INSTRUMENTS_HELP = (
+    "Analysis instruments, comma-separated (default: "
+    + ", ".join(name for name, i in INSTRUMENTS.items() if i.default)
+    + "); all: "
+    + ", ".join(INSTRUMENTS)
+    + ". See `probe instruments`."
+)
+REPORT_FORMAT_HELP = (
+    "Also export every report figure into REPORT_figures/: png,svg,pdf,html "
+    "(PNG/SVG/PDF need Chromium)."
+)
 
 
 @app.command("train")
 @with_config_options
 def train_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory to create."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="JSON config file (task/model/train)."),
-    task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last "
-                                            "checkpoint."),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="JSON config file (task/model/train)."
+    ),
+    task: str | None = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
     """Train one model at init scale --gamma into a run directory."""
@@ -194,13 +234,17 @@ def train_cmd(
 
     given = {k: v for k, v in fields.items() if v is not None}
     base = preset_base(preset, config)
-    cfg = None if resume and not (given or config or task or preset) else build_config(
-        config, task, given, base=base)
+    cfg = (
+        None
+        if resume and not (given or config or task or preset)
+        else build_config(config, task, given, base=base)
+    )
     run = train(cfg, out, resume=resume)
     if cfg is not None:
         record_preset(preset, cfg, given, task, Path(out))
-    typer.echo(f"trained {run.path} ({run.status.get('state')}); inspect it with "
-               f"`probe info {run.path}`")
+    typer.echo(
+        f"trained {run.path} ({run.status.get('state')}); inspect it with `probe info {run.path}`"
+    )
 
 
 @app.command("study")
@@ -208,8 +252,8 @@ def train_cmd(
 def study_cmd(
     out: Path = typer.Option(Path("study"), "--out", "-o", help="Study folder."),
     gammas: str = typer.Option("0.3,0.8", help="Comma-separated init scales to compare."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config file."),
-    task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="JSON config file."),
+    task: str | None = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
     overwrite: bool = typer.Option(False, help="Replace an existing study in --out."),
     analysis: bool = typer.Option(True, help=ANALYSIS_HELP),
     pairs: int = typer.Option(256, help=PAIRS_HELP),
@@ -217,7 +261,7 @@ def study_cmd(
     probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
     instruments: str = typer.Option("", help=INSTRUMENTS_HELP),
     format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
     """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
@@ -229,19 +273,26 @@ def study_cmd(
         raise UserError(f"--gammas {gammas!r}: expected numbers like 0.3,0.8") from None
     given = {k: v for k, v in fields.items() if v is not None and k != "gamma"}
     base = build_config(config, task, given, base=preset_base(preset, config))
-    info = run_study(base, gamma_values, out, overwrite=overwrite,
-                     analysis=_analysis(analysis, pairs, probe_rows, probe_targets, instruments),
-                     formats=_formats(format), analysis_progress=Bar(unit="ckpt"),
-                     log=typer.echo)
+    info = run_study(
+        base,
+        gamma_values,
+        out,
+        overwrite=overwrite,
+        analysis=_analysis(analysis, pairs, probe_rows, probe_targets, instruments),
+        formats=_formats(format),
+        analysis_progress=Bar(unit="ckpt"),
+        log=typer.echo,
+    )
     record_preset(preset, base, given, task, Path(out), {"gamma": gamma_values})
     _echo_report(info)
 
 
 @app.command("info")
-def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
-             step: Optional[int] = typer.Option(None, help="Checkpoint to load and check "
-                                                           "(default: the last)."),
-             as_json: bool = typer.Option(False, "--json", help="Print JSON.")):
+def info_cmd(
+    run: Path = typer.Argument(..., help="Run directory."),
+    step: int | None = typer.Option(None, help="Checkpoint to load and check (default: the last)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
     """Config, realized init, status, checkpoints and final metrics of a run."""
     from initlens.models.build import n_params
     from initlens.models.run import Run
@@ -252,26 +303,40 @@ def info_cmd(run: Path = typer.Argument(..., help="Run directory."),
     model = r.load_model(loaded, device="cpu")  # proves the checkpoint loads
     preset_file = r.path / "preset.json"
     preset = json.loads(preset_file.read_text()) if preset_file.exists() else None
-    info = {"run": str(r.path), "status": r.status, "config": cfg.to_dict(),
-            "checkpoints": r.checkpoint_steps(), "final": r.summary.get("final", {}),
-            "loaded_step": loaded, "n_params": n_params(model), "init": r.init,
-            "preset": preset}
+    info = {
+        "run": str(r.path),
+        "status": r.status,
+        "config": cfg.to_dict(),
+        "checkpoints": r.checkpoint_steps(),
+        "final": r.summary.get("final", {}),
+        "loaded_step": loaded,
+        "n_params": n_params(model),
+        "init": r.init,
+        "preset": preset,
+    }
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     typer.echo(f"run        {r.path}\nstatus     {r.status}")
     if preset:
-        typer.echo(f"preset     {preset['preset']} (overrides: " + (", ".join(
-            f"{k}={v}" for k, v in preset["overrides"].items()) or "none") + ")")
+        typer.echo(
+            f"preset     {preset['preset']} (overrides: "
+            + (", ".join(f"{k}={v}" for k, v in preset["overrides"].items()) or "none")
+            + ")"
+        )
     for section, values in cfg.to_dict().items():
         typer.echo(f"{section:<10} " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    typer.echo(f"checkpoints {', '.join(map(str, info['checkpoints']))} (step {loaded} "
-               f"loads: {info['n_params']} parameters)")
+    typer.echo(
+        f"checkpoints {', '.join(map(str, info['checkpoints']))} (step {loaded} "
+        f"loads: {info['n_params']} parameters)"
+    )
     typer.echo("init       param                                   d_in   target    realized")
     for row in r.init:
         if row["d_in"]:
-            typer.echo(f"           {row['param']:<38} {row['d_in']:>5}  {row['target_std']:.5f}"
-                       f"   {row['realized_std']:.5f}")
+            typer.echo(
+                f"           {row['param']:<38} {row['d_in']:>5}  {row['target_std']:.5f}"
+                f"   {row['realized_std']:.5f}"
+            )
     for key, value in info["final"].items():
         typer.echo(f"final      {key:<28} {value:.4f}")
 
@@ -298,7 +363,7 @@ FORMAT_HELP = "Figure formats: html,png,svg,pdf (PNG/SVG/PDF need Chromium)."
 SWEEP_AXES = {"gammas": "gamma", "layers": "n_layers", "seeds": "seed"}
 
 
-def sweep_grid(cfg: RunConfig, axes: dict[str, Optional[str]], vary: list[str]) -> dict:
+def sweep_grid(cfg: RunConfig, axes: dict[str, str | None], vary: list[str]) -> dict:
     """{field: values} from --gammas/--layers/--seeds and --vary NAME=V1,V2 (values of
     tuple fields, such as --vary 'keys=21,120|30,40', are separated by '|')."""
     items = [f"{SWEEP_AXES[option]}={raw}" for option, raw in axes.items() if raw is not None]
@@ -307,11 +372,16 @@ def sweep_grid(cfg: RunConfig, axes: dict[str, Optional[str]], vary: list[str]) 
         name, sep, raw = item.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in FIELDS:
-            raise UserError(f"--vary {item!r}: expected NAME=V1,V2 with NAME a config field "
-                            f"(e.g. lr=0.001,0.003 or n_heads=1,2)")
+            raise UserError(
+                f"--vary {item!r}: expected NAME=V1,V2 with NAME a config field "
+                f"(e.g. lr=0.001,0.003 or n_heads=1,2)"
+            )
         is_tuple = isinstance(_parse(name, "1", type(cfg.task)), tuple)
-        grid[name] = [_field_value(name, v, type(cfg.task))
-                      for v in raw.split("|" if is_tuple else ",") if v.strip()]
+        grid[name] = [
+            _field_value(name, v, type(cfg.task))
+            for v in raw.split("|" if is_tuple else ",")
+            if v.strip()
+        ]
     return grid
 
 
@@ -337,33 +407,48 @@ def _field_value(name: str, text: str, task_cls) -> Any:
 @app.command("sweep")
 @with_config_options
 def sweep_cmd(
-    out: Path = typer.Option(Path("sweep"), "--out", "-o", help="Sweep folder (resumes "
-                             "when it holds the same sweep)."),
-    gammas: Optional[str] = typer.Option(None, help="Init scales, e.g. 0.3,0.5,0.8."),
-    layers: Optional[str] = typer.Option(None, help="Depths, e.g. 1,2,4."),
-    seeds: Optional[str] = typer.Option(None, help="Seeds, e.g. 0,1,2."),
-    vary: list[str] = typer.Option([], help="Any other config field: NAME=V1,V2 "
-                                   "(repeatable; tuple fields: NAME=1,2|3,4)."),
-    grid: Optional[Path] = typer.Option(None, help="JSON sweep file: {\"base\": {config}, "
-                                        "\"grid\": {\"gamma\": [...], ...}}; options add "
-                                        "to it."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="JSON config file "
-                                          "(the base of the grid)."),
-    task: Optional[str] = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
-    backend: str = typer.Option("local", help="local (this process) or ray (Ray tasks; "
-                                "a local Ray instance unless --address)."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (e.g. "
-                                          "ray://head:10001 or auto); the sweep folder must "
-                                          "be on storage every node sees."),
-    strategy: str = typer.Option("auto", help="auto or ensemble: train runs that differ "
-                                 "only in init (gamma, readout_scale, init_rank) and seed "
-                                 "together; sequential: one by one."),
+    out: Path = typer.Option(
+        Path("sweep"), "--out", "-o", help="Sweep folder (resumes when it holds the same sweep)."
+    ),
+    gammas: str | None = typer.Option(None, help="Init scales, e.g. 0.3,0.5,0.8."),
+    layers: str | None = typer.Option(None, help="Depths, e.g. 1,2,4."),
+    seeds: str | None = typer.Option(None, help="Seeds, e.g. 0,1,2."),
+    vary: list[str] = typer.Option(
+        [], help="Any other config field: NAME=V1,V2 (repeatable; tuple fields: NAME=1,2|3,4)."
+    ),
+    grid: Path | None = typer.Option(
+        None,
+        help='JSON sweep file: {"base": {config}, '
+        '"grid": {"gamma": [...], ...}}; options add '
+        "to it.",
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="JSON config file (the base of the grid)."
+    ),
+    task: str | None = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
+    backend: str = typer.Option(
+        "local",
+        help="local (this process) or ray (Ray tasks; a local Ray instance unless --address).",
+    ),
+    address: str | None = typer.Option(
+        None,
+        help="Ray cluster address (e.g. "
+        "ray://head:10001 or auto); the sweep folder must "
+        "be on storage every node sees.",
+    ),
+    strategy: str = typer.Option(
+        "auto",
+        help="auto or ensemble: train runs that differ "
+        "only in init (gamma, readout_scale, init_rank) and seed "
+        "together; sequential: one by one.",
+    ),
     cpus_per_task: int = typer.Option(1, help="CPU cores (torch threads) per Ray task."),
-    gpus_per_task: float = typer.Option(0, help="GPUs per Ray task (0.25: four share one); "
-                                        "0 trains on CPUs."),
+    gpus_per_task: float = typer.Option(
+        0, help="GPUs per Ray task (0.25: four share one); 0 trains on CPUs."
+    ),
     overwrite: bool = typer.Option(False, help="Replace an existing sweep in --out."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
-    preset: Optional[str] = typer.Option(None, help=PRESET_HELP),
+    preset: str | None = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
     """Train a grid (gamma x layers x seed x any option) and draw its phase diagram."""
@@ -374,18 +459,30 @@ def sweep_cmd(
     start = preset_base(preset, config)
     spec = load_sweep(grid) if grid else None
     if start is not None and spec is not None:
-        raise UserError("--preset and --grid's base each give a whole config; use one",
-                        option="preset")
+        raise UserError(
+            "--preset and --grid's base each give a whole config; use one", option="preset"
+        )
     base = build_config(config, task, given, base=spec.base if spec else start)
-    values = {**(dict(spec.grid) if spec else {}),
-              **sweep_grid(base, {"gammas": gammas, "layers": layers, "seeds": seeds}, vary)}
+    values = {
+        **(dict(spec.grid) if spec else {}),
+        **sweep_grid(base, {"gammas": gammas, "layers": layers, "seeds": seeds}, vary),
+    }
     if not values:
-        raise UserError("nothing to sweep: give --gammas, --layers, --seeds, --vary NAME=V1,V2 "
-                        "or --grid FILE")
-    info = run_sweep(make_sweep(base, values), out, backend=backend, strategy=strategy,
-                     address=address, cpus_per_task=cpus_per_task,
-                     gpus_per_task=gpus_per_task, overwrite=overwrite,
-                     formats=_formats(format), log=typer.echo)
+        raise UserError(
+            "nothing to sweep: give --gammas, --layers, --seeds, --vary NAME=V1,V2 or --grid FILE"
+        )
+    info = run_sweep(
+        make_sweep(base, values),
+        out,
+        backend=backend,
+        strategy=strategy,
+        address=address,
+        cpus_per_task=cpus_per_task,
+        gpus_per_task=gpus_per_task,
+        overwrite=overwrite,
+        formats=_formats(format),
+        log=typer.echo,
+    )
     record_preset(preset, base, given, task, Path(out), values)
     table = info["table"]
     value = default_value(table)
@@ -399,22 +496,34 @@ def sweep_cmd(
 @app.command("patch")
 def patch_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
-    component: str = typer.Option("resid_pre", help="resid_pre, resid_mid, resid_post, "
-                                  "attn_out, mlp_out, z, q, k, v or pattern."),
-    corruption: str = typer.Option("key", help="; ".join(
-        f"{name}: {', '.join(cls.corruptions)}" for name, cls in TASKS.items()
-        if cls.corruptions) + "."),
+    component: str = typer.Option(
+        "resid_pre",
+        help="resid_pre, resid_mid, resid_post, attn_out, mlp_out, z, q, k, v or pattern.",
+    ),
+    corruption: str = typer.Option(
+        "key",
+        help="; ".join(
+            f"{name}: {', '.join(cls.corruptions)}"
+            for name, cls in TASKS.items()
+            if cls.corruptions
+        )
+        + ".",
+    ),
     out: Path = typer.Option(Path("patching"), "--out", "-o", help="Output folder."),
-    step: Optional[int] = typer.Option(None, help="Checkpoint step (default: the last)."),
+    step: int | None = typer.Option(None, help="Checkpoint step (default: the last)."),
     n: int = typer.Option(256, help="Number of prompt pairs."),
     metric: str = typer.Option("logit_diff", help="logit_diff, logprob or accuracy."),
-    direction: str = typer.Option("denoising", help="denoising (clean into corrupted) or "
-                                  "noising (corrupted into clean)."),
-    source: str = typer.Option("reasoning", help="Clean rows from the reasoning or the "
-                               "memory group (key and anchor corruptions)."),
+    direction: str = typer.Option(
+        "denoising", help="denoising (clean into corrupted) or noising (corrupted into clean)."
+    ),
+    source: str = typer.Option(
+        "reasoning",
+        help="Clean rows from the reasoning or the memory group (key and anchor corruptions).",
+    ),
     all_positions: bool = typer.Option(False, help="Patch all positions at once."),
-    attribution: bool = typer.Option(False, help="Also estimate by attribution patching "
-                                     "and report its agreement."),
+    attribution: bool = typer.Option(
+        False, help="Also estimate by attribution patching and report its agreement."
+    ),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
     seed: int = typer.Option(0, help="Seed for drawing the pairs."),
     max_memory_mb: float = typer.Option(256, help="Memory budget of one patched chunk."),
@@ -422,16 +531,30 @@ def patch_cmd(
     """Activation patching of a checkpoint on task corruptions: table and heatmaps."""
     from initlens.analyses.commands.patch import PatchOptions, patch_command
 
-    options = PatchOptions(component=component, corruption=corruption, step=step, n=n,
-                           metric=metric, direction=direction, source=source,
-                           per_position=not all_positions, attribution=attribution,
-                           formats=_formats(format), seed=seed, max_memory_mb=max_memory_mb)
+    options = PatchOptions(
+        component=component,
+        corruption=corruption,
+        step=step,
+        n=n,
+        metric=metric,
+        direction=direction,
+        source=source,
+        per_position=not all_positions,
+        attribution=attribution,
+        formats=_formats(format),
+        seed=seed,
+        max_memory_mb=max_memory_mb,
+    )
     info = patch_command(run, out, options, progress=Bar(unit="chunk"))
     typer.echo(f"{metric}: clean {info['clean']:.4f}, corrupted {info['corrupted']:.4f}")
     if "agreement" in info:
-        typer.echo("attribution vs exact: " + ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in info["agreement"].items()))
+        typer.echo(
+            "attribution vs exact: "
+            + ", ".join(
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in info["agreement"].items()
+            )
+        )
     _echo_written(info)
 
 
@@ -447,25 +570,34 @@ def geometry_cmd(
     """Embedding and weight geometry, attention entropy and CKA over training."""
     from initlens.analyses.commands.representations import geometry_command
 
-    info = geometry_command(runs, out, _steps(step), n, cka, _formats(format),
-                            progress=Bar(unit="ckpt"))
+    info = geometry_command(
+        runs, out, _steps(step), n, cka, _formats(format), progress=Bar(unit="ckpt")
+    )
     table = info["table"]
-    typer.echo(f"{len(table)} rows: {table.run.nunique()} run(s), {table.step.nunique()} "
-               f"step(s), {table.metric.nunique()} metrics")
+    typer.echo(
+        f"{len(table)} rows: {table.run.nunique()} run(s), {table.step.nunique()} "
+        f"step(s), {table.metric.nunique()} metrics"
+    )
     _echo_written(info)
 
 
 @app.command("linear")
 def linear_cmd(
     runs: list[Path] = typer.Argument(..., help="One or more run directories."),
-    target: str = typer.Option("key", help="Comma-separated: key, a1, a2, intermediate, "
-                               "label, task_type, memorized."),
-    component: str = typer.Option("resid_pre,resid_mid,resid_post", help="Comma-separated "
-                                  "hooks to probe at every layer and position."),
+    target: str = typer.Option(
+        "key", help="Comma-separated: key, a1, a2, intermediate, label, task_type, memorized."
+    ),
+    component: str = typer.Option(
+        "resid_pre,resid_mid,resid_post",
+        help="Comma-separated hooks to probe at every layer and position.",
+    ),
     out: Path = typer.Option(Path("linear"), "--out", "-o", help="Output folder."),
     step: str = typer.Option("all", help=STEP_HELP),
-    n: int = typer.Option(20000, help="Task rows, at most (80% train, 20% held out); "
-                          "fewer can leave rare labels out of the training split."),
+    n: int = typer.Option(
+        20000,
+        help="Task rows, at most (80% train, 20% held out); "
+        "fewer can leave rare labels out of the training split.",
+    ),
     c: float = typer.Option(1.0, "--C", help="Inverse L2 strength, as in scikit-learn."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
@@ -473,35 +605,52 @@ def linear_cmd(
     from initlens.analyses.commands.representations import linear_command
     from initlens.analyses.studies.over_training import last_steps
 
-    info = linear_command(runs, out, _formats(target), _formats(component), _steps(step), n, c,
-                          _formats(format), progress=Bar(unit="ckpt"))
+    info = linear_command(
+        runs,
+        out,
+        _formats(target),
+        _formats(component),
+        _steps(step),
+        n,
+        c,
+        _formats(format),
+        progress=Bar(unit="ckpt"),
+    )
     table = info["table"]
     last = last_steps(table)
     for (run, target), rows in last.groupby(["run", "target"]):
         top = rows.loc[rows.selectivity.idxmax()]
-        typer.echo(f"{run} {target}: best selectivity {top.selectivity:.3f} (accuracy "
-                   f"{top.accuracy:.3f}, control {top.control_accuracy:.3f}) at {top.hook} "
-                   f"position {top.position}, step {top.step}")
+        typer.echo(
+            f"{run} {target}: best selectivity {top.selectivity:.3f} (accuracy "
+            f"{top.accuracy:.3f}, control {top.control_accuracy:.3f}) at {top.hook} "
+            f"position {top.position}, step {top.step}"
+        )
     _echo_written(info)
 
 
 @app.command("report")
-def report_cmd(target: Path = typer.Argument(..., help="A study or sweep folder, or a run "
-                                                       "directory."),
-               out: Optional[Path] = typer.Option(None, help="Where to write the HTML "
-                                                             "(default: TARGET/report.html)."),
-               analysis: bool = typer.Option(True, help=ANALYSIS_HELP),
-               pairs: int = typer.Option(256, help=PAIRS_HELP),
-               probe_rows: int = typer.Option(8000, help=ROWS_HELP),
-               probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
-               instruments: str = typer.Option("", help=INSTRUMENTS_HELP),
-               format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP)):
+def report_cmd(
+    target: Path = typer.Argument(..., help="A study or sweep folder, or a run directory."),
+    out: Path | None = typer.Option(
+        None, help="Where to write the HTML (default: TARGET/report.html)."
+    ),
+    analysis: bool = typer.Option(True, help=ANALYSIS_HELP),
+    pairs: int = typer.Option(256, help=PAIRS_HELP),
+    probe_rows: int = typer.Option(8000, help=ROWS_HELP),
+    probe_targets: str = typer.Option("label,task_type", help=TARGETS_HELP),
+    instruments: str = typer.Option("", help=INSTRUMENTS_HELP),
+    format: str = typer.Option("", "--format", help=REPORT_FORMAT_HELP),
+):
     """(Re)build the HTML report of a study or a run, or a sweep's table and phase diagram."""
     from initlens.analyses.commands.report import report_command
 
-    info = report_command(target, out, _analysis(analysis, pairs, probe_rows, probe_targets,
-                                                 instruments),
-                          _formats(format), progress=Bar(unit="ckpt"))
+    info = report_command(
+        target,
+        out,
+        _analysis(analysis, pairs, probe_rows, probe_targets, instruments),
+        _formats(format),
+        progress=Bar(unit="ckpt"),
+    )
     if "report" in info:
         _echo_report(info)
     else:  # a sweep: its table and figures
@@ -525,9 +674,11 @@ def instruments_cmd():
     """The analysis instruments: name, what each needs, its tables, what it measures."""
     for name, instrument in INSTRUMENTS.items():
         default = "" if instrument.default else " (opt-in: --instruments)"
-        typer.echo(f"{name}{default}: {instrument.description}\n"
-                   f"    needs {', '.join(sorted(instrument.needs))}; tables "
-                   f"{', '.join(instrument.tables)}")
+        typer.echo(
+            f"{name}{default}: {instrument.description}\n"
+            f"    needs {', '.join(sorted(instrument.needs))}; tables "
+            f"{', '.join(instrument.tables)}"
+        )
 
 
 def _echo_report(info: dict) -> None:
@@ -543,9 +694,11 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e.for_cli()}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo("interrupted; finished work is kept: `probe train --resume` continues a "
-                   "run, the same `probe study` or `probe sweep` command continues those",
-                   err=True)
+        typer.echo(
+            "interrupted; finished work is kept: `probe train --resume` continues a "
+            "run, the same `probe study` or `probe sweep` command continues those",
+            err=True,
+        )
         sys.exit(130)
 
 

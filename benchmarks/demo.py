@@ -19,5 +19,7 @@ subprocess.run([str(probe), "study", "--out", out, "--overwrite"], check=True)
 wall = time.perf_counter() - start
 peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 cpus = len(__import__("os").sched_getaffinity(0))
-print(f"| probe study (demo defaults) | {wall:.0f} s | {peak_mib:.0f} MiB | "
-      f"{platform.processor() or platform.machine()}, {cpus} cores, no GPU |")
+print(
+    f"| probe study (demo defaults) | {wall:.0f} s | {peak_mib:.0f} MiB | "
+    f"{platform.processor() or platform.machine()}, {cpus} cores, no GPU |"
+)

@@ -37,17 +37,27 @@ def _train_loss(run):
 
 gammas = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 with tempfile.TemporaryDirectory() as tmp:  # warm-up: first kernel launches, allocator
-    warm = RunConfig().replace(train={"steps": 2, "eval_every": 2, "eval_size": 50,
-                                      "device": str(device)})
+    warm = RunConfig().replace(
+        train={"steps": 2, "eval_every": 2, "eval_size": 50, "device": str(device)}
+    )
     train(warm, Path(tmp) / "alone", progress=False)
-    train_ensemble([warm, warm.replace(train={"seed": 1})], [Path(tmp) / "a", Path(tmp) / "b"],
-                   progress=False)
+    train_ensemble(
+        [warm, warm.replace(train={"seed": 1})], [Path(tmp) / "a", Path(tmp) / "b"], progress=False
+    )
 for batch in (int(b) for b in args.batch.split(",")):
-    base = RunConfig().replace(train={"steps": args.steps, "batch_size": batch,
-                                      "eval_every": args.steps, "eval_size": 200,
-                                      "device": str(device)})
-    cfgs = [base.replace(model={"gamma": gammas[i % len(gammas)]},
-                         train={"seed": i // len(gammas)}) for i in range(args.k)]
+    base = RunConfig().replace(
+        train={
+            "steps": args.steps,
+            "batch_size": batch,
+            "eval_every": args.steps,
+            "eval_size": 200,
+            "device": str(device),
+        }
+    )
+    cfgs = [
+        base.replace(model={"gamma": gammas[i % len(gammas)]}, train={"seed": i // len(gammas)})
+        for i in range(args.k)
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
@@ -58,11 +68,19 @@ for batch in (int(b) for b in args.batch.split(",")):
         together = time.perf_counter() - t0
         diffs = [(_train_loss(a) - _train_loss(b)).abs().max() for a, b in zip(alone, runs)]
         worst = max(diffs)
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
-             f"{platform.processor() or platform.machine()}, "
-             f"{len(os.sched_getaffinity(0))} cores")
-    print(f"| K={args.k}, batch {batch}, {args.steps} steps | {sequential:.1f} s | "
-          f"{together:.1f} s | {sequential / together:.2f}x | {worst:.1e} | {where} |",
-          flush=True)
-    print("  train-loss difference by member: " + ", ".join(
-        f"gamma {c.model.gamma:g} seed {c.train.seed}: {d:.1e}" for c, d in zip(cfgs, diffs)))
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+    )
+    print(
+        f"| K={args.k}, batch {batch}, {args.steps} steps | {sequential:.1f} s | "
+        f"{together:.1f} s | {sequential / together:.2f}x | {worst:.1e} | {where} |",
+        flush=True,
+    )
+    print(
+        "  train-loss difference by member: "
+        + ", ".join(
+            f"gamma {c.model.gamma:g} seed {c.train.seed}: {d:.1e}" for c, d in zip(cfgs, diffs)
+        )
+    )

@@ -38,8 +38,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from initlens.models import ModelConfig, Run, RunConfig, TrainConfig, train
-from initlens.models.tasks.base import dataset_arrays
 from initlens.models.forward import Weights, hook_name, run_with_cache
+from initlens.models.tasks.base import dataset_arrays
 from initlens.probes.linear import holdout_mask, probe_model
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post")
@@ -67,14 +67,21 @@ def sklearn_loop(models, rows, train, max_iter, C, dedupe=False):
                     lr = LogisticRegression(C=C, max_iter=max_iter)
                     if dedupe:
                         key = np.column_stack([rows["tokens"][train, : pos + 1], y[train]])
-                        _, first, count = np.unique(key, axis=0, return_index=True,
-                                                    return_counts=True)
+                        _, first, count = np.unique(
+                            key, axis=0, return_index=True, return_counts=True
+                        )
                         lr.fit(X[train][first], y[train][first], sample_weight=count)
                     else:
                         lr.fit(X[train], y[train])
-                    out.append(dict(step=step, hook=hook_name(comp, layer), position=pos,
-                                    accuracy=lr.score(X[~train], y[~train]),
-                                    n_iter=int(lr.n_iter_[0])))
+                    out.append(
+                        dict(
+                            step=step,
+                            hook=hook_name(comp, layer),
+                            position=pos,
+                            accuracy=lr.score(X[~train], y[~train]),
+                            n_iter=int(lr.n_iter_[0]),
+                        )
+                    )
     return pd.DataFrame(out), time.perf_counter() - start
 
 
@@ -84,8 +91,9 @@ def ours(models, rows, task, C, warm=True, **kw):
     out = []
     start = time.perf_counter()
     for step, model in models.items():
-        df = probe_model(model, rows, task, targets=("label",), components=COMPONENTS,
-                         C=C, state=state, **kw)
+        df = probe_model(
+            model, rows, task, targets=("label",), components=COMPONENTS, C=C, state=state, **kw
+        )
         out.append(df.assign(step=step))
     return pd.concat(out), time.perf_counter() - start
 
@@ -103,16 +111,29 @@ def main():
     ap.add_argument("--rows", type=int, default=20000)
     ap.add_argument("--C", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--sklearn-max-iter", type=int, nargs="+", default=[100],
-                    help="plain sklearn loops to time (100 = sklearn's default)")
-    ap.add_argument("--converged-max-iter", type=int, default=5000,
-                    help="max_iter of the converged reference")
-    ap.add_argument("--converged-check", type=int, default=0, metavar="N",
-                    help="also fit sklearn to its tolerance at the last N checkpoints and "
-                    "report each side's gap to it")
+    ap.add_argument(
+        "--sklearn-max-iter",
+        type=int,
+        nargs="+",
+        default=[100],
+        help="plain sklearn loops to time (100 = sklearn's default)",
+    )
+    ap.add_argument(
+        "--converged-max-iter", type=int, default=5000, help="max_iter of the converged reference"
+    )
+    ap.add_argument(
+        "--converged-check",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit sklearn to its tolerance at the last N checkpoints and "
+        "report each side's gap to it",
+    )
     ap.add_argument("--ideas", action="store_true", help="also time each speed-up alone")
-    ap.add_argument("--cache", help="pickle file keeping the sklearn loops' tables and times "
-                    "(reused when it exists)")
+    ap.add_argument(
+        "--cache",
+        help="pickle file keeping the sklearn loops' tables and times (reused when it exists)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     threadpoolctl.threadpool_limits(args.threads)
@@ -130,67 +151,103 @@ def main():
     task = dataclasses.replace(task, samples_per_pair=per_pair)
     rows = dataset_arrays(task.generate(seed))
     train_rows = holdout_mask(len(rows["label"]), 0.2, seed=0)
-    steps = run.checkpoint_steps()[-args.checkpoints:]
+    steps = run.checkpoint_steps()[-args.checkpoints :]
     models = {s: run.load_model(s, device="cpu") for s in steps}
-    print(f"{len(rows['label'])} rows, {len(np.unique(rows['label']))} classes, checkpoints "
-          f"{steps}, {args.threads} threads (torch and sklearn)", flush=True)
+    print(
+        f"{len(rows['label'])} rows, {len(np.unique(rows['label']))} classes, checkpoints "
+        f"{steps}, {args.threads} threads (torch and sklearn)",
+        flush=True,
+    )
 
     cache = {}
     if args.cache and Path(args.cache).exists():
         cache = pickle.loads(Path(args.cache).read_bytes())
 
     def sklearn(max_iter, which, dedupe=False):
-        key = (str(run.path.resolve()), tuple(which), len(rows["label"]), args.C, max_iter,
-               dedupe, args.threads)
+        key = (
+            str(run.path.resolve()),
+            tuple(which),
+            len(rows["label"]),
+            args.C,
+            max_iter,
+            dedupe,
+            args.threads,
+        )
         if key not in cache:
-            cache[key] = sklearn_loop({s: models[s] for s in which}, rows, train_rows,
-                                      max_iter, args.C, dedupe)
+            cache[key] = sklearn_loop(
+                {s: models[s] for s in which}, rows, train_rows, max_iter, args.C, dedupe
+            )
             if args.cache:
                 Path(args.cache).write_bytes(pickle.dumps(cache))
         df, t = cache[key]
-        print(f"sklearn max_iter={max_iter}{', distinct rows' if dedupe else ''}, "
-              f"{len(which)} checkpoint(s): {t:.1f} s, {(df.n_iter >= max_iter).sum()} of "
-              f"{len(df)} stopped at max_iter", flush=True)
+        print(
+            f"sklearn max_iter={max_iter}{', distinct rows' if dedupe else ''}, "
+            f"{len(which)} checkpoint(s): {t:.1f} s, {(df.n_iter >= max_iter).sum()} of "
+            f"{len(df)} stopped at max_iter",
+            flush=True,
+        )
         return df, t
 
     loops = {m: sklearn(m, steps) for m in args.sklearn_max_iter}
     mine, t_ours = ours(models, rows, task, args.C)
-    print(f"ours: {t_ours:.1f} s, {len(mine)} probes (+ as many controls), "
-          f"{(~mine.converged).sum()} not converged", flush=True)
+    print(
+        f"ours: {t_ours:.1f} s, {len(mine)} probes (+ as many controls), "
+        f"{(~mine.converged).sum()} not converged",
+        flush=True,
+    )
 
-    print(f"\n| side ({len(steps)} checkpoints, {len(mine)} probes) | time | ours faster by | "
-          f"ours - sklearn accuracy, points: max abs, mean | probes within 1 point |")
+    print(
+        f"\n| side ({len(steps)} checkpoints, {len(mine)} probes) | time | ours faster by | "
+        f"ours - sklearn accuracy, points: max abs, mean | probes within 1 point |"
+    )
     print("|---|---|---|---|---|")
     for max_iter, (df, t) in loops.items():
         g = gap(mine, df)
-        print(f"| sklearn loop, lbfgs, max_iter={max_iter} (18 probes/ckpt) | {t:.1f} s | "
-              f"{t / t_ours:.1f}x | {g.abs().max():.2f}, {g.mean():+.2f} | "
-              f"{(g.abs() <= 1).sum()} of {len(g)} |")
-    print(f"| ours: probe_model, warm start (18 probes + 18 controls/ckpt) | {t_ours:.1f} s | "
-          f"1 | | |", flush=True)
+        print(
+            f"| sklearn loop, lbfgs, max_iter={max_iter} (18 probes/ckpt) | {t:.1f} s | "
+            f"{t / t_ours:.1f}x | {g.abs().max():.2f}, {g.mean():+.2f} | "
+            f"{(g.abs() <= 1).sum()} of {len(g)} |"
+        )
+    print(
+        f"| ours: probe_model, warm start (18 probes + 18 controls/ckpt) | {t_ours:.1f} s | "
+        f"1 | | |",
+        flush=True,
+    )
 
     if args.converged_check:
         # Who is nearer the optimum? sklearn run to its tolerance at the last checkpoint, on
         # the distinct (prefix, label) rows weighted by count (the same objective).
-        checked = steps[-args.converged_check:]
+        checked = steps[-args.converged_check :]
         ref, _ = sklearn(args.converged_max_iter, checked, dedupe=True)
-        print(f"\n| steps {checked}: accuracy - converged sklearn, points | max abs | mean | "
-              f"probes within 1 point |\n|---|---|---|---|")
-        for name, df in [*((f"sklearn max_iter={m}", df) for m, (df, _) in loops.items()),
-                         ("ours", mine)]:
+        print(
+            f"\n| steps {checked}: accuracy - converged sklearn, points | max abs | mean | "
+            f"probes within 1 point |\n|---|---|---|---|"
+        )
+        for name, df in [
+            *((f"sklearn max_iter={m}", df) for m, (df, _) in loops.items()),
+            ("ours", mine),
+        ]:
             g = gap(df[df.step.isin(checked)], ref)
-            print(f"| {name} | {g.abs().max():.2f} | {g.mean():+.2f} | "
-                  f"{(g.abs() <= 1).sum()} of {len(g)} |", flush=True)
+            print(
+                f"| {name} | {g.abs().max():.2f} | {g.mean():+.2f} | "
+                f"{(g.abs() <= 1).sum()} of {len(g)} |",
+                flush=True,
+            )
 
     if args.ideas:
         print("\n| variant (probe_model, with controls) | time | max abs gap to ours (points) |")
         print("|---|---|---|")
         last = {steps[-1]: models[steps[-1]]}
         df, t = ours(last, rows, task, args.C, warm=False, dedupe=False)
-        print(f"| plain batched L-BFGS, last checkpoint only (x{len(steps)} for all) | "
-              f"{t:.1f} s | {gap(df, mine).abs().max():.2f} |", flush=True)
-        for name, kw in [("+ prefix dedupe, no warm start", dict(warm=False)),
-                         ("prefix dedupe, warm start, tol 1e-3", dict(tol=1e-3))]:
+        print(
+            f"| plain batched L-BFGS, last checkpoint only (x{len(steps)} for all) | "
+            f"{t:.1f} s | {gap(df, mine).abs().max():.2f} |",
+            flush=True,
+        )
+        for name, kw in [
+            ("+ prefix dedupe, no warm start", dict(warm=False)),
+            ("prefix dedupe, warm start, tol 1e-3", dict(tol=1e-3)),
+        ]:
             df, t = ours(models, rows, task, args.C, **kw)
             print(f"| {name} | {t:.1f} s | {gap(df, mine).abs().max():.2f} |", flush=True)
 

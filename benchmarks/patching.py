@@ -34,15 +34,18 @@ from transformer_lens import patching as tlp
 from initlens.models import MixtureTask, ModelConfig, RunConfig, build_model
 from initlens.models.forward import Weights, hook_name, run_with_cache
 from initlens.probes.corruptions import make_pairs
-from initlens.probes.patching import (AFTER_ATTENTION, _variant_masks, activation_patch,
-                                      logit_diff)
+from initlens.probes.patching import AFTER_ATTENTION, _variant_masks, activation_patch, logit_diff
 
 SHAPES = {
     "demo": RunConfig(),
-    "research": RunConfig(task=MixtureTask(seq_len=9, samples_per_pair=20),
-                          model=ModelConfig(n_layers=3, d_model=128, n_heads=4, d_mlp=512)),
-    "gpu": RunConfig(task=MixtureTask(seq_len=32, samples_per_pair=4),
-                     model=ModelConfig(n_layers=8, d_model=512, n_heads=16)),
+    "research": RunConfig(
+        task=MixtureTask(seq_len=9, samples_per_pair=20),
+        model=ModelConfig(n_layers=3, d_model=128, n_heads=4, d_mlp=512),
+    ),
+    "gpu": RunConfig(
+        task=MixtureTask(seq_len=32, samples_per_pair=4),
+        model=ModelConfig(n_layers=8, d_model=512, n_heads=16),
+    ),
 }
 # name -> (TransformerLens function, our component); all per position
 CASES = {
@@ -97,8 +100,10 @@ def floor(w: Weights, clean, corrupted, component: str) -> tuple[int, float, flo
         changing += float(work[moves].sum())
         for p in pos[moves].tolist():
             layers = range(layer + start, w.n_layers)
-            cost = [1 if l == last or (l == layer and component in AFTER_ATTENTION)
-                    else seq - p for l in layers]
+            cost = [
+                1 if lay == last or (lay == layer and component in AFTER_ATTENTION) else seq - p
+                for lay in layers
+            ]
             if layer == last and component in AFTER_ATTENTION and p != seq - 1:
                 cost = []  # cannot reach the label logits
             tight += sum(cost)
@@ -141,14 +146,17 @@ class NNsightPatcher:
         """[layer, pos] or [layer, pos, head] mean metric, as TransformerLens returns."""
         cfg = self.model.cfg
         per_head = component in ("z", "v")
-        patches = [(layer, p, h) for layer in range(cfg.n_layers)
-                   for p in range(corrupted.shape[1])
-                   for h in (range(cfg.n_heads) if per_head else [None])]
+        patches = [
+            (layer, p, h)
+            for layer in range(cfg.n_layers)
+            for p in range(corrupted.shape[1])
+            for h in (range(cfg.n_heads) if per_head else [None])
+        ]
         values = []
         for start in range(0, len(patches), self.chunk):
             saved = []
             with self.nn.trace() as tracer:
-                for layer, p, h in patches[start:start + self.chunk]:
+                for layer, p, h in patches[start : start + self.chunk]:
                     name = hook_name(component, layer)
                     new = clean_cache[name][:, p].flatten(1)
                     with tracer.invoke(corrupted):
@@ -179,35 +187,57 @@ def run_shape(name: str, cfg: RunConfig, args) -> None:
     tl_metric = lambda lg: metric(lg[:, -1]).mean()  # noqa: E731
     m = cfg.model
     t_fwd = forward_time(w, corrupted, args.repeats, args.device)
-    print(f"\n### {name}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
-          f"d_mlp {m.mlp_dim}, seq {clean.shape[1]}, {len(clean)} pairs, {args.device}; "
-          f"one forward over the batch {t_fwd * 1e3:.2f} ms (amortized over {AMORTIZE})\n")
-    cols = ["patching", "patches", "floor (x forward): all / changing / tight",
-            "floor est. ms: changing / tight", "ours ms", "TL call ms"] + (["nnsight ms"] if nnsight else []) + [
-            "ours / floor", "TL / ours"] + (["nnsight / ours"] if nnsight else []) + [
-            "max abs diff"]
+    print(
+        f"\n### {name}: {m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, "
+        f"d_mlp {m.mlp_dim}, seq {clean.shape[1]}, {len(clean)} pairs, {args.device}; "
+        f"one forward over the batch {t_fwd * 1e3:.2f} ms (amortized over {AMORTIZE})\n"
+    )
+    cols = (
+        [
+            "patching",
+            "patches",
+            "floor (x forward): all / changing / tight",
+            "floor est. ms: changing / tight",
+            "ours ms",
+            "TL call ms",
+        ]
+        + (["nnsight ms"] if nnsight else [])
+        + ["ours / floor", "TL / ours"]
+        + (["nnsight / ours"] if nnsight else [])
+        + ["max abs diff"]
+    )
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for case, (ref_fn, component) in CASES.items():
         if m.mlp_dim == 0 and component == "mlp_out":
             continue
         _, clean_cache = model.run_with_cache(clean)
-        fns = [lambda: ref_fn(model, corrupted, clean_cache, tl_metric),
-               lambda: activation_patch(model, clean, corrupted, metric, component).values]
+        fns = [
+            lambda: ref_fn(model, corrupted, clean_cache, tl_metric),
+            lambda: activation_patch(model, clean, corrupted, metric, component).values,
+        ]
         if nnsight:
             fns.append(lambda: nnsight(corrupted, clean_cache, metric, component))
         times, outs = best_of(fns, args.repeats, args.device)
-        ref, ours = outs[0].to(outs[1].device), outs[1]
+        ref = outs[0].to(outs[1].device)
         diffs = [(ref - o.to(ref.device)).abs().max().item() for o in outs[1:]]
         assert max(diffs) <= 1e-4, f"{name} {case}: results differ by {diffs}"
         n, f_all, f_changing, f_tight = floor(w, clean, corrupted, component)
         t_floor = f_tight * t_fwd
-        row = [case, str(n), f"{f_all:.2f} / {f_changing:.2f} / {f_tight:.2f}",
-               f"{f_changing * t_fwd * 1e3:.1f} / {t_floor * 1e3:.1f}",
-               ms(times[1]), ms(times[0])] + ([ms(times[2])] if nnsight else []) + [
-               f"{times[1][0] / t_floor:.1f}x", f"{times[0][0] / times[1][0]:.1f}x"] + (
-               [f"{times[2][0] / times[1][0]:.1f}x"] if nnsight else []) + [
-               " / ".join(f"{d:.1e}" for d in diffs)]
+        row = (
+            [
+                case,
+                str(n),
+                f"{f_all:.2f} / {f_changing:.2f} / {f_tight:.2f}",
+                f"{f_changing * t_fwd * 1e3:.1f} / {t_floor * 1e3:.1f}",
+                ms(times[1]),
+                ms(times[0]),
+            ]
+            + ([ms(times[2])] if nnsight else [])
+            + [f"{times[1][0] / t_floor:.1f}x", f"{times[0][0] / times[1][0]:.1f}x"]
+            + ([f"{times[2][0] / times[1][0]:.1f}x"] if nnsight else [])
+            + [" / ".join(f"{d:.1e}" for d in diffs)]
+        )
         print("| " + " | ".join(row) + " |", flush=True)
 
 
@@ -216,18 +246,29 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=256)
-    ap.add_argument("--shapes", default=None,
-                    help="comma-separated, of: " + ", ".join(SHAPES) +
-                         " (default: all on cuda, demo,research otherwise)")
+    ap.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated, of: "
+        + ", ".join(SHAPES)
+        + " (default: all on cuda, demo,research otherwise)",
+    )
     ap.add_argument("--nnsight", action="store_true")
     args = ap.parse_args()
-    shapes = (args.shapes.split(",") if args.shapes else
-              list(SHAPES) if args.device.startswith("cuda") else ["demo", "research"])
+    shapes = (
+        args.shapes.split(",")
+        if args.shapes
+        else list(SHAPES)
+        if args.device.startswith("cuda")
+        else ["demo", "research"]
+    )
     tlp.tqdm = lambda it, *a, **k: it  # quiet TransformerLens's per-patch progress bars
     torch.set_grad_enabled(False)
-    print("TL call: transformer_lens.patching given the clean cache. Ours: from tokens "
-          "(its own clean and corrupted runs included). nnsight: batched invokes, given the "
-          "same clean cache. Times: best-worst of the interleaved repeats.")
+    print(
+        "TL call: transformer_lens.patching given the clean cache. Ours: from tokens "
+        "(its own clean and corrupted runs included). nnsight: batched invokes, given the "
+        "same clean cache. Times: best-worst of the interleaved repeats."
+    )
     for name in shapes:
         run_shape(name, SHAPES[name], args)
 

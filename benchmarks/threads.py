@@ -34,9 +34,21 @@ def timed_train(steps: int, env: dict) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as tmp:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        subprocess.run([PROBE, "train", "--out", f"{tmp}/run", "--steps", str(steps),
-                        "--eval-every", str(steps)], env={**os.environ, "CI": "1", **env},
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                PROBE,
+                "train",
+                "--out",
+                f"{tmp}/run",
+                "--steps",
+                str(steps),
+                "--eval-every",
+                str(steps),
+            ],
+            env={**os.environ, "CI": "1", **env},
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -52,8 +64,10 @@ def main() -> None:
     parser.add_argument("--busy", default="0,1,2")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"`probe train --steps {args.steps}`, best of {args.repeats}")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"`probe train --steps {args.steps}`, best of {args.repeats}"
+    )
     print("| setting | busy processes | wall s | CPU s | wall vs alone |")
     print("|---|---|---|---|---|")
     alone: dict[str, float] = {}
@@ -64,8 +78,10 @@ def main() -> None:
             for name, env in SETTINGS.items():
                 wall, cpu = min(timed_train(args.steps, env) for _ in range(args.repeats))
                 alone.setdefault(name, wall)
-                print(f"| {name} | {n} | {wall:.1f} | {cpu:.1f} | "
-                      f"{wall / alone[name]:.2f}x |", flush=True)
+                print(
+                    f"| {name} | {n} | {wall:.1f} | {cpu:.1f} | {wall / alone[name]:.2f}x |",
+                    flush=True,
+                )
         finally:
             for p in loops:
                 p.kill()

@@ -23,7 +23,9 @@ parser.add_argument("--steps", type=int, default=60)
 parser.add_argument("--gammas", default="0.4,0.5,0.6,0.7,0.9")
 args = parser.parse_args()
 
-module = sys.modules["initlens.models.train"]  # `initlens.models.train` the attribute is the function
+module = sys.modules[
+    "initlens.models.train"
+]  # `initlens.models.train` the attribute is the function
 build = module.build_model
 
 
@@ -40,8 +42,14 @@ def nudged(cfg, device=None):
     return model
 
 
-base = RunConfig().replace(train={"steps": args.steps, "batch_size": args.batch,
-                                  "eval_every": args.steps, "eval_size": 200})
+base = RunConfig().replace(
+    train={
+        "steps": args.steps,
+        "batch_size": args.batch,
+        "eval_every": args.steps,
+        "eval_size": 200,
+    }
+)
 with tempfile.TemporaryDirectory() as tmp:
     for gamma in (float(g) for g in args.gammas.split(",")):
         cfg = base.replace(model={"gamma": gamma})
@@ -49,5 +57,8 @@ with tempfile.TemporaryDirectory() as tmp:
         module.build_model = nudged
         b = train(cfg, Path(tmp) / f"b{gamma}", progress=False)
         module.build_model = build
-        print(f"gamma {gamma:g}: init nudged by 1e-7 -> train loss differs by "
-              f"{(_loss(a) - _loss(b)).abs().max():.1e}", flush=True)
+        print(
+            f"gamma {gamma:g}: init nudged by 1e-7 -> train loss differs by "
+            f"{(_loss(a) - _loss(b)).abs().max():.1e}",
+            flush=True,
+        )

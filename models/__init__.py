@@ -7,5 +7,16 @@ from initlens.models.run import Run
 from initlens.models.tasks import CompositeTask, MixtureTask
 from initlens.models.train import train
 
-__all__ = ["CompositeTask", "MixtureTask", "ModelConfig", "Run", "RunConfig", "TrainConfig",
-           "UserError", "build_model", "realized_init", "resolve_device", "train"]
+__all__ = [
+    "CompositeTask",
+    "MixtureTask",
+    "ModelConfig",
+    "Run",
+    "RunConfig",
+    "TrainConfig",
+    "UserError",
+    "build_model",
+    "realized_init",
+    "resolve_device",
+    "train",
+]

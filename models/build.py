@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 
 import torch
+import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
-import transformer_lens.model_bridge.sources.native  # noqa: F401  (registers boot_native)
 from initlens.models.config import ModelConfig, RunConfig
 from initlens.models.emb_mlp import EmbMLP
 from initlens.models.layernorm import apply_placement
@@ -64,11 +64,19 @@ def low_rank(w: torch.Tensor, rank: int) -> torch.Tensor:
 def bridge_config(cfg: RunConfig) -> TransformerBridgeConfig:
     m = cfg.model
     return TransformerBridgeConfig(
-        d_model=m.d_model, d_head=m.head_dim, n_heads=m.n_heads, n_layers=m.n_layers,
-        n_ctx=cfg.n_ctx, d_vocab=cfg.task.vocab_size, d_mlp=m.mlp_dim or None,
-        attn_only=m.mlp_dim == 0, act_fn=m.act_fn,
+        d_model=m.d_model,
+        d_head=m.head_dim,
+        n_heads=m.n_heads,
+        n_layers=m.n_layers,
+        n_ctx=cfg.n_ctx,
+        d_vocab=cfg.task.vocab_size,
+        d_mlp=m.mlp_dim or None,
+        attn_only=m.mlp_dim == 0,
+        act_fn=m.act_fn,
         normalization_type=None if m.normalization == "none" else "LN",
-        positional_embedding_type="standard", seed=cfg.train.seed)
+        positional_embedding_type="standard",
+        seed=cfg.train.seed,
+    )
 
 
 @torch.no_grad()
@@ -90,8 +98,9 @@ def init_weights(model: TransformerBridge | EmbMLP, cfg: ModelConfig, seed: int)
             tensor.zero_()
 
 
-def build_model(cfg: RunConfig, device: str | torch.device | None = None
-                ) -> TransformerBridge | EmbMLP:
+def build_model(
+    cfg: RunConfig, device: str | torch.device | None = None
+) -> TransformerBridge | EmbMLP:
     """A freshly initialized model for `cfg` (validated first), on `device`, in eval mode
     (TransformerLens analysis tools require it; `train()` switches modes itself): a
     TransformerBridge, or the Emb-MLP for `architecture="emb_mlp"`."""
@@ -128,10 +137,16 @@ def realized_init(model: TransformerBridge | EmbMLP, cfg: ModelConfig) -> list[d
     for name, tensor in model.state_dict().items():
         t = tensor.detach().float().cpu()
         d_in = fan_in(name, tuple(t.shape), cfg)
-        rows.append({"param": name, "shape": list(t.shape), "d_in": d_in,
-                     "target_std": target_std(name, tuple(t.shape), cfg),
-                     "realized_std": float(t.std()) if t.numel() > 1 else 0.0,
-                     "mean": float(t.mean())})
+        rows.append(
+            {
+                "param": name,
+                "shape": list(t.shape),
+                "d_in": d_in,
+                "target_std": target_std(name, tuple(t.shape), cfg),
+                "realized_std": float(t.std()) if t.numel() > 1 else 0.0,
+                "mean": float(t.mean()),
+            }
+        )
     return rows
 
 
@@ -139,5 +154,14 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["bridge_config", "build_model", "fan_in", "freeze_biases", "init_weights",
-           "n_params", "realized_init", "resolve_device", "target_std"]
+__all__ = [
+    "bridge_config",
+    "build_model",
+    "fan_in",
+    "freeze_biases",
+    "init_weights",
+    "n_params",
+    "realized_init",
+    "resolve_device",
+    "target_std",
+]

@@ -51,8 +51,9 @@ def read_json(path: str | Path, what: str = "file") -> dict | list:
         raise UserError(f"{what} {path} cannot be read ({e.strerror}); restore it") from None
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
     """Atomically write tensors (copied to contiguous CPU memory) as safetensors."""
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     atomic_write(path, st_save(cpu, metadata=metadata))
@@ -64,28 +65,34 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"checkpoint {path} does not exist; list the run's checkpoints "
-                        f"with `probe info RUN`") from None
+        raise UserError(
+            f"checkpoint {path} does not exist; list the run's checkpoints with `probe info RUN`"
+        ) from None
     except OSError as e:
-        raise UserError(f"checkpoint {path} cannot be read ({e.strerror}); restore it, or "
-                        f"delete it and resume from an earlier one") from None
+        raise UserError(
+            f"checkpoint {path} cannot be read ({e.strerror}); restore it, or "
+            f"delete it and resume from an earlier one"
+        ) from None
     try:
         tensors = st_load(raw)
         metadata = _metadata(raw)
     except (SafetensorError, ValueError, json.JSONDecodeError) as e:
-        raise UserError(f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
-                        f"delete it and resume from an earlier one") from None
+        raise UserError(
+            f"checkpoint {path} is corrupt or not a safetensors file ({e}); "
+            f"delete it and resume from an earlier one"
+        ) from None
     return tensors, metadata
 
 
 def _metadata(raw: bytes) -> dict[str, str]:
     n = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + n])
+    header = json.loads(raw[8 : 8 + n])
     return header.get("__metadata__", {}) or {}
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer, member: int | None = None
-                      ) -> dict[str, torch.Tensor]:
+def optimizer_tensors(
+    opt: torch.optim.Optimizer, member: int | None = None
+) -> dict[str, torch.Tensor]:
     """AdamW moment estimates and step counts, keyed by parameter index.
 
     member: of parameters stacked along a first (member) axis, this member's state alone,
@@ -104,18 +111,24 @@ def optimizer_tensors(opt: torch.optim.Optimizer, member: int | None = None
 def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
     """Put saved AdamW state into `opt`; a ValueError if it does not fit its parameters."""
     params = [p for g in opt.param_groups for p in g["params"]]
-    expected = {f"{i}.{name}": () if name == "step" else tuple(p.shape)
-                for i, p in enumerate(params) for name in ("step", "exp_avg", "exp_avg_sq")}
+    expected = {
+        f"{i}.{name}": () if name == "step" else tuple(p.shape)
+        for i, p in enumerate(params)
+        for name in ("step", "exp_avg", "exp_avg_sq")
+    }
     indices = {key.split(".", 1)[0] for key in tensors}
     complete = {f"{i}.{name}" for i in indices for name in ("step", "exp_avg", "exp_avg_sq")}
     if set(tensors) != complete or not complete <= set(expected):
         wrong = sorted(set(tensors) ^ (complete & set(expected)))
-        raise ValueError(f"its keys do not match the model's parameters ({', '.join(wrong[:3])}"
-                         f"{', ...' if len(wrong) > 3 else ''})")
+        raise ValueError(
+            f"its keys do not match the model's parameters ({', '.join(wrong[:3])}"
+            f"{', ...' if len(wrong) > 3 else ''})"
+        )
     for key, value in tensors.items():
         if tuple(value.shape) != expected[key]:
-            raise ValueError(f"{key} has shape {tuple(value.shape)}, the model needs "
-                             f"{expected[key]}")
+            raise ValueError(
+                f"{key} has shape {tuple(value.shape)}, the model needs {expected[key]}"
+            )
     for key, value in tensors.items():
         i, name = key.split(".", 1)
         p = params[int(i)]

@@ -39,8 +39,14 @@ ARCHITECTURES = ("transformer", "emb_mlp")  # emb_mlp: models/emb_mlp.py
 MAX_INT = 2**31 - 1
 SIGNED = {"shifts", "twist_shift"}
 RANGES = {"beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}  # lo <= value < hi
-SIZE_LIMITS = {"n_layers": 256, "d_model": 16384, "n_heads": 1024, "d_head": 16384,
-               "d_mlp": 65536, "n_ctx": 65536}  # larger models do not fit one GPU
+SIZE_LIMITS = {
+    "n_layers": 256,
+    "d_model": 16384,
+    "n_heads": 1024,
+    "d_head": 16384,
+    "d_mlp": 65536,
+    "n_ctx": 65536,
+}  # larger models do not fit one GPU
 
 
 @dataclass(frozen=True)
@@ -84,14 +90,18 @@ class ModelConfig:
 
     def validate(self) -> None:
         if not self.gamma > 0:
-            raise UserError(f"gamma={self.gamma} is invalid: init std is d_in^-gamma, so gamma "
-                            f"must be > 0 (0.3 large init, 0.5 standard, 0.8 small init)")
+            raise UserError(
+                f"gamma={self.gamma} is invalid: init std is d_in^-gamma, so gamma "
+                f"must be > 0 (0.3 large init, 0.5 standard, 0.8 small init)"
+            )
         for name in ("n_layers", "d_model", "n_heads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}={getattr(self, name)} must be >= 1")
         if self.d_head is None and self.d_model % self.n_heads:
-            raise UserError(f"d_model={self.d_model} is not divisible by n_heads="
-                            f"{self.n_heads}; change one, or set d_head explicitly")
+            raise UserError(
+                f"d_model={self.d_model} is not divisible by n_heads="
+                f"{self.n_heads}; change one, or set d_head explicitly"
+            )
         if self.head_dim < 1:
             raise UserError(f"d_head={self.d_head} must be >= 1")
         if self.mlp_dim < 0:
@@ -103,16 +113,22 @@ class ModelConfig:
         _choice("act_fn", self.act_fn, ACT_FN_NAMES)
         _choice("normalization", self.normalization, NORMALIZATIONS)
         if self.normalization == "mlp" and self.mlp_dim == 0:
-            raise UserError("normalization='mlp' puts LayerNorm on the MLP input, but d_mlp=0 "
-                            "(attention-only) has no MLP; choose another placement")
+            raise UserError(
+                "normalization='mlp' puts LayerNorm on the MLP input, but d_mlp=0 "
+                "(attention-only) has no MLP; choose another placement"
+            )
         _choice("embed_fan_in", self.embed_fan_in, EMBED_FAN_IN)
         if self.final_ln and self.normalization == "none":
-            raise UserError("final_ln=True needs LayerNorm, but normalization='none' has "
-                            "none; choose another placement or drop final_ln")
+            raise UserError(
+                "final_ln=True needs LayerNorm, but normalization='none' has "
+                "none; choose another placement or drop final_ln"
+            )
         _choice("architecture", self.architecture, ARCHITECTURES)
         if self.architecture == "emb_mlp" and self.mlp_dim == 0:
-            raise UserError("architecture='emb_mlp' is embeddings -> hidden layer -> vocabulary; "
-                            "it needs d_mlp > 0")
+            raise UserError(
+                "architecture='emb_mlp' is embeddings -> hidden layer -> vocabulary; "
+                "it needs d_mlp > 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -181,7 +197,7 @@ class RunConfig:
     def n_ctx(self) -> int:
         return self.model.n_ctx or self.task.seq_len
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         for section in ("task", "model", "train"):
             obj = getattr(self, section)
             check_fields(type(obj), _fields(obj), section)
@@ -191,12 +207,14 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": {"name": self.task.name, **dataclasses.asdict(self.task)},
-                "model": dataclasses.asdict(self.model),
-                "train": dataclasses.asdict(self.train)}
+        return {
+            "task": {"name": self.task.name, **dataclasses.asdict(self.task)},
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> RunConfig:
         _reject_unknown(data, {"task", "model", "train"}, source)
         task_data = data.get("task", {})
         if not isinstance(task_data, dict):
@@ -206,16 +224,19 @@ class RunConfig:
         if not isinstance(name, str):
             raise UserError(f"{source}: task: name={name!r}: expected a string")
         task_cls = task_class(name)
-        return cls(task=build(task_cls, task_data, f"{source}: task"),
-                   model=build(ModelConfig, _legacy(data.get("model", {}), LEGACY_MODEL),
-                               f"{source}: model"),
-                   train=build(TrainConfig, data.get("train", {}), f"{source}: train"))
+        return cls(
+            task=build(task_cls, task_data, f"{source}: task"),
+            model=build(
+                ModelConfig, _legacy(data.get("model", {}), LEGACY_MODEL), f"{source}: model"
+            ),
+            train=build(TrainConfig, data.get("train", {}), f"{source}: train"),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def load(cls, path: str | Path) -> "RunConfig":
+    def load(cls, path: str | Path) -> RunConfig:
         """Read a config file (JSON), with a clear error for a missing or malformed one."""
         path = Path(path)
         try:
@@ -223,24 +244,26 @@ class RunConfig:
         except FileNotFoundError:
             raise UserError(f"config file {path} does not exist; check the path") from None
         except json.JSONDecodeError as e:
-            raise UserError(f"config file {path} is not valid JSON ({e.msg} at line "
-                            f"{e.lineno}); fix or regenerate it") from None
+            raise UserError(
+                f"config file {path} is not valid JSON ({e.msg} at line "
+                f"{e.lineno}); fix or regenerate it"
+            ) from None
         except UnicodeDecodeError:
-            raise UserError(f"config file {path} is not UTF-8 text; fix or regenerate "
-                            f"it") from None
+            raise UserError(f"config file {path} is not UTF-8 text; fix or regenerate it") from None
         except OSError as e:
             raise UserError(f"config file {path} cannot be read ({e.strerror})") from None
         if not isinstance(data, dict):
             raise UserError(f"config file {path} must hold a JSON object")
         return cls.from_dict(data, source=str(path))
 
-    def replace(self, **sections: dict[str, Any]) -> "RunConfig":
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with some fields of some sections changed: replace(model={"gamma": 0.8})."""
         parts = {"task": self.task, "model": self.model, "train": self.train}
         for section, changes in sections.items():
             if changes:
-                parts[section] = build(type(parts[section]), {**_fields(parts[section]),
-                                                              **changes}, section)
+                parts[section] = build(
+                    type(parts[section]), {**_fields(parts[section]), **changes}, section
+                )
         return RunConfig(**parts)
 
 
@@ -256,8 +279,10 @@ def _legacy(data, legacy: dict[str, Any]):
 def _reject_unknown(data: dict, known: set[str], source: str) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}; known keys are "
-                        f"{', '.join(sorted(known))}")
+        raise UserError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; known keys are "
+            f"{', '.join(sorted(known))}"
+        )
 
 
 def build(cls, data: dict[str, Any], source: str):
@@ -325,8 +350,13 @@ def _expected(hint) -> str:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a list, each item {_expected(args[0])}"
         return "a list [" + ", ".join(_expected(a) for a in args) + "]"
-    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number",
-            str: "a string"}.get(hint, str(hint))
+    return {
+        type(None): "null",
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+    }.get(hint, str(hint))
 
 
 def _out_of_range(name: str, value) -> str | None:

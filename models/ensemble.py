@@ -52,9 +52,12 @@ def ensemble_key(cfg: RunConfig) -> RunConfig:
     return cfg.replace(model=INIT_FIELDS, train={"seed": 0})
 
 
-def label_logits(template: Weights, params: dict[str, torch.Tensor],
-                 tokens: Int[torch.Tensor, "n seq"], last_only: bool = True
-                 ) -> Float[torch.Tensor, "n vocab"]:
+def label_logits(
+    template: Weights,
+    params: dict[str, torch.Tensor],
+    tokens: Int[torch.Tensor, "n seq"],
+    last_only: bool = True,
+) -> Float[torch.Tensor, "n vocab"]:
     """One member's logits at the label (last) position.
 
     last_only: the final block computes the label position alone (off under vmap, whose
@@ -66,8 +69,9 @@ def label_logits(template: Weights, params: dict[str, torch.Tensor],
     return unembed(w, x[:, -1])
 
 
-def stacked_logits(template: Weights, params: dict[str, torch.Tensor],
-                   tokens: Int[torch.Tensor, "k n seq"]) -> Float[torch.Tensor, "k n vocab"]:
+def stacked_logits(
+    template: Weights, params: dict[str, torch.Tensor], tokens: Int[torch.Tensor, "k n seq"]
+) -> Float[torch.Tensor, "k n vocab"]:
     """Label logits of k members (weights stacked along the first axis), each on its rows."""
     if len(tokens) == 1:
         return label_logits(template, {n: t[0] for n, t in params.items()}, tokens[0])[None]
@@ -82,8 +86,9 @@ def members_per_pass(k: int, rows: int, width: int, device: torch.device) -> int
     return max(1, min(k, CPU_FLOATS_PER_PASS // max(rows * width, 1)))
 
 
-def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None
-                   ) -> list[Run]:
+def train_ensemble(
+    cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None
+) -> list[Run]:
     """Train every config in `cfgs` into its run directory in `outs`, as one ensemble.
 
     Each member draws its batches as it would alone (members with the same seed, or the
@@ -93,17 +98,20 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
     """
     outs = [Path(o) for o in outs]
     if not cfgs or len(cfgs) != len(outs) or len(set(outs)) != len(outs):
-        raise UserError("train_ensemble needs one distinct output folder per config",
-                        option="outs")
+        raise UserError("train_ensemble needs one distinct output folder per config", option="outs")
     for cfg in cfgs:
         cfg.validate()
         if not can_ensemble(cfg):
-            raise UserError("ensembles train transformers on the label position; next-token "
-                            "tasks and the Emb-MLP train one run at a time")
+            raise UserError(
+                "ensembles train transformers on the label position; next-token "
+                "tasks and the Emb-MLP train one run at a time"
+            )
         if ensemble_key(cfg) != ensemble_key(cfgs[0]):
-            raise UserError("ensemble members may differ only in their init (gamma, "
-                            "readout_scale, init_rank) and seed; train the "
-                            "others in another ensemble (probe sweep groups them for you)")
+            raise UserError(
+                "ensemble members may differ only in their init (gamma, "
+                "readout_scale, init_rank) and seed; train the "
+                "others in another ensemble (probe sweep groups them for you)"
+            )
     writers = [RunWriter(out) for out in outs]
     try:
         for writer in writers:
@@ -116,14 +124,14 @@ def train_ensemble(cfgs: list[RunConfig], outs: list[str | Path], progress: bool
     return [Run(out) for out in outs]
 
 
-def _train_members(cfgs: list[RunConfig], writers: list[RunWriter],
-                   progress: bool | None) -> None:
+def _train_members(cfgs: list[RunConfig], writers: list[RunWriter], progress: bool | None) -> None:
     """`train_ensemble` once it holds every member's run directory."""
     tc = cfgs[0].train
     device = resolve_device(tc.device)
     rows, x_train, y_train = training_data(cfgs[0], device)
-    evalsets = [make_eval_set(cfgs[0].task, rows, tc.eval_size, c.train.seed).to(device)
-                for c in cfgs]
+    evalsets = [
+        make_eval_set(cfgs[0].task, rows, tc.eval_size, c.train.seed).to(device) for c in cfgs
+    ]
     models = [build_model(cfg, "cpu") for cfg in cfgs]  # exactly the standalone init
     for cfg, writer, model in zip(cfgs, writers, models):
         writer.start(cfg, realized_init(model, cfg.model))
@@ -136,16 +144,23 @@ class StackedMembers:
     """An ensemble as the trainer's `Members`: k models with weights stacked along a first
     axis, updated together by one vmapped forward and backward pass."""
 
-    def __init__(self, cfgs: list[RunConfig], models: list[torch.nn.Module],
-                 x_train: torch.Tensor, y_train: torch.Tensor, evalsets: list[EvalSet],
-                 device: torch.device):
+    def __init__(
+        self,
+        cfgs: list[RunConfig],
+        models: list[torch.nn.Module],
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        evalsets: list[EvalSet],
+        device: torch.device,
+    ):
         self.tc, self.task, self.device = cfgs[0].train, cfgs[0].task, device
         self.x_train, self.y_train, self.evalsets = x_train, y_train, evalsets
         self.seeds = [c.train.batch_order_seed for c in cfgs]
         self.order = _optimizer_order(models[0])  # state-dict names in `adamw`'s order
         states = [m.state_dict() for m in models]
-        self.stacked = {name: torch.stack([s[name] for s in states]).to(device)
-                        for name in states[0]}
+        self.stacked = {
+            name: torch.stack([s[name] for s in states]).to(device) for name in states[0]
+        }
         for name in self.order:
             self.stacked[name].requires_grad_(True)
         self.template = Weights.of(models[0])
@@ -158,13 +173,16 @@ class StackedMembers:
 
     def step(self, update: int) -> Float[torch.Tensor, " k"]:
         tc, k = self.tc, len(self.seeds)
-        idx = torch.stack([batch_indices(update, len(self.x_train), tc.batch_size, s)
-                           for s in self.seeds]).to(self.device)
+        idx = torch.stack(
+            [batch_indices(update, len(self.x_train), tc.batch_size, s) for s in self.seeds]
+        ).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
-        losses = torch.cat([_backward(self.template, self.stacked, self.x_train[i],
-                                      self.y_train[i], start)
-                            for start, i in zip(range(0, k, self.per_pass),
-                                                idx.split(self.per_pass))])
+        losses = torch.cat(
+            [
+                _backward(self.template, self.stacked, self.x_train[i], self.y_train[i], start)
+                for start, i in zip(range(0, k, self.per_pass), idx.split(self.per_pass))
+            ]
+        )
         if tc.grad_clip > 0:
             _clip_per_member([self.stacked[n] for n in self.order], tc.grad_clip)
         self.optimizer.step()
@@ -180,8 +198,11 @@ class StackedMembers:
 
     @torch.no_grad()
     def finite(self) -> list[bool]:
-        return torch.stack([torch.isfinite(t.flatten(1)).all(1) for t in self.stacked.values()]
-                           ).all(0).tolist()
+        return (
+            torch.stack([torch.isfinite(t.flatten(1)).all(1) for t in self.stacked.values()])
+            .all(0)
+            .tolist()
+        )
 
 
 def _optimizer_order(model: torch.nn.Module) -> list[str]:
@@ -201,31 +222,44 @@ def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
 
 
 def _members(stacked: dict[str, torch.Tensor], start: int, n: int) -> dict[str, torch.Tensor]:
-    return {name: t[start:start + n] for name, t in stacked.items()}
+    return {name: t[start : start + n] for name, t in stacked.items()}
 
 
-def _backward(template: Weights, stacked: dict[str, torch.Tensor],
-              tokens: Int[torch.Tensor, "k batch seq"], labels: Int[torch.Tensor, "k batch"],
-              start: int = 0) -> Float[torch.Tensor, " k"]:
+def _backward(
+    template: Weights,
+    stacked: dict[str, torch.Tensor],
+    tokens: Int[torch.Tensor, "k batch seq"],
+    labels: Int[torch.Tensor, "k batch"],
+    start: int = 0,
+) -> Float[torch.Tensor, " k"]:
     """Mean cross-entropy of k consecutive members from `start`; gradients accumulate."""
     k = len(tokens)
     logits = stacked_logits(template, _members(stacked, start, k), tokens)
-    losses = F.cross_entropy(logits.flatten(0, 1), labels.flatten(),
-                             reduction="none").view(k, -1).mean(1)
+    losses = (
+        F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
+        .view(k, -1)
+        .mean(1)
+    )
     losses.sum().backward()
     return losses.detach()
 
 
 @torch.no_grad()
-def _eval_logits(template: Weights, stacked: dict[str, torch.Tensor], evalsets: list,
-                 per_pass: int) -> list[torch.Tensor]:
+def _eval_logits(
+    template: Weights, stacked: dict[str, torch.Tensor], evalsets: list, per_pass: int
+) -> list[torch.Tensor]:
     """Label logits of every member on its own evaluation rows (all the same size)."""
     tokens = torch.stack([e.tokens for e in evalsets])  # [k, n, seq]
     params = {name: t.detach() for name, t in stacked.items()}
     out = []
     for start in range(0, len(tokens), per_pass):
         members = _members(params, start, per_pass)
-        rows = tokens[start:start + per_pass]
-        out += torch.cat([stacked_logits(template, members, rows[:, i:i + EVAL_ROWS])
-                          for i in range(0, rows.shape[1], EVAL_ROWS)], 1)
+        rows = tokens[start : start + per_pass]
+        out += torch.cat(
+            [
+                stacked_logits(template, members, rows[:, i : i + EVAL_ROWS])
+                for i in range(0, rows.shape[1], EVAL_ROWS)
+            ],
+            1,
+        )
     return out

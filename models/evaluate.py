@@ -25,9 +25,15 @@ class EvalSet:
     rows: dict[str, np.ndarray]  # the same rows' metadata, for task-specific read-outs
     prompts: dict[str, torch.Tensor] = field(default_factory=dict)  # completed greedily
 
-    def to(self, device) -> "EvalSet":
-        return EvalSet(self.tokens.to(device), self.labels.to(device), self.group.to(device),
-                       self.names, self.rows, {k: v.to(device) for k, v in self.prompts.items()})
+    def to(self, device) -> EvalSet:
+        return EvalSet(
+            self.tokens.to(device),
+            self.labels.to(device),
+            self.group.to(device),
+            self.names,
+            self.rows,
+            {k: v.to(device) for k, v in self.prompts.items()},
+        )
 
 
 def make_eval_set(task: Task, rows: dict[str, np.ndarray], size: int, seed: int) -> EvalSet:
@@ -43,24 +49,36 @@ def make_eval_set(task: Task, rows: dict[str, np.ndarray], size: int, seed: int)
     idx = np.concatenate(picks)
     sub = {k: v[idx] for k, v in rows.items()}
     prompts = {k: torch.as_tensor(v) for k, v in task.prompt_sets(rows).items()}
-    return EvalSet(torch.as_tensor(sub["tokens"]), torch.as_tensor(sub["label"]),
-                   torch.as_tensor(np.concatenate(gid)), tuple(g.name for g in groups), sub,
-                   prompts)
+    return EvalSet(
+        torch.as_tensor(sub["tokens"]),
+        torch.as_tensor(sub["label"]),
+        torch.as_tensor(np.concatenate(gid)),
+        tuple(g.name for g in groups),
+        sub,
+        prompts,
+    )
 
 
-def next_token_loss(logits: Float[torch.Tensor, "n seq vocab"],
-                    tokens: Int[torch.Tensor, "n seq"], reduction: str = "mean"
-                    ) -> torch.Tensor:
+def next_token_loss(
+    logits: Float[torch.Tensor, "n seq vocab"],
+    tokens: Int[torch.Tensor, "n seq"],
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Cross-entropy of predicting each next token, PAD targets ignored: the mean over
     real targets, or ("none") [n, seq - 1] with zeros at PAD targets."""
     targets = tokens[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(),
-                           ignore_index=PAD, reduction="none" if reduction == "none" else "mean")
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        targets.flatten(),
+        ignore_index=PAD,
+        reduction="none" if reduction == "none" else "mean",
+    )
     return loss.view(targets.shape) if reduction == "none" else loss
 
 
-def greedy_complete(model: torch.nn.Module, prompts: Int[torch.Tensor, "n p"],
-                    length: int) -> Int[torch.Tensor, "n length"]:
+def greedy_complete(
+    model: torch.nn.Module, prompts: Int[torch.Tensor, "n p"], length: int
+) -> Int[torch.Tensor, "n length"]:
     """`prompts` continued greedily (argmax) to `length` tokens, without gradients."""
     tokens = prompts
     with torch.inference_mode():
@@ -69,12 +87,14 @@ def greedy_complete(model: torch.nn.Module, prompts: Int[torch.Tensor, "n p"],
     return tokens
 
 
-def label_logits(model: torch.nn.Module, tokens: Int[torch.Tensor, "n seq"],
-                 chunk: int = 4096) -> torch.Tensor:
+def label_logits(
+    model: torch.nn.Module, tokens: Int[torch.Tensor, "n seq"], chunk: int = 4096
+) -> torch.Tensor:
     """Logits at the last position, computed in chunks without gradients."""
     with torch.inference_mode():
-        return torch.cat([model(tokens[i:i + chunk])[:, -1] for i in
-                          range(0, len(tokens), chunk)])
+        return torch.cat(
+            [model(tokens[i : i + chunk])[:, -1] for i in range(0, len(tokens), chunk)]
+        )
 
 
 def evaluate(model: torch.nn.Module, task: Task, data: EvalSet) -> dict[tuple[str, str], float]:
@@ -83,10 +103,17 @@ def evaluate(model: torch.nn.Module, task: Task, data: EvalSet) -> dict[tuple[st
     model.eval()
     if task.next_token:
         scores = score_next_token(model, data)
-        scores.update(task.completion_scores({
-            name: [task.decode(row[1:]) for row in
-                   greedy_complete(model, prompts, task.seq_len).tolist()]
-            for name, prompts in data.prompts.items()}))
+        scores.update(
+            task.completion_scores(
+                {
+                    name: [
+                        task.decode(row[1:])
+                        for row in greedy_complete(model, prompts, task.seq_len).tolist()
+                    ]
+                    for name, prompts in data.prompts.items()
+                }
+            )
+        )
     else:
         scores = score_logits(label_logits(model, data.tokens), task, data)
     model.train(was_training)
@@ -109,8 +136,9 @@ def score_next_token(model: torch.nn.Module, data: EvalSet) -> dict[tuple[str, s
     return out
 
 
-def score_logits(logits: Float[torch.Tensor, "n vocab"], task: Task,
-                 data: EvalSet) -> dict[tuple[str, str], float]:
+def score_logits(
+    logits: Float[torch.Tensor, "n vocab"], task: Task, data: EvalSet
+) -> dict[tuple[str, str], float]:
     """Per-group mean loss and accuracy of label logits for `data`'s rows, plus task extras."""
     loss = F.cross_entropy(logits.float(), data.labels, reduction="none")
     pred = logits.argmax(-1)

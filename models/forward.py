@@ -2,17 +2,18 @@
 
 Same arithmetic as the TransformerBridge (every LayerNorm placement of models/layernorm.py,
 causal attention, learned positions; and the Emb-MLP of models/emb_mlp.py), but plain tensor
-ops over the model's own weights. Two things make it the engine of the patching tools: every TransformerLens hook point (`resid_pre`, `q`, `k`,
-`v`, `pattern`, `z`, `attn_out`, `resid_mid`, `mlp_out`, `resid_post`) passes through a
-`hook(name, tensor)` callback, and a block can start from any cached residual stream and
-compute only the last (label) position. Tests check every hook against the bridge.
+ops over the model's own weights. Two things make it the engine of the patching tools:
+every TransformerLens hook point (`resid_pre`, `q`, `k`, `v`, `pattern`, `z`, `attn_out`,
+`resid_mid`, `mlp_out`, `resid_post`) passes through a `hook(name, tensor)` callback, and a
+block can start from any cached residual stream and compute only the last (label) position.
+Tests check every hook against the bridge.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,12 +23,22 @@ from initlens.models.emb_mlp import ACT_FNS
 from initlens.models.errors import UserError
 
 Hook = Callable[[str, torch.Tensor], torch.Tensor]
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # The models' activations, but relu in place: its input is a fresh matmul output nothing
 # else reads (saves a buffer).
 FAST_ACT_FNS = {**ACT_FNS, "relu": lambda x: F.relu(x, inplace=True)}
-BLOCK_HOOKS = ("resid_pre", "q", "k", "v", "pattern", "z", "attn_out", "resid_mid",
-               "mlp_out", "resid_post")
+BLOCK_HOOKS = (
+    "resid_pre",
+    "q",
+    "k",
+    "v",
+    "pattern",
+    "z",
+    "attn_out",
+    "resid_mid",
+    "mlp_out",
+    "resid_post",
+)
 
 
 def hook_name(component: str, layer: int) -> str:
@@ -55,7 +66,7 @@ class Weights:
     kind: str = "transformer"  # or "emb_mlp" (models/emb_mlp.py: no attention)
 
     @classmethod
-    def of(cls, model) -> "Weights":
+    def of(cls, model) -> Weights:
         """The weights of `model` (views, not copies), cached until a parameter's storage
         is replaced (e.g. by `.to(device)`); in-place updates are seen through the views.
         (Listing the bridge's parameters walks all its hook modules: done once per model.)"""
@@ -65,10 +76,17 @@ class Weights:
         cfg = model.cfg
         params = {k: v.detach() for k, v in model.state_dict().items()}
         native = getattr(model.blocks[0], "original_component", None)
-        weights = cls(params, cfg.n_layers, cfg.n_heads, cfg.d_head, attn_only=cfg.attn_only,
-                      act_fn=cfg.act_fn or "relu", eps=cfg.eps,
-                      normalizes=getattr(native, "normalizes", "qkv"),
-                      kind="transformer" if native is not None else "emb_mlp")
+        weights = cls(
+            params,
+            cfg.n_layers,
+            cfg.n_heads,
+            cfg.d_head,
+            attn_only=cfg.attn_only,
+            act_fn=cfg.act_fn or "relu",
+            eps=cfg.eps,
+            normalizes=getattr(native, "normalizes", "qkv"),
+            kind="transformer" if native is not None else "emb_mlp",
+        )
         parameters = list(model.parameters())
         _CACHE[model] = (parameters, _storage(parameters), weights)
         return weights
@@ -86,16 +104,19 @@ class Weights:
     def require_attention(self, what: str) -> None:
         """A UserError for instruments that need attention blocks, on the Emb-MLP."""
         if self.kind != "transformer":
-            raise UserError(f"{what} needs a transformer; this Emb-MLP has no attention "
-                            f"blocks (geometry and linear probes work on it)")
+            raise UserError(
+                f"{what} needs a transformer; this Emb-MLP has no attention "
+                f"blocks (geometry and linear probes work on it)"
+            )
 
     def norm(self, x: torch.Tensor, prefix: str) -> torch.Tensor:
         """LayerNorm `prefix` (the fused kernel: equal to the bridge's to float32 rounding);
         the identity where the model's placement has no LayerNorm there."""
         if f"{prefix}.weight" not in self.params:
             return x
-        return F.layer_norm(x, x.shape[-1:], self[f"{prefix}.weight"], self[f"{prefix}.bias"],
-                            self.eps)
+        return F.layer_norm(
+            x, x.shape[-1:], self[f"{prefix}.weight"], self[f"{prefix}.bias"], self.eps
+        )
 
     def attn_inputs(self, x: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(query/key input, value input) of block `layer` from its resid_pre `x`."""
@@ -115,16 +136,22 @@ def embed(w: Weights, tokens: Int[torch.Tensor, "batch seq"]) -> Float[torch.Ten
     return F.embedding(tokens, w["embed.weight"]) + w["pos_embed.weight"][: tokens.shape[1]]
 
 
-def heads(w: Weights, layer: int, name: str, a: Float[torch.Tensor, "n seq d"]
-          ) -> Float[torch.Tensor, "n seq head d_head"]:
+def heads(
+    w: Weights, layer: int, name: str, a: Float[torch.Tensor, "n seq d"]
+) -> Float[torch.Tensor, "n seq head d_head"]:
     """Queries, keys or values (`name`: q, k, v) of block `layer` from its attention input."""
     p = f"blocks.{layer}.attn.{name}"
     out = F.linear(a, w[f"{p}.weight"], w[f"{p}.bias"])
     return out.view(*a.shape[:-1], w.n_heads, w.d_head)
 
 
-def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook = no_hook,
-          last_only: bool = False) -> Float[torch.Tensor, "n out d"]:
+def block(
+    w: Weights,
+    layer: int,
+    x: Float[torch.Tensor, "n seq d"],
+    hook: Hook = no_hook,
+    last_only: bool = False,
+) -> Float[torch.Tensor, "n out d"]:
     """One transformer block from its resid_pre.
 
     `last_only` keeps only the last position once keys and values are formed (enough for
@@ -139,7 +166,7 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
     q = hook("q", heads(w, layer, "q", a))
     # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
     # rounding matches the bridge too.
-    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head ** 0.5
+    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head**0.5
     n_q = q.shape[1]
     if n_q > 1:  # causal mask (a last-position-only query sees every key)
         future = torch.ones(n_q, s, dtype=torch.bool, device=x.device).triu(1)
@@ -149,9 +176,13 @@ def block(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"], hook: Hook 
     return block_tail(w, layer, x, z, hook)
 
 
-def block_tail(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"],
-               z: Float[torch.Tensor, "n seq head d_head"], hook: Hook = no_hook
-               ) -> Float[torch.Tensor, "n seq d"]:
+def block_tail(
+    w: Weights,
+    layer: int,
+    x: Float[torch.Tensor, "n seq d"],
+    z: Float[torch.Tensor, "n seq head d_head"],
+    hook: Hook = no_hook,
+) -> Float[torch.Tensor, "n seq d"]:
     """The rest of a block once its head outputs `z` are known (x: its resid_pre). Every
     step is per position, so any subset of positions can be computed on its own."""
     p = f"blocks.{layer}"
@@ -161,10 +192,12 @@ def block_tail(w: Weights, layer: int, x: Float[torch.Tensor, "n seq d"],
     mid = hook("resid_mid", w.norm(mid, f"{p}.ln1") if post else mid)
     if w.attn_only:
         return hook("resid_post", mid)
-    pre = F.linear(mid if post else w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"],
-                   w[f"{p}.mlp.in.bias"])
-    mlp_out = F.linear(FAST_ACT_FNS[w.act_fn](pre), w[f"{p}.mlp.out.weight"],
-                       w[f"{p}.mlp.out.bias"])
+    pre = F.linear(
+        mid if post else w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"], w[f"{p}.mlp.in.bias"]
+    )
+    mlp_out = F.linear(
+        FAST_ACT_FNS[w.act_fn](pre), w[f"{p}.mlp.out.weight"], w[f"{p}.mlp.out.bias"]
+    )
     out = mid + hook("mlp_out", mlp_out)
     return hook("resid_post", w.norm(out, f"{p}.ln2") if post else out)
 
@@ -174,9 +207,12 @@ def unembed(w: Weights, x: Float[torch.Tensor, "*n d"]) -> Float[torch.Tensor, "
     return F.linear(w.norm(x, "ln_final"), w["unembed.weight"], w["unembed.bias"])
 
 
-def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
-                   names: Sequence[str] = BLOCK_HOOKS, label_only: bool = False
-                   ) -> tuple[Float[torch.Tensor, "batch out vocab"], dict[str, torch.Tensor]]:
+def run_with_cache(
+    w: Weights,
+    tokens: Int[torch.Tensor, "batch seq"],
+    names: Sequence[str] = BLOCK_HOOKS,
+    label_only: bool = False,
+) -> tuple[Float[torch.Tensor, "batch out vocab"], dict[str, torch.Tensor]]:
     """Logits and the named block activations, keyed by TransformerLens name.
 
     label_only: the final block computes only the last position after its k/v (its q,
@@ -186,21 +222,25 @@ def run_with_cache(w: Weights, tokens: Int[torch.Tensor, "batch seq"],
         return _emb_mlp(w, tokens, names)
     x = embed(w, tokens)
     for layer in range(w.n_layers):
+
         def record(name: str, t: torch.Tensor, layer=layer) -> torch.Tensor:
             if name in names:
                 cache[hook_name(name, layer)] = t
             return t
+
         x = block(w, layer, x, record, last_only=label_only and layer == w.n_layers - 1)
     return unembed(w, x), cache
 
 
-def _emb_mlp(w: Weights, tokens: Int[torch.Tensor, "batch seq"], names: Sequence[str]
-             ) -> tuple[Float[torch.Tensor, "batch 1 vocab"], dict[str, torch.Tensor]]:
+def _emb_mlp(
+    w: Weights, tokens: Int[torch.Tensor, "batch seq"], names: Sequence[str]
+) -> tuple[Float[torch.Tensor, "batch 1 vocab"], dict[str, torch.Tensor]]:
     """The Emb-MLP's forward: resid_pre is the summed embedding, resid_post the hidden
     layer (one position each)."""
     x = w["embed.weight"][tokens].sum(1, keepdim=True)
-    hidden = FAST_ACT_FNS[w.act_fn](F.linear(x, w["blocks.0.mlp.in.weight"],
-                                            w["blocks.0.mlp.in.bias"]))
+    hidden = FAST_ACT_FNS[w.act_fn](
+        F.linear(x, w["blocks.0.mlp.in.weight"], w["blocks.0.mlp.in.bias"])
+    )
     acts = {"resid_pre": x, "resid_post": hidden}
     cache = {hook_name(c, 0): t for c, t in acts.items() if c in names}
     return F.linear(hidden, w["unembed.weight"], w["unembed.bias"]), cache

@@ -10,8 +10,6 @@ placements, give the blocks their own forward. Hook names keep their meaning:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -35,13 +33,19 @@ class SplitInputAttention(NativeAttention):
     """Native causal attention (no rotary, no grouped keys: our models have neither) whose
     values may read a different input than its queries and keys."""
 
-    def forward(self, hidden_states: torch.Tensor, value_input: Optional[torch.Tensor] = None,
-                pattern_fn=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        value_input: torch.Tensor | None = None,
+        pattern_fn=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         seq = hidden_states.shape[1]
 
         def heads(linear, x: torch.Tensor) -> torch.Tensor:
-            return rearrange(linear(x), "batch seq (head d_head) -> batch head seq d_head",
-                             head=self.n_heads)
+            return rearrange(
+                linear(x), "batch seq (head d_head) -> batch head seq d_head", head=self.n_heads
+            )
 
         q, k = heads(self.q, hidden_states), heads(self.k, hidden_states)
         v = heads(self.v, hidden_states if value_input is None else value_input)
@@ -58,8 +62,9 @@ class PlacedBlock(NativeBlock):
 
     normalizes: str = "qkv"
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, position_ids=None,
-                **kwargs) -> tuple[torch.Tensor]:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask=None, position_ids=None, **kwargs
+    ) -> tuple[torch.Tensor]:
         mask = dict(attention_mask=attention_mask, position_ids=position_ids)
         x = hidden_states
         if self.normalizes == "post":
@@ -82,8 +87,9 @@ def apply_placement(model, normalization: str, final_ln: bool | None = None) -> 
     slots, normalizes = PLACEMENTS[normalization]
     if final_ln is not None:
         slots = slots | {"ln_final"} if final_ln else slots - {"ln_final"}
-    norms = [(block, name) for block in model.blocks for name in ("ln1", "ln2")
-             if hasattr(block, name)] + [(model, "ln_final")]
+    norms = [
+        (block, name) for block in model.blocks for name in ("ln1", "ln2") if hasattr(block, name)
+    ] + [(model, "ln_final")]
     for owner, name in norms:
         if name not in slots:
             bridge = getattr(owner, name)
@@ -93,8 +99,9 @@ def apply_placement(model, normalization: str, final_ln: bool | None = None) -> 
         return
     for block in model.blocks:
         native = block.original_component
-        native.__class__ = type(f"PlacedBlock_{normalizes}", (PlacedBlock,),
-                                {"normalizes": normalizes})
+        native.__class__ = type(
+            f"PlacedBlock_{normalizes}", (PlacedBlock,), {"normalizes": normalizes}
+        )
         native.attn.original_component.__class__ = SplitInputAttention
         if normalizes == "post":  # the stream between the sublayers is ln1's output
             block.hook_aliases = {**block.hook_aliases, "hook_resid_mid": "ln1.hook_out"}

@@ -26,11 +26,17 @@ def show_progress() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
-def progress_bar(total: int, desc: str, unit: str, progress: bool | None = None,
-                 initial: int = 0) -> tqdm:
+def progress_bar(
+    total: int, desc: str, unit: str, progress: bool | None = None, initial: int = 0
+) -> tqdm:
     """A tqdm bar, shown when `progress` says so (None: when `show_progress()`)."""
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit,
-                disable=not (show_progress() if progress is None else progress))
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=not (show_progress() if progress is None else progress),
+    )
 
 
 def tracked(items: Iterable[T], progress: Progress | None, total: int, desc: str) -> Iterator[T]:

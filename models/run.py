@@ -55,12 +55,12 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
             row = json.loads(line)
             rows.append({k: row[k] for k in METRIC_COLUMNS})
             step, group, metric = row["step"], row["group"], row["metric"]
-            if not (isinstance(step, int) and isinstance(group, str)
-                    and isinstance(metric, str)):
+            if not (isinstance(step, int) and isinstance(group, str) and isinstance(metric, str)):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise UserError(f"metrics file {path} is damaged at line {n}; restore it, or "
-                            f"delete that line") from None
+            raise UserError(
+                f"metrics file {path} is damaged at line {n}; restore it, or delete that line"
+            ) from None
     return rows, size
 
 
@@ -79,8 +79,10 @@ class Run:
         if not path.is_dir():
             raise UserError(f"{path} is a file, not a run directory")
         if not (path / "config.json").exists():
-            raise UserError(f"{path} is not a run directory (no config.json); point to a "
-                            f"folder written by `probe train` or `probe study`")
+            raise UserError(
+                f"{path} is not a run directory (no config.json); point to a "
+                f"folder written by `probe train` or `probe study`"
+            )
         return cls(path)
 
     @cached_property
@@ -113,17 +115,26 @@ class Run:
     def _read(path: Path, what: str, kind: type):
         value = read_json(path, what)
         if not isinstance(value, kind):
-            raise UserError(f"{what} {path} is damaged: it holds a JSON "
-                            f"{type(value).__name__}, not a {kind.__name__}; restore or "
-                            f"delete it")
+            raise UserError(
+                f"{what} {path} is damaged: it holds a JSON "
+                f"{type(value).__name__}, not a {kind.__name__}; restore or "
+                f"delete it"
+            )
         return value
 
     def checkpoint_steps(self) -> list[int]:
         folder = self.path / "checkpoints"
         if folder.exists() and not folder.is_dir():
             raise UserError(f"{folder} is a file, not the run's checkpoint folder; restore it")
-        steps = [int(m.group(1)) for f in folder.glob("step_*.safetensors")
-                 if (m := CKPT.search(f.name))] if folder.exists() else []
+        steps = (
+            [
+                int(m.group(1))
+                for f in folder.glob("step_*.safetensors")
+                if (m := CKPT.search(f.name))
+            ]
+            if folder.exists()
+            else []
+        )
         return sorted(steps)
 
     def resume_point(self) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
@@ -135,8 +146,10 @@ class Run:
         optimizer, meta = load_tensors(state_file)
         step = meta.get("step", "")
         if not step.isdigit():
-            raise UserError(f"optimizer state {state_file} does not say its step; restore it, "
-                            f"or delete it to retrain the run from the start")
+            raise UserError(
+                f"optimizer state {state_file} does not say its step; restore it, "
+                f"or delete it to retrain the run from the start"
+            )
         weights, _ = load_tensors(checkpoint_path(self.path, int(step)))
         return int(step), weights, optimizer
 
@@ -144,18 +157,23 @@ class Run:
         """`None`/"last" is the last checkpoint; an int must be one of the checkpoints."""
         steps = self.checkpoint_steps()
         if not steps:
-            raise UserError(f"run {self.path} has no checkpoints; it may have failed before "
-                            f"step 0 was saved: retrain it")
+            raise UserError(
+                f"run {self.path} has no checkpoints; it may have failed before "
+                f"step 0 was saved: retrain it"
+            )
         if step is None or step == "last":
             return steps[-1]
         step = int(step)
         if step not in steps:
-            raise UserError(f"run {self.path} has no checkpoint at step {step}; available: "
-                            f"{', '.join(map(str, steps))}")
+            raise UserError(
+                f"run {self.path} has no checkpoint at step {step}; available: "
+                f"{', '.join(map(str, steps))}"
+            )
         return step
 
-    def load_model(self, step: int | str | None = None,
-                   device: str | torch.device | None = None) -> TransformerBridge | EmbMLP:
+    def load_model(
+        self, step: int | str | None = None, device: str | torch.device | None = None
+    ) -> TransformerBridge | EmbMLP:
         """The model at a checkpoint (default: the last), ready for TransformerLens tools."""
         step = self.resolve_step(step)
         path = checkpoint_path(self.path, step)
@@ -165,8 +183,10 @@ class Run:
             model.load_state_dict(tensors, strict=True)
         except RuntimeError as e:
             first = str(e).strip().splitlines()[-1].strip()
-            raise UserError(f"checkpoint {path} does not match the run's config.json ({first}); "
-                            f"the file belongs to another model: restore it or retrain") from None
+            raise UserError(
+                f"checkpoint {path} does not match the run's config.json ({first}); "
+                f"the file belongs to another model: restore it or retrain"
+            ) from None
         model.eval()
         device = resolve_device(str(device or self.config.train.device))
         return model.to(device, print_details=False)

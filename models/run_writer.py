@@ -43,9 +43,11 @@ class FolderLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError):
-            raise UserError(f"cannot use {self.folder} as a {self.what} folder: it or a "
-                            f"folder above it is a file; choose another path",
-                            option="out") from None
+            raise UserError(
+                f"cannot use {self.folder} as a {self.what} folder: it or a "
+                f"folder above it is a file; choose another path",
+                option="out",
+            ) from None
         path = self.folder / LOCK
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -54,9 +56,12 @@ class FolderLock:
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode(errors="replace")
                 os.close(fd)
-                raise UserError(f"{self.folder} is in use by another process "
-                                f"({_describe(holder)}); wait for it to finish or stop it, "
-                                f"or choose another folder", option="out") from None
+                raise UserError(
+                    f"{self.folder} is in use by another process "
+                    f"({_describe(holder)}); wait for it to finish or stop it, "
+                    f"or choose another folder",
+                    option="out",
+                ) from None
             try:  # the previous holder may have removed the file before we locked it
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -64,8 +69,13 @@ class FolderLock:
             if same:
                 break
             os.close(fd)
-        holder = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        holder = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         os.ftruncate(fd, 0)
         os.pwrite(fd, holder.encode(), 0)
         self._fd = fd
@@ -100,8 +110,7 @@ def _describe(holder: str) -> str:
 
 def leftovers(folder: Path) -> list[Path]:
     """Temp files of atomic writes that a killed process left behind."""
-    return [p for d in (folder, folder / "checkpoints") if d.is_dir()
-            for p in d.glob(".*.tmp")]
+    return [p for d in (folder, folder / "checkpoints") if d.is_dir() for p in d.glob(".*.tmp")]
 
 
 class RunWriter:
@@ -132,12 +141,16 @@ class RunWriter:
         """Refuse to start a run in a folder that holds a run or any other files."""
         if (self.path / "config.json").exists():
             state = Run(self.path).status.get("state", "unknown")
-            raise UserError(f"{self.path} already holds a run (state: {state}); resume it, "
-                            f"or choose another output folder", option="out")
+            raise UserError(
+                f"{self.path} already holds a run (state: {state}); resume it, "
+                f"or choose another output folder",
+                option="out",
+            )
         ignored = {LOCK, *(p.name for p in leftovers(self.path))}
         if self.path.exists() and any(p.name not in ignored for p in self.path.iterdir()):
-            raise UserError(f"{self.path} exists and is not empty; choose a new output folder",
-                            option="out")
+            raise UserError(
+                f"{self.path} exists and is not empty; choose a new output folder", option="out"
+            )
 
     def _clean(self) -> None:
         for tmp in leftovers(self.path):
@@ -172,16 +185,19 @@ class RunWriter:
         for (group, metric), value in values.items():
             if (step, group, metric) not in self._written:
                 self._written.add((step, group, metric))
-                lines.append(json.dumps({"step": step, "group": group, "metric": metric,
-                                         "value": value}) + "\n")
+                lines.append(
+                    json.dumps({"step": step, "group": group, "metric": metric, "value": value})
+                    + "\n"
+                )
         self._metrics.write("".join(lines))
         self._metrics.flush()
 
     def save_checkpoint(self, step: int, weights: dict, optimizer: dict) -> None:
         """Weights at `step`, the optimizer state to resume from, and the running status."""
         save_tensors(checkpoint_path(self.path, step), weights, {"step": str(step)})
-        save_tensors(self.path / "checkpoints" / "optimizer.safetensors", optimizer,
-                     {"step": str(step)})
+        save_tensors(
+            self.path / "checkpoints" / "optimizer.safetensors", optimizer, {"step": str(step)}
+        )
         write_json(self.path / "status.json", {"state": "running", "step": step})
 
     def fail(self, step: int, reason: str, diverged: bool = False) -> None:
@@ -198,10 +214,16 @@ class RunWriter:
         run = Run(self.path)
         steps = run.config.train.steps
         final = run.metrics().query("step == @steps")
-        write_json(self.path / "summary.json", {
-            "final": {f"{r.group}/{r.metric}": r.value for r in final.itertuples()},
-            "steps": steps, "n_params": n_params, "device": str(device),
-            "train_seconds_last_session": round(seconds, 2)})
+        write_json(
+            self.path / "summary.json",
+            {
+                "final": {f"{r.group}/{r.metric}": r.value for r in final.itertuples()},
+                "steps": steps,
+                "n_params": n_params,
+                "device": str(device),
+                "train_seconds_last_session": round(seconds, 2),
+            },
+        )
         write_json(self.path / "status.json", {"state": "done", "step": steps})
 
     def close(self) -> None:

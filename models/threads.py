@@ -62,8 +62,11 @@ def chosen_threads() -> int | None:
         return free_cores(usable_cores(), running_elsewhere())
     if value.isdigit() and int(value) >= 1:
         return int(value)
-    warnings.warn(f"{USER_SETTING}={value!r}: expected a whole number of threads (>= 1) or "
-                  f"'auto'; leaving the thread count as it is", stacklevel=2)
+    warnings.warn(
+        f"{USER_SETTING}={value!r}: expected a whole number of threads (>= 1) or "
+        f"'auto'; leaving the thread count as it is",
+        stacklevel=2,
+    )
     return None
 
 

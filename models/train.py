@@ -33,12 +33,25 @@ from initlens.models.trainer import (
     run_training,
 )
 
-__all__ = ["batch_indices", "checkpoint_steps", "eval_steps", "lr_at", "mark_failed",
-           "show_progress", "train", "training_data"]
+__all__ = [
+    "batch_indices",
+    "checkpoint_steps",
+    "eval_steps",
+    "lr_at",
+    "mark_failed",
+    "show_progress",
+    "train",
+    "training_data",
+]
 
 
-def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
-          stop_at: int | None = None, progress: bool | None = None) -> Run:
+def train(
+    cfg: RunConfig | None,
+    out: str | Path,
+    resume: bool = False,
+    stop_at: int | None = None,
+    progress: bool | None = None,
+) -> Run:
     """Train one model into run directory `out` and return it.
 
     resume: continue the run in `out` from its last checkpoint (cfg may be None).
@@ -48,9 +61,11 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
     if resume:
         saved = Run.open(out)
         if cfg is not None and cfg != saved.config:
-            raise UserError(f"the given config differs from {out}/config.json; resume "
-                            f"without giving a config or options, or train into another "
-                            f"output folder")
+            raise UserError(
+                f"the given config differs from {out}/config.json; resume "
+                f"without giving a config or options, or train into another "
+                f"output folder"
+            )
         cfg = saved.config
         if saved.done:
             return saved
@@ -59,8 +74,9 @@ def train(cfg: RunConfig | None, out: str | Path, resume: bool = False,
         return _train(cfg, writer, resume, stop_at, progress)
 
 
-def _train(cfg: RunConfig, writer: RunWriter, resume: bool, stop_at: int | None,
-           progress: bool | None) -> Run:
+def _train(
+    cfg: RunConfig, writer: RunWriter, resume: bool, stop_at: int | None, progress: bool | None
+) -> Run:
     """`train` as the one writer of the run: everything is checked before anything is
     written."""
     out = writer.path
@@ -88,10 +104,12 @@ def _train(cfg: RunConfig, writer: RunWriter, resume: bool, stop_at: int | None,
             load_optimizer_tensors(opt, opt_tensors)
         except (RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[-1].strip()
-            raise UserError(f"the checkpoint of step {start} in {out} does not match its "
-                            f"config.json ({first}); restore the checkpoint, or delete "
-                            f"checkpoints/optimizer.safetensors to retrain from the start",
-                            option="out") from None
+            raise UserError(
+                f"the checkpoint of step {start} in {out} does not match its "
+                f"config.json ({first}); restore the checkpoint, or delete "
+                f"checkpoints/optimizer.safetensors to retrain from the start",
+                option="out",
+            ) from None
     if resume:  # metrics written so far are kept; redone evaluations are not rewritten
         writer.resume(init)
     else:
@@ -99,8 +117,9 @@ def _train(cfg: RunConfig, writer: RunWriter, resume: bool, stop_at: int | None,
     model.train()
 
     member = OneModel(cfg, model, opt, x_train, y_train, evalset, device)
-    [failed] = run_training(member, [writer], tc, start, stop_at,
-                            desc=f"gamma={cfg.model.gamma}", progress=progress)
+    [failed] = run_training(
+        member, [writer], tc, start, stop_at, desc=f"gamma={cfg.model.gamma}", progress=progress
+    )
     if failed:
         raise UserError(failed, option="lr")
     return Run(out)
@@ -109,8 +128,16 @@ def _train(cfg: RunConfig, writer: RunWriter, resume: bool, stop_at: int | None,
 class OneModel:
     """A single run as the trainer's `Members`: one model, updated by plain backprop."""
 
-    def __init__(self, cfg: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 x_train: torch.Tensor, y_train: torch.Tensor, evalset: EvalSet, device):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        evalset: EvalSet,
+        device,
+    ):
         self.cfg, self.model, self.optimizer = cfg, model, optimizer
         self.x_train, self.y_train, self.evalset = x_train, y_train, evalset
         self.device = device
@@ -118,8 +145,9 @@ class OneModel:
 
     def step(self, update: int) -> Float[torch.Tensor, " 1"]:
         tc = self.cfg.train
-        idx = batch_indices(update, len(self.x_train), tc.batch_size,
-                            tc.batch_order_seed).to(self.device)
+        idx = batch_indices(update, len(self.x_train), tc.batch_size, tc.batch_order_seed).to(
+            self.device
+        )
         loss = batch_loss(self.cfg.task, self.model, self.x_train[idx], self.y_train[idx])
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -135,12 +163,12 @@ class OneModel:
         return self.model.state_dict(), optimizer_tensors(self.optimizer)
 
     def finite(self) -> list[bool]:
-        return [bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()])
-                     .all())]
+        return [bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())]
 
 
-def batch_loss(task, model, tokens: Int[torch.Tensor, "batch seq"],
-               labels: Int[torch.Tensor, " batch"]) -> Float[torch.Tensor, ""]:
+def batch_loss(
+    task, model, tokens: Int[torch.Tensor, "batch seq"], labels: Int[torch.Tensor, " batch"]
+) -> Float[torch.Tensor, ""]:
     """Cross-entropy at the label (last) position; next-token tasks: at every position."""
     if task.next_token:
         return next_token_loss(model(tokens), tokens)

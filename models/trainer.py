@@ -66,7 +66,7 @@ def batch_indices(step: int, n_rows: int, batch_size: int, seed: int) -> torch.T
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7)
     perm = torch.randperm(n_rows, generator=gen)
     start = offset * batch_size
-    return perm[start:start + batch_size]
+    return perm[start : start + batch_size]
 
 
 def adamw(params: list[torch.Tensor], cfg, matrix_ndim: int = 2) -> torch.optim.AdamW:
@@ -76,9 +76,10 @@ def adamw(params: list[torch.Tensor], cfg, matrix_ndim: int = 2) -> torch.optim.
     matrix_ndim: dimensions of a matrix parameter (3 when members are stacked)."""
     params = [p for p in params if p.requires_grad]
     floor = 0 if cfg.decay == "all" else matrix_ndim
-    groups = [{"params": [p for p in params if p.ndim >= floor],
-               "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < floor], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= floor], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.ndim < floor], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -106,14 +107,20 @@ class Members(Protocol):
 def diverged(out, step: int, what: str) -> str:
     """Why a run stopped: something it computed is no longer finite."""
     kept = Run(out).checkpoint_steps()
-    return (f"training diverged at step {step}: {what}; lower the learning rate or raise "
-            f"gamma (" + (f"checkpoints up to step {kept[-1]} are kept)" if kept else
-                          "no checkpoint was kept)"))
+    return f"training diverged at step {step}: {what}; lower the learning rate or raise gamma (" + (
+        f"checkpoints up to step {kept[-1]} are kept)" if kept else "no checkpoint was kept)"
+    )
 
 
-def run_training(members: Members, writers: list[RunWriter], tc: TrainConfig, start: int = 0,
-                 stop_at: int | None = None, desc: str = "training",
-                 progress: bool | None = None) -> list[str | None]:
+def run_training(
+    members: Members,
+    writers: list[RunWriter],
+    tc: TrainConfig,
+    start: int = 0,
+    stop_at: int | None = None,
+    desc: str = "training",
+    progress: bool | None = None,
+) -> list[str | None]:
     """Train `members` from update `start` to `stop_at` (default: tc.steps), writing member
     i's run directory through writers[i]; per member, why it failed, or None.
 
@@ -188,8 +195,9 @@ def run_training(members: Members, writers: list[RunWriter], tc: TrainConfig, st
                 if not alive():
                     break
                 if k == 1:
-                    bar.set_postfix({g: f"{v:.2f}" for (g, m), v in scores[0].items()
-                                     if m == "accuracy"})
+                    bar.set_postfix(
+                        {g: f"{v:.2f}" for (g, m), v in scores[0].items() if m == "accuracy"}
+                    )
             if step in ckpts or step == last:
                 save(step)
     finally:

@@ -39,9 +39,16 @@ OUT = Path("notebook_out") / ("01_quick_start_small" if SMALL else "01_quick_sta
 
 base = RunConfig()  # the demo's defaults: CPU-sized mixture task, 2 layers, d_model 64
 if SMALL:  # a smaller task and 100 steps: seconds instead of minutes
-    base = base.replace(task={"keys": (21, 30), "samples_per_pair": 50},
-                        train={"steps": 100, "eval_every": 25, "eval_size": 200,
-                               "n_checkpoints": 3, "warmup_steps": 10})
+    base = base.replace(
+        task={"keys": (21, 30), "samples_per_pair": 50},
+        train={
+            "steps": 100,
+            "eval_every": 25,
+            "eval_size": 200,
+            "n_checkpoints": 3,
+            "warmup_steps": 10,
+        },
+    )
 base
 
 # %% [markdown]
@@ -55,8 +62,14 @@ base
 runs = []
 for gamma in GAMMAS:
     folder = OUT / f"gamma_{gamma:g}"
-    runs.append(train(base.replace(model={"gamma": gamma}), folder,
-                      resume=(folder / "config.json").exists(), progress=False))
+    runs.append(
+        train(
+            base.replace(model={"gamma": gamma}),
+            folder,
+            resume=(folder / "config.json").exists(),
+            progress=False,
+        )
+    )
 [(run.name, run.status["state"], run.checkpoint_steps()) for run in runs]
 
 # %% [markdown]
@@ -104,8 +117,10 @@ loss_gap_curves(runs)
 
 # %%
 final = table.set_index("gamma")[[c for c in table.columns if c.startswith("final_acc_")]]
-RESULT = {"gammas": [float(g) for g in table.gamma],
-          "steps": [int(s) for s in table.steps],
-          "final_acc": {f"{g:g}": row.to_dict() for g, row in final.iterrows()}}
+RESULT = {
+    "gammas": [float(g) for g in table.gamma],
+    "steps": [int(s) for s in table.steps],
+    "final_acc": {f"{g:g}": row.to_dict() for g, row in final.iterrows()},
+}
 assert RESULT["gammas"] == list(GAMMAS) and set(RESULT["steps"]) == {base.train.steps}
 final

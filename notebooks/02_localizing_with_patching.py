@@ -36,11 +36,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.studies.localization import (compare_tasks, localize_run, rank_components,
-                                                    stage_steps, summary)
-from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
 from initlens.analyses.figures.labels import position_labels
-from initlens.models import Run, RunConfig, train
+from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
+from initlens.analyses.studies.localization import (
+    compare_tasks,
+    localize_run,
+    rank_components,
+    stage_steps,
+    summary,
+)
+from initlens.models import RunConfig, train
 from initlens.probes.attribution import agreement, attribution_patch, guided_patch
 from initlens.probes.corruptions import make_pairs
 from initlens.probes.patching import activation_patch, logit_diff, patch_all
@@ -51,15 +56,28 @@ OUT = Path("notebook_out") / ("02_localizing_small" if SMALL else "02_localizing
 
 base = RunConfig()  # the demo's defaults
 if SMALL:
-    base = base.replace(task={"keys": (21, 30), "samples_per_pair": 50},
-                        train={"steps": 100, "eval_every": 25, "eval_size": 200,
-                               "n_checkpoints": 3, "warmup_steps": 10})
+    base = base.replace(
+        task={"keys": (21, 30), "samples_per_pair": 50},
+        train={
+            "steps": 100,
+            "eval_every": 25,
+            "eval_size": 200,
+            "n_checkpoints": 3,
+            "warmup_steps": 10,
+        },
+    )
 
 runs = []
 for gamma in GAMMAS:
     folder = OUT / f"gamma_{gamma:g}"
-    runs.append(train(base.replace(model={"gamma": gamma}), folder,
-                      resume=(folder / "config.json").exists(), progress=False))
+    runs.append(
+        train(
+            base.replace(model={"gamma": gamma}),
+            folder,
+            resume=(folder / "config.json").exists(),
+            progress=False,
+        )
+    )
 run = runs[-1]  # the small-init run
 task = run.config.task
 [(r.name, r.checkpoint_steps()) for r in runs]
@@ -76,9 +94,14 @@ model = run.load_model(step)
 pairs = make_pairs(task, "key", n=N_PAIRS, data_seed=run.config.train.data_seed)
 metric = logit_diff(pairs.clean_label, pairs.corrupted_label)
 tokens = position_labels(pairs, pairs.clean.shape[1])  # ["key", "a1", "a2"]
-pd.DataFrame({"clean": pairs.clean[:4].tolist(), "corrupted": pairs.corrupted[:4].tolist(),
-              "clean_label": pairs.clean_label[:4].tolist(),
-              "corrupted_label": pairs.corrupted_label[:4].tolist()})
+pd.DataFrame(
+    {
+        "clean": pairs.clean[:4].tolist(),
+        "corrupted": pairs.corrupted[:4].tolist(),
+        "clean_label": pairs.clean_label[:4].tolist(),
+        "corrupted_label": pairs.corrupted_label[:4].tolist(),
+    }
+)
 
 # %%
 exact = activation_patch(model, pairs.clean, pairs.corrupted, metric, "resid_pre")
@@ -94,23 +117,37 @@ resid
 # key's information moves by the last layer is the interesting part.
 
 # %%
-layer_position_heatmap(resid.assign(value=resid.normalized), "resid_pre", tokens=tokens,
-                       title=f"resid_pre, normalized ({run.name}, step {step})")
+layer_position_heatmap(
+    resid.assign(value=resid.normalized),
+    "resid_pre",
+    tokens=tokens,
+    title=f"resid_pre, normalized ({run.name}, step {step})",
+)
 
 # %% [markdown]
 # `patch_all` sweeps several components into one tidy table. Per-head outputs (`z`) are
 # drawn by layer and head at the label position.
 
 # %%
-sweep = patch_all(model, pairs.clean, pairs.corrupted, metric,
-                  components=("resid_pre", "attn_out", "mlp_out", "z"), run=run.name,
-                  step=step)
+sweep = patch_all(
+    model,
+    pairs.clean,
+    pairs.corrupted,
+    metric,
+    components=("resid_pre", "attn_out", "mlp_out", "z"),
+    run=run.name,
+    step=step,
+)
 sweep.groupby(["component", "layer"]).normalized.agg(["min", "max"]).round(3)
 
 # %%
 last = pairs.clean.shape[1] - 1
-layer_head_heatmap(sweep.assign(value=sweep.normalized), "z", position=last,
-                   title=f"head outputs (z) at the label position, normalized ({run.name})")
+layer_head_heatmap(
+    sweep.assign(value=sweep.normalized),
+    "z",
+    position=last,
+    title=f"head outputs (z) at the label position, normalized ({run.name})",
+)
 
 # %% [markdown]
 # ## 2. Attribution patching against exact patching
@@ -172,13 +209,17 @@ print("\n\n".join(sentences))
 # key's information sits as training goes on.
 
 # %%
-for (s, stage), rows in table[(table.run == run.name) & (table.component == "resid_pre")
-                              & (table.experiment == task.reasoning_group)
-                              ].groupby(["step", "stage"]):
-    layer_position_heatmap(rows.assign(value=rows.value - rows.corrupted), "resid_pre",
-                           tokens=tokens,
-                           title=f"{run.name}, step {s} ({stage}): resid_pre, logit "
-                                 f"difference restored").show()
+for (s, stage), rows in table[
+    (table.run == run.name)
+    & (table.component == "resid_pre")
+    & (table.experiment == task.reasoning_group)
+].groupby(["step", "stage"]):
+    layer_position_heatmap(
+        rows.assign(value=rows.value - rows.corrupted),
+        "resid_pre",
+        tokens=tokens,
+        title=f"{run.name}, step {s} ({stage}): resid_pre, logit difference restored",
+    ).show()
 
 # %% [markdown]
 # ## Summary (also what the test suite checks)
@@ -187,7 +228,8 @@ for (s, stage), rows in table[(table.run == run.name) & (table.component == "res
 key_pos = tokens.index("key")
 layer0 = resid[resid.layer == 0].set_index("position").value
 RESULT = {
-    "clean": exact.clean, "corrupted": exact.corrupted,
+    "clean": exact.clean,
+    "corrupted": exact.corrupted,
     "layer0_key_restores": float(layer0[key_pos]),
     "layer0_other_max_change": float((layer0.drop(key_pos) - exact.corrupted).abs().max()),
     "gammas": sorted(float(g) for g in table.gamma.unique()),

@@ -36,12 +36,17 @@ SMALL = True  # False: the full setting (the demo's defaults: 3000 steps, 20,000
 # %%
 from pathlib import Path
 
-import pandas as pd
-
-from initlens.analyses.studies.over_training import (cka_over_training, geometry_over_training,
-                                                     probes_over_training)
-from initlens.analyses.figures.representations import (cosine_heatmap, metric_over_steps,
-                                                       pca_scatter, probe_heatmap)
+from initlens.analyses.figures.representations import (
+    cosine_heatmap,
+    metric_over_steps,
+    pca_scatter,
+    probe_heatmap,
+)
+from initlens.analyses.studies.over_training import (
+    cka_over_training,
+    geometry_over_training,
+    probes_over_training,
+)
 from initlens.models import RunConfig, train
 
 GAMMAS = (0.3, 0.8)  # large init, small init
@@ -52,15 +57,28 @@ OUT = Path("notebook_out") / ("03_probes_small" if SMALL else "03_probes")
 
 base = RunConfig()  # the demo's defaults
 if SMALL:
-    base = base.replace(task={"keys": (21, 30), "samples_per_pair": 50},
-                        train={"steps": 100, "eval_every": 25, "eval_size": 200,
-                               "n_checkpoints": 3, "warmup_steps": 10})
+    base = base.replace(
+        task={"keys": (21, 30), "samples_per_pair": 50},
+        train={
+            "steps": 100,
+            "eval_every": 25,
+            "eval_size": 200,
+            "n_checkpoints": 3,
+            "warmup_steps": 10,
+        },
+    )
 
 runs = []
 for gamma in GAMMAS:
     folder = OUT / f"gamma_{gamma:g}"
-    runs.append(train(base.replace(model={"gamma": gamma}), folder,
-                      resume=(folder / "config.json").exists(), progress=False))
+    runs.append(
+        train(
+            base.replace(model={"gamma": gamma}),
+            folder,
+            resume=(folder / "config.json").exists(),
+            progress=False,
+        )
+    )
 task = base.task
 [(r.name, r.checkpoint_steps()) for r in runs]
 
@@ -86,17 +104,23 @@ metric_over_steps(geometry, metric="within_cosine", group="reasoning_anchor")
 metric_over_steps(geometry, metric="order_correlation", group="reasoning_anchor")
 
 # %%
-metric_over_steps(geometry, metric="separability",
-                  group="reasoning_anchor vs memory_anchor",
-                  title="reasoning vs memory anchors: nearest-centroid separability")
+metric_over_steps(
+    geometry,
+    metric="separability",
+    group="reasoning_anchor vs memory_anchor",
+    title="reasoning vs memory anchors: nearest-centroid separability",
+)
 
 # %% [markdown]
 # How far the weights move from their initialization (mean over weight matrices): small
 # init moves relatively much further.
 
 # %%
-metric_over_steps(geometry, metric="relative_weight_change",
-                  title="relative weight change from init (mean over matrices)")
+metric_over_steps(
+    geometry,
+    metric="relative_weight_change",
+    title="relative weight change from init (mean over matrices)",
+)
 
 # %% [markdown]
 # ## Linear probes with control tasks, at every checkpoint
@@ -116,8 +140,12 @@ best = probes.groupby(["run", "gamma", "step", "target"], as_index=False).select
 best.pivot_table(index=["target", "step"], columns="gamma", values="selectivity").round(3)
 
 # %%
-metric_over_steps(best, value="selectivity", target=TARGETS[-1],
-                  title=f"best selectivity of {TARGETS[-1]}, over training")
+metric_over_steps(
+    best,
+    value="selectivity",
+    target=TARGETS[-1],
+    title=f"best selectivity of {TARGETS[-1]}, over training",
+)
 
 # %% [markdown]
 # Where that target is readable at the end of the small-init run (layer x position of
@@ -126,8 +154,14 @@ metric_over_steps(best, value="selectivity", target=TARGETS[-1],
 # %%
 small = runs[-1]
 last = small.resolve_step("last")
-probe_heatmap(probes, value="selectivity", component="resid_post", run=small.name,
-              step=last, target=TARGETS[-1])
+probe_heatmap(
+    probes,
+    value="selectivity",
+    component="resid_post",
+    run=small.name,
+    step=last,
+    target=TARGETS[-1],
+)
 
 # %% [markdown]
 # ## CKA between layers, checkpoints and init scales
@@ -138,8 +172,7 @@ probe_heatmap(probes, value="selectivity", component="resid_post", run=small.nam
 
 # %%
 cka = cka_over_training(runs, steps="last")
-cka.pivot_table(index=["gamma_a", "layer_a"], columns=["gamma_b", "layer_b"],
-                values="cka").round(3)
+cka.pivot_table(index=["gamma_a", "layer_a"], columns=["gamma_b", "layer_b"], values="cka").round(3)
 
 # %% [markdown]
 # ## Token embeddings at the end of training
@@ -149,12 +182,14 @@ cka.pivot_table(index=["gamma_a", "layer_a"], columns=["gamma_b", "layer_b"],
 
 # %%
 for r in runs:
-    cosine_heatmap(r.load_model(), task,
-                   title=f"token-embedding cosine, gamma = {r.config.model.gamma:g}").show()
+    cosine_heatmap(
+        r.load_model(), task, title=f"token-embedding cosine, gamma = {r.config.model.gamma:g}"
+    ).show()
 
 # %%
-pca_scatter(small.load_model(), task,
-            title=f"token embeddings, gamma = {small.config.model.gamma:g}: PCA")
+pca_scatter(
+    small.load_model(), task, title=f"token embeddings, gamma = {small.config.model.gamma:g}: PCA"
+)
 
 # %% [markdown]
 # ## Summary (also what the test suite checks)
@@ -164,16 +199,24 @@ pca_scatter(small.load_model(), task,
 # weights have not moved at step 0.
 
 # %%
-key0 = probes[(probes.target == "key") & (probes.component == "resid_pre")
-              & (probes.layer == 0) & (probes.position == 0)]
-change = geometry[geometry.metric == "relative_weight_change"].groupby(["gamma", "step"]).value.mean()
+key0 = probes[
+    (probes.target == "key")
+    & (probes.component == "resid_pre")
+    & (probes.layer == 0)
+    & (probes.position == 0)
+]
+change = (
+    geometry[geometry.metric == "relative_weight_change"].groupby(["gamma", "step"]).value.mean()
+)
 RESULT = {
     "steps": {r.name: r.checkpoint_steps() for r in runs},
     "key_layer0_min_accuracy": float(key0.accuracy.min()),
     "weight_change_at_init": float(change.xs(0, level="step").abs().max()),
     "weight_change_at_end": {f"{g:g}": float(change.loc[(g, last)]) for g in GAMMAS},
-    "best_selectivity_end": {f"{g:g} {t}": float(v) for (g, t), v in
-                             best[best.step == last].set_index(["gamma", "target"]).selectivity.items()},
+    "best_selectivity_end": {
+        f"{g:g} {t}": float(v)
+        for (g, t), v in best[best.step == last].set_index(["gamma", "target"]).selectivity.items()
+    },
     "cka_self": float(cka[(cka.run_a == cka.run_b) & (cka.layer_a == cka.layer_b)].cka.min()),
 }
 RESULT

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.figures.export import export_figure
 from initlens.analyses.figures.curves import group_curves, loss_gap_curves, steps_to_threshold
-from initlens.analyses.studies.preference import preference_table
+from initlens.analyses.figures.export import export_figure
 from initlens.analyses.figures.representations import cosine_heatmap, pca_scatter
+from initlens.analyses.studies.preference import preference_table
 from initlens.analyses.studies.study import run_dir, run_study
 from initlens.models import Run, RunConfig
 
@@ -54,9 +54,16 @@ FIGURES = OUT / "figures"
 
 base = RunConfig()  # the demo's defaults (`make demo`)
 if SMALL:
-    base = base.replace(task={"keys": (21, 30), "samples_per_pair": 50},
-                        train={"steps": 100, "eval_every": 25, "eval_size": 200,
-                               "n_checkpoints": 3, "warmup_steps": 10})
+    base = base.replace(
+        task={"keys": (21, 30), "samples_per_pair": 50},
+        train={
+            "steps": 100,
+            "eval_every": 25,
+            "eval_size": 200,
+            "n_checkpoints": 3,
+            "warmup_steps": 10,
+        },
+    )
 base
 
 # %% [markdown]
@@ -113,14 +120,16 @@ table
 for r in runs:
     g = r.config.model.gamma
     figures[f"cosine_gamma_{g:g}"] = cosine_heatmap(
-        r.load_model(), r.config.task, title=f"token-embedding cosine, gamma = {g:g}")
+        r.load_model(), r.config.task, title=f"token-embedding cosine, gamma = {g:g}"
+    )
     figures[f"cosine_gamma_{g:g}"].show()
 
 # %%
 for r in runs:
     g = r.config.model.gamma
     figures[f"pca_gamma_{g:g}"] = pca_scatter(
-        r.load_model(), r.config.task, title=f"token embeddings, gamma = {g:g}: PCA")
+        r.load_model(), r.config.task, title=f"token embeddings, gamma = {g:g}: PCA"
+    )
     figures[f"pca_gamma_{g:g}"].show()
 
 # %% [markdown]
@@ -131,8 +140,11 @@ for r in runs:
 
 # %%
 FORMATS = ("html",)
-written = [p for name, fig in figures.items()
-           for p in export_figure(fig, FIGURES / name, FORMATS, strict=False)]
+written = [
+    p
+    for name, fig in figures.items()
+    for p in export_figure(fig, FIGURES / name, FORMATS, strict=False)
+]
 pd.DataFrame({"file": [str(p) for p in written]})
 
 # %% [markdown]
@@ -146,8 +158,9 @@ RESULT = {
     "preference_csv_rows": len(saved),
     "figures": sorted(figures),
     "files": len(written),
-    "final_acc": table.set_index("gamma")[[c for c in table.columns
-                                           if c.startswith("final_acc_")]].to_dict("index"),
+    "final_acc": table.set_index("gamma")[
+        [c for c in table.columns if c.startswith("final_acc_")]
+    ].to_dict("index"),
 }
 assert RESULT["gammas"] == list(GAMMAS) and RESULT["preference_csv_rows"] == len(GAMMAS)
 RESULT

@@ -44,9 +44,16 @@ GRID = {"gamma": [0.3, 0.5, 0.8], "n_layers": [1, 2], "seed": [0, 1]}
 base = RunConfig()  # the demo's defaults (`make demo`)
 if SMALL:
     GRID = {"gamma": [0.3, 0.8], "n_layers": [1, 2], "seed": [0, 1]}
-    base = base.replace(task={"keys": (21, 30), "samples_per_pair": 50},
-                        train={"steps": 100, "eval_every": 25, "eval_size": 200,
-                               "n_checkpoints": 2, "warmup_steps": 10})
+    base = base.replace(
+        task={"keys": (21, 30), "samples_per_pair": 50},
+        train={
+            "steps": 100,
+            "eval_every": 25,
+            "eval_size": 200,
+            "n_checkpoints": 2,
+            "warmup_steps": 10,
+        },
+    )
 sweep = make_sweep(base, GRID)
 [name for name, _ in sweep.points()]
 
@@ -60,8 +67,19 @@ sweep = make_sweep(base, GRID)
 # %%
 info = run_sweep(sweep, OUT, progress=False)
 table = info["table"]
-table[["run", "gamma", "n_layers", "seed", "state", "signed_area",
-       "final_acc_reasoning_test", "final_acc_memory", "train_seconds"]]
+table[
+    [
+        "run",
+        "gamma",
+        "n_layers",
+        "seed",
+        "state",
+        "signed_area",
+        "final_acc_reasoning_test",
+        "final_acc_memory",
+        "train_seconds",
+    ]
+]
 
 # %% [markdown]
 # ## The phase diagram
@@ -91,8 +109,10 @@ figures["held_out_accuracy"]
 held_out = phase_grid(table, "final_acc_reasoning_test").mean()
 rises = bool((held_out.diff().dropna() >= 0).all() and held_out.iloc[-1] > held_out.iloc[0])
 print(held_out.round(3).to_dict())
-print(f"held-out reasoning accuracy rises with gamma: {rises}"
-      + (" (SMALL: too short to show the effect)" if SMALL else ""))
+print(
+    f"held-out reasoning accuracy rises with gamma: {rises}"
+    + (" (SMALL: too short to show the effect)" if SMALL else "")
+)
 
 # %% [markdown]
 # ## Save the figures
@@ -102,8 +122,11 @@ print(f"held-out reasoning accuracy rises with gamma: {rises}"
 
 # %%
 FORMATS = ("html",)
-written = [p for name, fig in figures.items()
-           for p in export_figure(fig, OUT / name, FORMATS, strict=False)]
+written = [
+    p
+    for name, fig in figures.items()
+    for p in export_figure(fig, OUT / name, FORMATS, strict=False)
+]
 [str(p) for p in written]
 
 # %% [markdown]
@@ -115,8 +138,10 @@ RESULT = {
     "done": int((table.state == "done").sum()),
     "grid": {k: list(v) for k, v in sweep.grid.items()},
     "held_out_by_gamma": {f"{g:g}": float(v) for g, v in held_out.items()},
-    "table_mean": {f"{g:g}": float(v) for g, v in
-                   table.groupby("gamma").final_acc_reasoning_test.mean().items()},
+    "table_mean": {
+        f"{g:g}": float(v)
+        for g, v in table.groupby("gamma").final_acc_reasoning_test.mean().items()
+    },
     "panels": [a.text for a in figures["phase_diagram"].layout.annotations],
     "files": len(written),
     "rises": rises,

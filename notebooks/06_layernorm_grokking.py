@@ -32,20 +32,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.figures.export import export_figure
 from initlens.analyses.figures.curves import steps_to_threshold, sweep_curves
-from initlens.analyses.studies.over_training import geometry_over_training
+from initlens.analyses.figures.export import export_figure
 from initlens.analyses.figures.representations import metric_over_steps
+from initlens.analyses.studies.over_training import geometry_over_training
 from initlens.analyses.studies.sweep import GRIDS, Sweep, load_sweep, run_sweep
 from initlens.models import Run
 
-OUT = Path("notebook_out") / ("06_layernorm_grokking_small" if SMALL else
-                              "06_layernorm_grokking")
+OUT = Path("notebook_out") / ("06_layernorm_grokking_small" if SMALL else "06_layernorm_grokking")
 sweep = load_sweep(GRIDS / "layernorm_grokking.json")  # the shipped grid
 if SMALL:
-    base = sweep.base.replace(task={"p": 11}, model={"d_model": 32, "d_mlp": 128},
-                              train={"steps": 150, "batch_size": 73, "eval_every": 25,
-                                     "n_checkpoints": 3})
+    base = sweep.base.replace(
+        task={"p": 11},
+        model={"d_model": 32, "d_mlp": 128},
+        train={"steps": 150, "batch_size": 73, "eval_every": 25, "n_checkpoints": 3},
+    )
     sweep = Sweep(base, sweep.grid)
 sweep.base.task, sweep.grid
 
@@ -60,8 +61,18 @@ sweep.base.task, sweep.grid
 info = run_sweep(sweep, OUT, progress=False)
 table = info["table"]
 table["grok_delay"] = table.step_to_90_test_pairs - table.step_to_90_train_pairs
-table[["run", "normalization", "state", "step_to_90_train_pairs", "step_to_90_test_pairs",
-       "grok_delay", "final_acc_train_pairs", "final_acc_test_pairs"]]
+table[
+    [
+        "run",
+        "normalization",
+        "state",
+        "step_to_90_train_pairs",
+        "step_to_90_test_pairs",
+        "grok_delay",
+        "final_acc_train_pairs",
+        "final_acc_test_pairs",
+    ]
+]
 
 # %% [markdown]
 # ## When test accuracy rises
@@ -72,8 +83,10 @@ table[["run", "normalization", "state", "step_to_90_train_pairs", "step_to_90_te
 # %%
 runs = [Run(OUT / "runs" / name) for name in table.run]
 labels = [f"normalization={n}" for n in table.normalization]
-figures = {"learning_curves": sweep_curves(runs, labels),
-           "steps_to_90": steps_to_threshold(table, by="normalization")}
+figures = {
+    "learning_curves": sweep_curves(runs, labels),
+    "steps_to_90": steps_to_threshold(table, by="normalization"),
+}
 figures["learning_curves"]
 
 # %%
@@ -89,16 +102,19 @@ figures["steps_to_90"]
 # are reported to become compressible earlier.
 
 # %%
-geometry = geometry_over_training(runs, n=min(512, sweep.base.task.p ** 2))
+geometry = geometry_over_training(runs, n=min(512, sweep.base.task.p**2))
 geometry["run"] = geometry.run.map(dict(zip(table.run, labels)))
 figures["attention_entropy"] = metric_over_steps(
-    geometry, title="Attention entropy at '=' (mean over heads)", metric="attention_entropy")
+    geometry, title="Attention entropy at '=' (mean over heads)", metric="attention_entropy"
+)
 figures["attention_entropy"]
 
 # %%
 figures["components_90"] = metric_over_steps(
-    geometry, title="Principal components for 90% of the label-position variance",
-    metric="components_90")
+    geometry,
+    title="Principal components for 90% of the label-position variance",
+    metric="components_90",
+)
 figures["components_90"]
 
 # %% [markdown]
@@ -109,8 +125,11 @@ figures["components_90"]
 
 # %%
 FORMATS = ("html",)
-written = [p for name, fig in figures.items()
-           for p in export_figure(fig, OUT / name, FORMATS, strict=False)]
+written = [
+    p
+    for name, fig in figures.items()
+    for p in export_figure(fig, OUT / name, FORMATS, strict=False)
+]
 [str(p) for p in written]
 
 # %% [markdown]
@@ -121,13 +140,17 @@ last = geometry[geometry.step == geometry.groupby("run").step.transform("max")]
 RESULT = {
     "placements": list(table.normalization),
     "done": int((table.state == "done").sum()),
-    "step_to_90_test": {n: (None if pd.isna(v) else int(v)) for n, v in
-                        zip(table.normalization, table.step_to_90_test_pairs)},
+    "step_to_90_test": {
+        n: (None if pd.isna(v) else int(v))
+        for n, v in zip(table.normalization, table.step_to_90_test_pairs)
+    },
     "final_test": dict(zip(table.normalization, table.final_acc_test_pairs.round(3))),
-    "entropy_end": last[last.metric == "attention_entropy"].groupby("run").value.mean()
-    .round(3).to_dict(),
-    "components_90_end": last[last.metric == "components_90"].groupby("run").value.mean()
+    "entropy_end": last[last.metric == "attention_entropy"]
+    .groupby("run")
+    .value.mean()
+    .round(3)
     .to_dict(),
+    "components_90_end": last[last.metric == "components_90"].groupby("run").value.mean().to_dict(),
     "traces": len(figures["learning_curves"].data),
     "files": len(written),
 }

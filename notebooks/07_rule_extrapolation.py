@@ -33,18 +33,24 @@ import pandas as pd
 
 from initlens.analyses.figures.export import export_figure
 from initlens.analyses.figures.phase_diagram import phase_diagram
-from initlens.analyses.studies.phase import phase_grid
 from initlens.analyses.figures.representations import metric_over_steps
+from initlens.analyses.studies.phase import phase_grid
 from initlens.analyses.studies.sweep import GRIDS, Sweep, load_sweep, run_sweep
 from initlens.models import Run
 
-OUT = Path("notebook_out") / ("07_rule_extrapolation_small" if SMALL else
-                              "07_rule_extrapolation")
+OUT = Path("notebook_out") / ("07_rule_extrapolation_small" if SMALL else "07_rule_extrapolation")
 sweep = load_sweep(GRIDS / "rule_extrapolation.json")  # the shipped grid
 if SMALL:
-    base = sweep.base.replace(task={"max_len": 8, "prompt_len": 3, "samples": 200},
-                              train={"steps": 60, "eval_every": 20, "n_checkpoints": 2,
-                                     "warmup_steps": 5, "eval_size": 100})
+    base = sweep.base.replace(
+        task={"max_len": 8, "prompt_len": 3, "samples": 200},
+        train={
+            "steps": 60,
+            "eval_every": 20,
+            "n_checkpoints": 2,
+            "warmup_steps": 5,
+            "eval_size": 100,
+        },
+    )
     sweep = Sweep(base, {"gamma": (0.3, 0.8), "seed": (0,), "language": ("anbn", "dyck")})
 dict(sweep.grid)
 
@@ -59,9 +65,20 @@ dict(sweep.grid)
 # %%
 info = run_sweep(sweep, OUT, progress=False)
 table = info["table"]
-table[["run", "language", "gamma", "seed", "state", "best_step",
-       "rule_extrapolation_at_best", "id_prompts_accuracy_at_best", "rule_extrapolation",
-       "id_prompts_accuracy"]]
+table[
+    [
+        "run",
+        "language",
+        "gamma",
+        "seed",
+        "state",
+        "best_step",
+        "rule_extrapolation_at_best",
+        "id_prompts_accuracy_at_best",
+        "rule_extrapolation",
+        "id_prompts_accuracy",
+    ]
+]
 
 # %% [markdown]
 # ## Language x init scale
@@ -84,11 +101,15 @@ figures["id_accuracy"]
 # The score at every evaluation of every run (mean over seeds per language and gamma).
 
 # %%
-curves = pd.concat([Run(OUT / "runs" / name).metrics().assign(
-    run=f"{lang}, gamma {g:g}", gamma=g) for name, lang, g in
-    zip(table.run, table.language, table.gamma)])
+curves = pd.concat(
+    [
+        Run(OUT / "runs" / name).metrics().assign(run=f"{lang}, gamma {g:g}", gamma=g)
+        for name, lang, g in zip(table.run, table.language, table.gamma)
+    ]
+)
 figures["rule_extrapolation_over_training"] = metric_over_steps(
-    curves, title="Rule extrapolation over training", metric="rule_extrapolation")
+    curves, title="Rule extrapolation over training", metric="rule_extrapolation"
+)
 figures["rule_extrapolation_over_training"]
 
 # %% [markdown]
@@ -99,8 +120,11 @@ figures["rule_extrapolation_over_training"]
 
 # %%
 FORMATS = ("html",)
-written = [p for name, fig in figures.items()
-           for p in export_figure(fig, OUT / name, FORMATS, strict=False)]
+written = [
+    p
+    for name, fig in figures.items()
+    for p in export_figure(fig, OUT / name, FORMATS, strict=False)
+]
 [str(p) for p in written]
 
 # %% [markdown]
@@ -112,12 +136,18 @@ RESULT = {
     "runs": len(table),
     "done": int((table.state == "done").sum()),
     "by_language_gamma": {f"{lang} {g:g}": float(v) for (lang, g), v in grid.stack().items()},
-    "table_mean": {f"{lang} {g:g}": float(v) for (lang, g), v in
-                   table.groupby(["language", "gamma"]).rule_extrapolation_at_best.mean()
-                   .items()},
-    "id_accuracy": {f"{lang} {g:g}": float(v) for (lang, g), v in
-                    table.groupby(["language", "gamma"]).id_prompts_accuracy_at_best.mean()
-                    .items()},
+    "table_mean": {
+        f"{lang} {g:g}": float(v)
+        for (lang, g), v in table.groupby(["language", "gamma"])
+        .rule_extrapolation_at_best.mean()
+        .items()
+    },
+    "id_accuracy": {
+        f"{lang} {g:g}": float(v)
+        for (lang, g), v in table.groupby(["language", "gamma"])
+        .id_prompts_accuracy_at_best.mean()
+        .items()
+    },
     "files": len(written),
 }
 RESULT

@@ -14,14 +14,25 @@ import torch
 from jaxtyping import Int
 
 from initlens.models.forward import Weights, block, embed, hook_name, run_with_cache, unembed
-from initlens.probes.patching import (Metric, Patched, _apply_metric, _check_inputs, _variant_masks,
-                             activation_patch)
+from initlens.probes.patching import (
+    Metric,
+    Patched,
+    _apply_metric,
+    _check_inputs,
+    _variant_masks,
+    activation_patch,
+)
 
 
-def attribution_patch(model, clean: Int[torch.Tensor, "batch seq"],
-                      corrupted: Int[torch.Tensor, "batch seq"], metric: Metric,
-                      component: str = "resid_pre", per_position: bool = True,
-                      direction: str = "denoising") -> Patched:
+def attribution_patch(
+    model,
+    clean: Int[torch.Tensor, "batch seq"],
+    corrupted: Int[torch.Tensor, "batch seq"],
+    metric: Metric,
+    component: str = "resid_pre",
+    per_position: bool = True,
+    direction: str = "denoising",
+) -> Patched:
     """Estimated patched metric for every patch `activation_patch` would run (same shape)."""
     w = Weights.of(model)
     w.require_attention("attribution patching")
@@ -36,27 +47,36 @@ def attribution_patch(model, clean: Int[torch.Tensor, "batch seq"],
     with torch.enable_grad():
         x = embed(w, target).requires_grad_(True)
         for layer in range(w.n_layers):
+
             def keep(name: str, t: torch.Tensor, layer=layer) -> torch.Tensor:
                 if name == component:
                     t.retain_grad()
                     acts[layer] = t
                 return t
+
             x = block(w, layer, x, keep)
         target_value = _apply_metric(metric, unembed(w, x[:, -1])).mean()
         target_value.backward()
     target_value = target_value.detach()
-    masks, out_shape, axes = _variant_masks(component, tuple(acts[0].shape[1:]),
-                                            per_position, device)
+    masks, out_shape, axes = _variant_masks(
+        component, tuple(acts[0].shape[1:]), per_position, device
+    )
     estimates = []
     for layer in range(w.n_layers):
         act = acts[layer]
         delta = ((source_cache[hook_name(component, layer)] - act.detach()) * act.grad).sum(0)
         estimates.append((masks * delta).flatten(1).sum(1))
     values = target_value + torch.stack(estimates)
-    clean_value, corrupted_value = ((source_value, target_value) if direction == "denoising"
-                                    else (target_value, source_value))
-    return Patched(values.view(w.n_layers, *out_shape), component, axes,
-                   float(clean_value), float(corrupted_value))
+    clean_value, corrupted_value = (
+        (source_value, target_value) if direction == "denoising" else (target_value, source_value)
+    )
+    return Patched(
+        values.view(w.n_layers, *out_shape),
+        component,
+        axes,
+        float(clean_value),
+        float(corrupted_value),
+    )
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -79,26 +99,48 @@ def agreement(exact: Patched, estimate: Patched, k: int = 10) -> dict[str, float
     k = min(k, len(e))
     top_e = set(e.abs().topk(k).indices.tolist())
     top_a = set(a.abs().topk(k).indices.tolist())
-    return {"pearson": _pearson(e, a), "spearman": _pearson(_ranks(e), _ranks(a)),
-            f"top{k}_overlap": len(top_e & top_a) / k, "n_patches": len(e)}
+    return {
+        "pearson": _pearson(e, a),
+        "spearman": _pearson(_ranks(e), _ranks(a)),
+        f"top{k}_overlap": len(top_e & top_a) / k,
+        "n_patches": len(e),
+    }
 
 
-def guided_patch(model, clean, corrupted, metric: Metric, component: str = "resid_pre",
-                 k: int = 10, per_position: bool = True, direction: str = "denoising",
-                 **labels) -> pd.DataFrame:
+def guided_patch(
+    model,
+    clean,
+    corrupted,
+    metric: Metric,
+    component: str = "resid_pre",
+    k: int = 10,
+    per_position: bool = True,
+    direction: str = "denoising",
+    **labels,
+) -> pd.DataFrame:
     """Exact patching of only the k patches attribution ranks strongest: a tidy table with
     both the estimate and the exact value for each."""
-    estimate = attribution_patch(model, clean, corrupted, metric, component, per_position,
-                                 direction)
+    estimate = attribution_patch(
+        model, clean, corrupted, metric, component, per_position, direction
+    )
     target = estimate.corrupted if direction == "denoising" else estimate.clean
     effect = (estimate.values - target).abs().flatten()
     only = torch.zeros_like(effect, dtype=torch.bool)
     only[effect.topk(min(k, len(effect))).indices] = True
-    exact = activation_patch(model, clean, corrupted, metric, component, per_position,
-                             direction, only=only.view(estimate.values.shape))
+    exact = activation_patch(
+        model,
+        clean,
+        corrupted,
+        metric,
+        component,
+        per_position,
+        direction,
+        only=only.view(estimate.values.shape),
+    )
     table = estimate.table(value="attribution", **labels)
     table["exact"] = exact.values.flatten().tolist()
     table["attribution_effect"] = table.attribution - target
     table["exact_effect"] = table.exact - target
-    return table[only.cpu().numpy()].sort_values("attribution_effect", key=abs,
-                                                 ascending=False, ignore_index=True)
+    return table[only.cpu().numpy()].sort_values(
+        "attribution_effect", key=abs, ascending=False, ignore_index=True
+    )

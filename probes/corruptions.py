@@ -37,15 +37,25 @@ class PatchPairs:
     def __len__(self) -> int:
         return self.clean.shape[0]
 
-    def to(self, device) -> "PatchPairs":
+    def to(self, device) -> PatchPairs:
         """The same pairs with every tensor on `device` (meta stays numpy)."""
-        return replace(self, clean=self.clean.to(device), corrupted=self.corrupted.to(device),
-                       clean_label=self.clean_label.to(device),
-                       corrupted_label=self.corrupted_label.to(device))
+        return replace(
+            self,
+            clean=self.clean.to(device),
+            corrupted=self.corrupted.to(device),
+            clean_label=self.clean_label.to(device),
+            corrupted_label=self.corrupted_label.to(device),
+        )
 
 
-def make_pairs(task: Task, kind: str, n: int = 256, seed: int = 0, data_seed: int = 0,
-               source: str = "reasoning") -> PatchPairs:
+def make_pairs(
+    task: Task,
+    kind: str,
+    n: int = 256,
+    seed: int = 0,
+    data_seed: int = 0,
+    source: str = "reasoning",
+) -> PatchPairs:
     """`n` pairs of corruption `kind`, edited from rows of `task.generate(data_seed)`.
 
     `source` ("reasoning" or "memory") picks the clean rows' group for "key" and "anchor"
@@ -55,11 +65,14 @@ def make_pairs(task: Task, kind: str, n: int = 256, seed: int = 0, data_seed: in
     name = getattr(task, "name", type(task).__name__)
     kinds = getattr(task, "corruptions", ())
     if not kinds:
-        raise UserError(f"no corruptions for task {name!r}; tasks with corruptions: "
-                        f"{', '.join(t for t, c in TASKS.items() if c.corruptions)}")
+        raise UserError(
+            f"no corruptions for task {name!r}; tasks with corruptions: "
+            f"{', '.join(t for t, c in TASKS.items() if c.corruptions)}"
+        )
     if kind not in kinds:
-        raise UserError(f"unknown corruption {kind!r} for task {name}; choose one of: "
-                        f"{', '.join(kinds)}")
+        raise UserError(
+            f"unknown corruption {kind!r} for task {name}; choose one of: {', '.join(kinds)}"
+        )
     if n < 1:
         raise UserError(f"n={n}: ask for at least one pair")
     if source not in SOURCES:
@@ -78,15 +91,21 @@ def make_pairs(task: Task, kind: str, n: int = 256, seed: int = 0, data_seed: in
         if len(redo) == 0:
             break
     else:
-        raise UserError(f"{name}: no {kind!r} corruption changes the label of some rows "
-                        f"(e.g. key {clean['key'][redo[0]]}, anchors "
-                        f"{clean['a1'][redo[0]]},{clean['a2'][redo[0]]}); check the task options")
+        raise UserError(
+            f"{name}: no {kind!r} corruption changes the label of some rows "
+            f"(e.g. key {clean['key'][redo[0]]}, anchors "
+            f"{clean['a1'][redo[0]]},{clean['a2'][redo[0]]}); check the task options"
+        )
     tokens = rows["tokens"][pick]
     corrupted, r, p = tokens.copy(), np.arange(n), clean["key_pos"]
     for offset, col in enumerate(("key", "a1", "a2")):
         corrupted[r, p + offset] = cor[col]
-    meta = {"row": pick, **{c: clean[c] for c in ("task_type", "key", "a1", "a2", "key_pos")},
-            **{f"corrupted_{c}": cor[c] for c in ("key", "a1", "a2")}}
+    meta = {
+        "row": pick,
+        **{c: clean[c] for c in ("task_type", "key", "a1", "a2", "key_pos")},
+        **{f"corrupted_{c}": cor[c] for c in ("key", "a1", "a2")},
+    }
     as_long = lambda a: torch.as_tensor(a, dtype=torch.int64)  # noqa: E731
-    return PatchPairs(as_long(tokens), as_long(corrupted), as_long(clean["label"]),
-                      as_long(label), kind, meta)
+    return PatchPairs(
+        as_long(tokens), as_long(corrupted), as_long(clean["label"]), as_long(label), kind, meta
+    )

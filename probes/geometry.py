@@ -33,12 +33,12 @@ def _f64(x: torch.Tensor) -> torch.Tensor:
 
 def _matrix(X: torch.Tensor, name: str = "X") -> torch.Tensor:
     if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
-        raise UserError(f"{name} must be a non-empty 2-D matrix [n, d]; got shape "
-                        f"{tuple(X.shape)}")
+        raise UserError(f"{name} must be a non-empty 2-D matrix [n, d]; got shape {tuple(X.shape)}")
     return _f64(X)
 
 
 # ---------------------------------------------------------------- tensor metrics
+
 
 def cosine_matrix(X: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n n"]:
     """Pairwise cosine similarity of the rows of X (a zero row has cosine 0 with all)."""
@@ -47,8 +47,9 @@ def cosine_matrix(X: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n n"]:
     return U @ U.T
 
 
-def pca(X: Float[torch.Tensor, "n d"], k: int = 2
-        ) -> tuple[Float[torch.Tensor, "n k"], Float[torch.Tensor, " k"]]:
+def pca(
+    X: Float[torch.Tensor, "n d"], k: int = 2
+) -> tuple[Float[torch.Tensor, "n k"], Float[torch.Tensor, " k"]]:
     """Coordinates of the centered rows on the top-k principal axes, and each axis's share
     of the variance. Sign convention: each axis's largest-|loading| entry is positive."""
     X = _matrix(X)
@@ -56,7 +57,7 @@ def pca(X: Float[torch.Tensor, "n d"], k: int = 2
         raise UserError(f"pca: k={k} must be between 1 and min(n, d)={min(X.shape)}")
     U, S, Vh = torch.linalg.svd(X - X.mean(0), full_matrices=False)
     sign = torch.sign(Vh[:k].gather(1, Vh[:k].abs().argmax(1, keepdim=True))).squeeze(1)
-    total = (S ** 2).sum()
+    total = (S**2).sum()
     ratio = (S[:k] ** 2) / total if total > 0 else torch.zeros(k, dtype=S.dtype)
     return U[:, :k] * S[:k] * sign, ratio
 
@@ -80,7 +81,7 @@ def participation_ratio(X: Float[torch.Tensor, "n d"], center: bool = False) -> 
     """(sum lam)^2 / sum lam^2 over lam = squared singular values of X, i.e. the eigenvalues
     of X^T X (of the covariance, up to scale, when `center`)."""
     lam = _spectrum(X, center) ** 2
-    return float(lam.sum() ** 2 / (lam ** 2).sum()) if lam.sum() > 0 else 0.0
+    return float(lam.sum() ** 2 / (lam**2).sum()) if lam.sum() > 0 else 0.0
 
 
 def components_for_variance(X: Float[torch.Tensor, "n d"], fraction: float = 0.9) -> int:
@@ -108,8 +109,9 @@ def _centered_gram(X: torch.Tensor, debiased: bool) -> torch.Tensor:
     return (K - means[:, None] - means[None, :]).fill_diagonal_(0)
 
 
-def linear_cka(X: Float[torch.Tensor, "n d1"], Y: Float[torch.Tensor, "n d2"],
-               debiased: bool = True) -> float:
+def linear_cka(
+    X: Float[torch.Tensor, "n d1"], Y: Float[torch.Tensor, "n d2"], debiased: bool = True
+) -> float:
     """Linear CKA (Kornblith et al. 2019) between two representations of the same n inputs;
     debiased uses the unbiased HSIC estimator (Song et al. 2012; Nguyen et al. 2021).
 
@@ -117,11 +119,15 @@ def linear_cka(X: Float[torch.Tensor, "n d1"], Y: Float[torch.Tensor, "n d2"],
     either input has no variance. The debiased value can be slightly negative."""
     X, Y = _matrix(X, "X"), _matrix(Y, "Y")
     if X.shape[0] != Y.shape[0]:
-        raise UserError(f"linear_cka: X and Y must have the same rows (inputs); got "
-                        f"{X.shape[0]} and {Y.shape[0]}")
+        raise UserError(
+            f"linear_cka: X and Y must have the same rows (inputs); got "
+            f"{X.shape[0]} and {Y.shape[0]}"
+        )
     if debiased and X.shape[0] < 4:
-        raise UserError("linear_cka: the debiased estimator needs at least 4 rows; "
-                        "pass more inputs or debiased=False")
+        raise UserError(
+            "linear_cka: the debiased estimator needs at least 4 rows; "
+            "pass more inputs or debiased=False"
+        )
     K, L = _centered_gram(X, debiased), _centered_gram(Y, debiased)
     denom = K.norm() * L.norm()
     return float((K * L).sum() / denom) if denom > 0 else float("nan")
@@ -148,27 +154,34 @@ def condensation(W: Float[torch.Tensor, "n_vectors d"], threshold: float = 0.7) 
         sizes.append(int(members.sum()))
         ungrouped &= ~members
     off = C[~torch.eye(n, dtype=torch.bool)]
-    return {"n_directions": len(sizes), "largest_group_fraction": max(sizes) / n,
-            "mean_abs_cosine": float(off.mean()) if n > 1 else 0.0}
+    return {
+        "n_directions": len(sizes),
+        "largest_group_fraction": max(sizes) / n,
+        "mean_abs_cosine": float(off.mean()) if n > 1 else 0.0,
+    }
 
 
 def _pattern(pattern: torch.Tensor) -> torch.Tensor:
     if pattern.ndim != 4 or pattern.shape[-1] < pattern.shape[-2]:
-        raise UserError(f"attention pattern must be [batch, head, dest, src] with src >= "
-                        f"dest; got shape {tuple(pattern.shape)}")
+        raise UserError(
+            f"attention pattern must be [batch, head, dest, src] with src >= "
+            f"dest; got shape {tuple(pattern.shape)}"
+        )
     return _f64(pattern)
 
 
-def attention_entropy(pattern: Float[torch.Tensor, "batch head dest src"]
-                      ) -> Float[torch.Tensor, "head dest"]:
+def attention_entropy(
+    pattern: Float[torch.Tensor, "batch head dest src"],
+) -> Float[torch.Tensor, "head dest"]:
     """Mean over the batch of each row's entropy -sum p log p (masked sources have p = 0);
     uniform attention over n causal sources gives log n."""
     p = _pattern(pattern)
     return -torch.special.xlogy(p, p).sum(-1).mean(0)
 
 
-def information_flow(pattern: Float[torch.Tensor, "batch head dest src"], dest: int = -1
-                     ) -> Float[torch.Tensor, "head src"]:
+def information_flow(
+    pattern: Float[torch.Tensor, "batch head dest src"], dest: int = -1
+) -> Float[torch.Tensor, "head src"]:
     """Mean attention from destination `dest` (default: the label position) to each source."""
     p = _pattern(pattern)
     if not -p.shape[2] <= dest < p.shape[2]:
@@ -176,20 +189,25 @@ def information_flow(pattern: Float[torch.Tensor, "batch head dest src"], dest: 
     return p[:, :, dest, :].mean(0)
 
 
-def relative_weight_change(params_t: Mapping[str, torch.Tensor],
-                           params_0: Mapping[str, torch.Tensor]) -> dict[str, float]:
+def relative_weight_change(
+    params_t: Mapping[str, torch.Tensor], params_0: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
     """||W_t - W_0|| / ||W_0|| (Frobenius) per parameter: the rich-vs-lazy read-out
     (docs/SCIENCE.md section 5). NaN where W_0 is zero (biases start at 0)."""
     if set(params_t) != set(params_0):
         diff = sorted(set(params_t) ^ set(params_0))
-        raise UserError(f"relative_weight_change: parameter names differ "
-                        f"({', '.join(diff[:5])}); compare checkpoints of the same model")
+        raise UserError(
+            f"relative_weight_change: parameter names differ "
+            f"({', '.join(diff[:5])}); compare checkpoints of the same model"
+        )
     out = {}
     for name, w0 in params_0.items():
         w0, wt = _f64(w0), _f64(params_t[name])
         if wt.shape != w0.shape:
-            raise UserError(f"relative_weight_change: {name} has shapes {tuple(wt.shape)} "
-                            f"and {tuple(w0.shape)}; compare checkpoints of the same model")
+            raise UserError(
+                f"relative_weight_change: {name} has shapes {tuple(wt.shape)} "
+                f"and {tuple(w0.shape)}; compare checkpoints of the same model"
+            )
         norm0 = w0.norm()
         out[name] = float((wt - w0).norm() / norm0) if norm0 > 0 else float("nan")
     return out
@@ -208,12 +226,13 @@ def distinguishability(E: Float[torch.Tensor, "n d"], groups: Sequence) -> dict:
     member = torch.tensor([[lab == g for lab in labels] for g in names])  # [groups, n]
     counts = member.sum(1)
     if len(names) < 2 or counts.min() < 2:
-        raise UserError("distinguishability: need at least 2 groups of at least 2 vectors; "
-                        f"got sizes {dict(zip(names, counts.tolist()))}")
+        raise UserError(
+            "distinguishability: need at least 2 groups of at least 2 vectors; "
+            f"got sizes {dict(zip(names, counts.tolist()))}"
+        )
     C = cosine_matrix(E)
     eye = torch.eye(len(labels), dtype=torch.bool)
-    within = {g: float(C[m[:, None] & m[None, :] & ~eye].mean())
-              for g, m in zip(names, member)}
+    within = {g: float(C[m[:, None] & m[None, :] & ~eye].mean()) for g, m in zip(names, member)}
     same = (member[:, :, None] & member[:, None, :]).any(0)
     U = E / E.norm(dim=1, keepdim=True).clamp_min(1e-300)
     own = member.T.double()  # [n, groups]: 1 where vector i is in group g
@@ -221,12 +240,16 @@ def distinguishability(E: Float[torch.Tensor, "n d"], groups: Sequence) -> dict:
     centroids = (member.double() @ U - own[..., None] * U[:, None]) / (counts - own)[..., None]
     predicted = (U[:, None] - centroids).norm(dim=-1).argmin(1)
     truth = own.argmax(1)
-    return {"within": within, "between": float(C[~same].mean()),
-            "separability": float((predicted == truth).double().mean()),
-            "chance": float(counts.max() / len(labels))}
+    return {
+        "within": within,
+        "between": float(C[~same].mean()),
+        "separability": float((predicted == truth).double().mean()),
+        "chance": float(counts.max() / len(labels)),
+    }
 
 
 # ---------------------------------------------------------------- model and task helpers
+
 
 def token_roles(task) -> dict[str, list[int]]:
     """Token ids of each role of a task, ascending (`Task.token_roles`): mixture has key,
@@ -236,37 +259,40 @@ def token_roles(task) -> dict[str, list[int]]:
     return task.token_roles()
 
 
-def token_embeddings(model, tokens: Sequence[int] | Int[torch.Tensor, " n"]
-                     ) -> Float[torch.Tensor, "n d"]:
+def token_embeddings(
+    model, tokens: Sequence[int] | Int[torch.Tensor, " n"]
+) -> Float[torch.Tensor, "n d"]:
     """The rows of W_E for `tokens` (float64, CPU)."""
     W_E = Weights.of(model)["embed.weight"]
     tokens = torch.as_tensor(tokens, dtype=torch.long).cpu()
     if tokens.ndim != 1 or len(tokens) == 0 or tokens.min() < 0 or tokens.max() >= len(W_E):
-        raise UserError(f"token_embeddings: tokens must be a non-empty list of ids in "
-                        f"0..{len(W_E) - 1}")
+        raise UserError(
+            f"token_embeddings: tokens must be a non-empty list of ids in 0..{len(W_E) - 1}"
+        )
     return _f64(W_E.cpu()[tokens])
 
 
 def _component(w: Weights, hook: str) -> str:
     """The block component a TransformerLens hook name refers to, or a UserError."""
-    valid = [hook_name(c, layer) for layer in range(w.n_layers) for c in POSITION_HOOKS
-             if w.has(c)]
+    valid = [hook_name(c, layer) for layer in range(w.n_layers) for c in POSITION_HOOKS if w.has(c)]
     if hook not in valid:
         raise UserError(f"unknown hook {hook!r}; valid hooks: {', '.join(valid)}")
     return hook.rsplit("hook_", 1)[1]
 
 
-def mean_activations(model, tokens_batch: Int[torch.Tensor, "batch seq"], hook: str,
-                     position: int) -> tuple[Int[torch.Tensor, " n_ids"],
-                                             Float[torch.Tensor, "n_ids d"]]:
+def mean_activations(
+    model, tokens_batch: Int[torch.Tensor, "batch seq"], hook: str, position: int
+) -> tuple[Int[torch.Tensor, " n_ids"], Float[torch.Tensor, "n_ids d"]]:
     """Mean activation at `hook` and `position`, per distinct input token at that position
     (ids ascending); head dimensions (q, k, v, z) are flattened into d."""
     w = Weights.of(model)
     component = _component(w, hook)
     tokens = torch.as_tensor(tokens_batch)
     if tokens.ndim != 2 or not -tokens.shape[1] <= position < tokens.shape[1]:
-        raise UserError(f"mean_activations: need tokens [batch, seq] and a position inside "
-                        f"seq; got shape {tuple(tokens.shape)} and position {position}")
+        raise UserError(
+            f"mean_activations: need tokens [batch, seq] and a position inside "
+            f"seq; got shape {tuple(tokens.shape)} and position {position}"
+        )
     with torch.inference_mode():
         device = w["embed.weight"].device
         _, cache = run_with_cache(w, tokens.to(device), names=(component,))
@@ -285,8 +311,10 @@ def _tokens(rows) -> torch.Tensor:
     tokens = rows["tokens"] if isinstance(rows, Mapping) else rows
     tokens = torch.as_tensor(tokens)
     if tokens.ndim != 2 or len(tokens) == 0:
-        raise UserError(f"geometry_metrics: rows must be a token batch [batch, seq] (or rows "
-                        f"with a 'tokens' column); got shape {tuple(tokens.shape)}")
+        raise UserError(
+            f"geometry_metrics: rows must be a token batch [batch, seq] (or rows "
+            f"with a 'tokens' column); got shape {tuple(tokens.shape)}"
+        )
     return tokens
 
 
@@ -299,8 +327,9 @@ def _order_correlation(E: torch.Tensor, values: Sequence[float]) -> float:
     return float(torch.corrcoef(pairs)[0, 1])
 
 
-def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
-                     threshold: float = 0.7) -> pd.DataFrame:
+def geometry_metrics(
+    model, task, rows=None, hooks: Sequence[str] = (), threshold: float = 0.7
+) -> pd.DataFrame:
     """The scalar geometry read-outs of one checkpoint, as a tidy table.
 
     Columns: metric, hook (hook or parameter name), layer, head, group, position, value.
@@ -324,35 +353,61 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
     all_ids = sorted({t for ids in roles.values() for t in ids})
     for group, ids in [("all", all_ids), *roles.items()]:
         E = token_embeddings(model, ids)
-        out += [_rows(metric="effective_rank", hook="embed.weight", group=group,
-                      value=effective_rank(E)),
-                _rows(metric="participation_ratio", hook="embed.weight", group=group,
-                      value=participation_ratio(E))]
+        out += [
+            _rows(
+                metric="effective_rank", hook="embed.weight", group=group, value=effective_rank(E)
+            ),
+            _rows(
+                metric="participation_ratio",
+                hook="embed.weight",
+                group=group,
+                value=participation_ratio(E),
+            ),
+        ]
         if group != "all" and len(ids) >= 2:
             C = cosine_matrix(E)
-            out.append(_rows(metric="within_cosine", hook="embed.weight", group=group,
-                             value=float(C[~torch.eye(len(ids), dtype=torch.bool)].mean())))
+            out.append(
+                _rows(
+                    metric="within_cosine",
+                    hook="embed.weight",
+                    group=group,
+                    value=float(C[~torch.eye(len(ids), dtype=torch.bool)].mean()),
+                )
+            )
         if group != "all" and len(ids) >= 3:
             values = task.role_values(group)  # composite anchors: their shifts
-            out.append(_rows(metric="order_correlation", hook="embed.weight", group=group,
-                             value=_order_correlation(E, values)))
+            out.append(
+                _rows(
+                    metric="order_correlation",
+                    hook="embed.weight",
+                    group=group,
+                    value=_order_correlation(E, values),
+                )
+            )
     compared = task.compared_roles
     if compared:
         ids = [t for r in compared for t in roles[r]]
-        d = distinguishability(token_embeddings(model, ids),
-                               [r for r in compared for _ in roles[r]])
+        d = distinguishability(
+            token_embeddings(model, ids), [r for r in compared for _ in roles[r]]
+        )
         pair = " vs ".join(compared)
-        out += [_rows(metric=m, hook="embed.weight", group=pair, value=d[key]) for m, key in
-                (("between_cosine", "between"), ("separability", "separability"),
-                 ("separability_chance", "chance"))]
+        out += [
+            _rows(metric=m, hook="embed.weight", group=pair, value=d[key])
+            for m, key in (
+                ("between_cosine", "between"),
+                ("separability", "separability"),
+                ("separability_chance", "chance"),
+            )
+        ]
 
     for layer in range(w.n_layers):
         for part in CONDENSED:
             name = f"blocks.{layer}.{part}.weight"
             if name in w.params:
                 c = condensation(w[name], threshold)
-                out += [_rows(metric=m, hook=name, layer=layer, value=float(v))
-                        for m, v in c.items()]
+                out += [
+                    _rows(metric=m, hook=name, layer=layer, value=float(v)) for m, v in c.items()
+                ]
 
     if rows is None:
         if hooks:
@@ -367,25 +422,59 @@ def geometry_metrics(model, task, rows=None, hooks: Sequence[str] = (),
         entropy = attention_entropy(cache[name])[:, -1]
         flow = information_flow(cache[name])
         for head in range(w.n_heads):
-            out.append(_rows(metric="attention_entropy", hook=name, layer=layer, head=head,
-                             value=float(entropy[head])))
-            out += [_rows(metric="information_flow", hook=name, layer=layer, head=head,
-                          position=src, value=float(v)) for src, v in enumerate(flow[head])]
+            out.append(
+                _rows(
+                    metric="attention_entropy",
+                    hook=name,
+                    layer=layer,
+                    head=head,
+                    value=float(entropy[head]),
+                )
+            )
+            out += [
+                _rows(
+                    metric="information_flow",
+                    hook=name,
+                    layer=layer,
+                    head=head,
+                    position=src,
+                    value=float(v),
+                )
+                for src, v in enumerate(flow[head])
+            ]
     for hook in hooks:
         acts = _f64(cache[hook][:, -1].flatten(1))
         layer = int(re.match(r"blocks\.(\d+)\.", hook).group(1))
-        out += [_rows(metric="effective_rank", hook=hook, layer=layer, group="label",
-                      value=effective_rank(acts)),
-                _rows(metric="participation_ratio", hook=hook, layer=layer, group="label",
-                      value=participation_ratio(acts)),
-                _rows(metric="components_90", hook=hook, layer=layer, group="label",
-                      value=components_for_variance(acts, 0.9))]
+        out += [
+            _rows(
+                metric="effective_rank",
+                hook=hook,
+                layer=layer,
+                group="label",
+                value=effective_rank(acts),
+            ),
+            _rows(
+                metric="participation_ratio",
+                hook=hook,
+                layer=layer,
+                group="label",
+                value=participation_ratio(acts),
+            ),
+            _rows(
+                metric="components_90",
+                hook=hook,
+                layer=layer,
+                group="label",
+                value=components_for_variance(acts, 0.9),
+            ),
+        ]
     return _table(out)
 
 
 def _table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(GEOMETRY_COLUMNS)).astype(
-        {"layer": "Int64", "head": "Int64", "position": "Int64", "value": float})
+        {"layer": "Int64", "head": "Int64", "position": "Int64", "value": float}
+    )
 
 
 def weight_change_table(model_t, model_0) -> pd.DataFrame:
@@ -397,7 +486,14 @@ def weight_change_table(model_t, model_0) -> pd.DataFrame:
     for name, w0 in p_0.items():
         w0, wt = _f64(w0), _f64(p_t[name])
         layer = re.match(r"blocks\.(\d+)\.", name)
-        rows.append(dict(parameter=name, layer=int(layer.group(1)) if layer else None,
-                         norm_0=float(w0.norm()), norm_t=float(wt.norm()),
-                         change=float((wt - w0).norm()), relative_change=relative[name]))
+        rows.append(
+            dict(
+                parameter=name,
+                layer=int(layer.group(1)) if layer else None,
+                norm_0=float(w0.norm()),
+                norm_t=float(wt.norm()),
+                change=float((wt - w0).norm()),
+                relative_change=relative[name],
+            )
+        )
     return pd.DataFrame(rows).astype({"layer": "Int64"})

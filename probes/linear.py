@@ -26,8 +26,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor
 
 from initlens.models.errors import UserError
-from initlens.models.tasks.base import dataset_arrays
 from initlens.models.forward import Weights, hook_name, run_with_cache
+from initlens.models.tasks.base import dataset_arrays
 
 TARGETS = ("key", "a1", "a2", "intermediate", "label", "task_type", "memorized")
 # Block hooks with one d_model vector per position (attention-only models: no MLP hooks).
@@ -38,6 +38,7 @@ MAX_ITER = 2000
 
 
 # --------------------------------------------------------------------------- solver
+
 
 @dataclass(frozen=True)
 class ProbeFit:
@@ -54,8 +55,7 @@ class ProbeFit:
         return X @ self.weight + self.bias[:, None]
 
 
-def _loss_grad(t: Tensor, X: Tensor, Y: Tensor, r: Tensor, lam: Tensor
-               ) -> tuple[Tensor, Tensor]:
+def _loss_grad(t: Tensor, X: Tensor, Y: Tensor, r: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     """Objective and gradient per probe: sum_ik Y_ik CE_ik + 1/2 sum lam * t^2."""
     Z = X @ t
     Z = Z - Z.amax(-1, keepdim=True)
@@ -86,7 +86,8 @@ def _line_search(t, d, loss, g, data, tries: int = 20):
         tl, tg = _loss_grad(trial, *(x[todo] for x in data))
         f0, s0 = loss[todo], slope[todo]
         ok = (tl <= f0 + 1e-4 * step[todo] * s0) | (
-            (tl <= f0 + 1e-6 * f0.abs()) & (_dot(tg, d[todo]) <= -0.8 * s0))
+            (tl <= f0 + 1e-6 * f0.abs()) & (_dot(tg, d[todo]) <= -0.8 * s0)
+        )
         done = todo[ok]
         out_t[done], out_loss[done], out_g[done], found[done] = trial[ok], tl[ok], tg[ok], True
         # Minimizer of the quadratic through f0, s0 and the trial value, kept in [0.1, 0.5].
@@ -99,9 +100,15 @@ def _line_search(t, d, loss, g, data, tries: int = 20):
     return out_t, out_loss, out_g, found
 
 
-def _lbfgs(X: Float[Tensor, "p m e"], Y: Float[Tensor, "p m k"], lam: Float[Tensor, " p"],
-           theta: Float[Tensor, "p e k"], max_iter: int, tol: float, memory: int = 10
-           ) -> tuple[Tensor, Tensor, Tensor]:
+def _lbfgs(
+    X: Float[Tensor, "p m e"],
+    Y: Float[Tensor, "p m k"],
+    lam: Float[Tensor, " p"],
+    theta: Float[Tensor, "p e k"],
+    max_iter: int,
+    tol: float,
+    memory: int = 10,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Minimize sum_ik Y_ik CE_ik + lam/2 ||theta[:-1]||^2 per probe (rows of X end in 1).
 
     Y holds each row's label weights, summing to 1 per probe (so the loss is a mean).
@@ -151,11 +158,18 @@ def _lbfgs(X: Float[Tensor, "p m e"], Y: Float[Tensor, "p m k"], lam: Float[Tens
     return theta, n_iter, gmax <= tol
 
 
-def fit_probes(X: Float[Tensor, "probe n d"], y: Int[Tensor, "probe n"] | Int[Tensor, " n"],
-               train_mask: Bool[Tensor, " n"], C: float = 1.0, *,
-               groups: Int[Tensor, " n"] | None = None, init: ProbeFit | None = None,
-               n_classes: int | None = None, max_iter: int = MAX_ITER, tol: float = 1e-4
-               ) -> ProbeFit:
+def fit_probes(
+    X: Float[Tensor, "probe n d"],
+    y: Int[Tensor, "probe n"] | Int[Tensor, " n"],
+    train_mask: Bool[Tensor, " n"],
+    C: float = 1.0,
+    *,
+    groups: Int[Tensor, " n"] | None = None,
+    init: ProbeFit | None = None,
+    n_classes: int | None = None,
+    max_iter: int = MAX_ITER,
+    tol: float = 1e-4,
+) -> ProbeFit:
     """Fit one L2 multinomial logistic regression per probe, all in one batched solve.
 
     y: class indices 0..k-1 (shared by all probes or one row per probe); negative = row
@@ -174,24 +188,34 @@ def fit_probes(X: Float[Tensor, "probe n d"], y: Int[Tensor, "probe n"] | Int[Te
         groups = torch.as_tensor(groups, device=dev)
         _, inverse = torch.unique(groups, return_inverse=True)
         rep = torch.full((int(inverse.max()) + 1,), n, device=dev).scatter_reduce(
-            0, inverse, torch.arange(n, device=dev), "amin")  # first row of each group
+            0, inverse, torch.arange(n, device=dev), "amin"
+        )  # first row of each group
     m = len(rep)
     train = train_mask & (y >= 0)
     counts = torch.zeros(p, m, k, dtype=dtype, device=dev)
-    counts.view(p, m * k).index_put_((torch.arange(p, device=dev)[:, None].expand(p, n),
-                                      inverse * k + y.clamp(min=0)),
-                                     train.to(dtype), accumulate=True)
+    counts.view(p, m * k).index_put_(
+        (torch.arange(p, device=dev)[:, None].expand(p, n), inverse * k + y.clamp(min=0)),
+        train.to(dtype),
+        accumulate=True,
+    )
     n_train = counts.sum((1, 2))
     Xa = torch.cat([X[:, rep], torch.ones(p, m, 1, dtype=dtype, device=dev)], -1)
     theta = torch.zeros(p, d + 1, k, dtype=dtype, device=dev)
     if init is not None:
         if init.weight.shape != (p, d, k):
-            raise ValueError(f"init has weight shapes {tuple(init.weight.shape)}, these probes "
-                             f"need {(p, d, k)}")
+            raise ValueError(
+                f"init has weight shapes {tuple(init.weight.shape)}, these probes need {(p, d, k)}"
+            )
         theta = torch.cat([init.weight, init.bias[:, None]], 1).to(dev, dtype)
     with torch.no_grad():
-        theta, n_iter, converged = _lbfgs(Xa, counts / n_train.clamp(min=1)[:, None, None],
-                                          1 / (C * n_train.clamp(min=1)), theta, max_iter, tol)
+        theta, n_iter, converged = _lbfgs(
+            Xa,
+            counts / n_train.clamp(min=1)[:, None, None],
+            1 / (C * n_train.clamp(min=1)),
+            theta,
+            max_iter,
+            tol,
+        )
         correct = ((Xa @ theta).argmax(-1)[:, inverse] == y).to(dtype)
         test = ~train_mask & (y >= 0)
         acc = (correct * test).sum(1) / test.sum(1)
@@ -201,6 +225,7 @@ def fit_probes(X: Float[Tensor, "probe n d"], y: Int[Tensor, "probe n"] | Int[Te
 
 # ------------------------------------------------------------------ sklearn estimator
 
+
 class LinearProbe(ClassifierMixin, BaseEstimator):
     """scikit-learn classifier with LogisticRegression(C)'s objective, fitted in torch.
 
@@ -208,26 +233,33 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     Two classes are fitted in the multinomial form (sklearn uses the binomial one, whose
     penalty is twice as strong for the same C)."""
 
-    def __init__(self, C: float = 1.0, max_iter: int = MAX_ITER, tol: float = 1e-4,
-                 device: str = "cpu"):
+    def __init__(
+        self, C: float = 1.0, max_iter: int = MAX_ITER, tol: float = 1e-4, device: str = "cpu"
+    ):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
         self.device = device
 
     def _X(self, X) -> Tensor:
-        return torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X,
-                               dtype=torch.float32).to(self.device)
+        return torch.as_tensor(
+            np.asarray(X) if not isinstance(X, Tensor) else X, dtype=torch.float32
+        ).to(self.device)
 
-    def fit(self, X, y) -> "LinearProbe":
+    def fit(self, X, y) -> LinearProbe:
         X = self._X(X)
         y = y.cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         y_idx = torch.as_tensor(y_idx, device=self.device)
-        fit = fit_probes(X[None], y_idx, torch.ones(len(y_idx), dtype=torch.bool,
-                                                    device=self.device),
-                         self.C, n_classes=len(self.classes_), max_iter=self.max_iter,
-                         tol=self.tol)
+        fit = fit_probes(
+            X[None],
+            y_idx,
+            torch.ones(len(y_idx), dtype=torch.bool, device=self.device),
+            self.C,
+            n_classes=len(self.classes_),
+            max_iter=self.max_iter,
+            tol=self.tol,
+        )
         self.coef_ = fit.weight[0].T.cpu().numpy()
         self.intercept_ = fit.bias[0].cpu().numpy()
         self.n_iter_ = int(fit.n_iter[0])
@@ -252,6 +284,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
 # ---------------------------------------------------------------- targets, controls
 
+
 def _rows(rows) -> dict[str, np.ndarray]:
     return rows if isinstance(rows, dict) else dataset_arrays(rows)
 
@@ -272,24 +305,30 @@ def target_values(rows, task, name: str) -> tuple[np.ndarray, np.ndarray]:
         return values.astype(np.int64), defined
     order, lookup = task.task_types, task.memorized_type
     if (name == "task_type" and len(order) < 2) or (name == "memorized" and not lookup):
-        need = "several task types" if name == "task_type" else "a task type only a lookup " \
-            "can answer"
-        raise UserError(f"target {name!r} needs {need}; task {task.name!r} has none: use "
-                        f"one of key, a1, a2, label")
+        need = (
+            "several task types" if name == "task_type" else "a task type only a lookup can answer"
+        )
+        raise UserError(
+            f"target {name!r} needs {need}; task {task.name!r} has none: use "
+            f"one of key, a1, a2, label"
+        )
     types = rows["task_type"]
     if name == "task_type":
         unknown = set(np.unique(types)) - set(order)
         if unknown:
-            raise UserError(f"rows have task_type {sorted(unknown)}, not one of the "
-                            f"{task.name} task's {order}; pass rows generated by that task")
+            raise UserError(
+                f"rows have task_type {sorted(unknown)}, not one of the "
+                f"{task.name} task's {order}; pass rows generated by that task"
+            )
         return np.select([types == t for t in order], range(len(order))).astype(np.int64), every
     if name == "memorized":
         return (types == lookup).astype(np.int64), every
     raise UserError(f"unknown probe target {name!r}; choose from {', '.join(TARGETS)}")
 
 
-def control_labels(tokens: Int[np.ndarray, " n"], values: np.ndarray, defined: np.ndarray,
-                   seed: int = 0) -> np.ndarray:
+def control_labels(
+    tokens: Int[np.ndarray, " n"], values: np.ndarray, defined: np.ndarray, seed: int = 0
+) -> np.ndarray:
     """Control task (Hewitt & Liang 2019): each token type gets one fixed random label,
     drawn from the empirical distribution of the real target's values."""
     rng = np.random.default_rng([seed, 7])
@@ -303,8 +342,9 @@ def holdout_mask(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarra
         raise UserError(f"test_fraction={test_fraction} must lie strictly between 0 and 1")
     n_test = int(round(test_fraction * n))
     if n_test < 1 or n_test >= n:
-        raise UserError(f"{n} rows are too few to hold out test_fraction={test_fraction}; "
-                        f"pass more rows")
+        raise UserError(
+            f"{n} rows are too few to hold out test_fraction={test_fraction}; pass more rows"
+        )
     train = np.ones(n, dtype=bool)
     train[np.random.default_rng([seed, 3]).permutation(n)[:n_test]] = False
     return train
@@ -312,44 +352,66 @@ def holdout_mask(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarra
 
 # ------------------------------------------------------------------ researcher call
 
+
 def _components(model, components) -> list[str]:
     w = Weights.of(model)
     valid = [c for c in PROBE_COMPONENTS if w.has(c)]
     bad = [c for c in components if c not in valid]
     if bad:
-        kind = " (attention-only model)" if w.attn_only else \
-            " (Emb-MLP)" if w.kind == "emb_mlp" else ""
-        raise UserError(f"cannot probe component(s) {bad}; choose from {', '.join(valid)}"
-                        f"{kind}")
+        kind = (
+            " (attention-only model)"
+            if w.attn_only
+            else " (Emb-MLP)"
+            if w.kind == "emb_mlp"
+            else ""
+        )
+        raise UserError(f"cannot probe component(s) {bad}; choose from {', '.join(valid)}{kind}")
     return list(components)
 
 
 def _classes(name: str, values: np.ndarray, defined: np.ndarray, train: np.ndarray):
     """Class index per row (-1 where undefined), checking every class can be trained."""
     if not defined.any():
-        raise UserError(f"target {name!r} is undefined on every row passed (e.g. intermediate "
-                        f"on memory rows only); pass rows where it applies")
+        raise UserError(
+            f"target {name!r} is undefined on every row passed (e.g. intermediate "
+            f"on memory rows only); pass rows where it applies"
+        )
     classes, idx = np.unique(values[defined], return_inverse=True)
     if len(classes) < 2:
-        raise UserError(f"target {name!r} takes a single value ({classes[0]}) on these rows; "
-                        f"a probe needs at least two classes")
+        raise UserError(
+            f"target {name!r} takes a single value ({classes[0]}) on these rows; "
+            f"a probe needs at least two classes"
+        )
     y = np.full(len(values), -1, dtype=np.int64)
     y[defined] = idx
     in_train = np.bincount(y[defined & train], minlength=len(classes))
     if in_train.min() == 0:
         rare = classes[in_train == 0]
         total = np.bincount(idx, minlength=len(classes))[in_train == 0]
-        raise UserError(f"target {name!r}: class(es) {rare.tolist()[:5]} have {total.tolist()[:5]}"
-                        f" row(s) and none in the training split ({int(defined.sum())} rows, "
-                        f"{len(classes)} classes); pass more rows or a smaller test_fraction")
+        raise UserError(
+            f"target {name!r}: class(es) {rare.tolist()[:5]} have {total.tolist()[:5]}"
+            f" row(s) and none in the training split ({int(defined.sum())} rows, "
+            f"{len(classes)} classes); pass more rows or a smaller test_fraction"
+        )
     return y, len(classes)
 
 
-def probe_model(model, rows, task, targets=("key",),
-                components=("resid_pre", "resid_mid", "resid_post"), positions=None,
-                test_fraction: float = 0.2, seed: int = 0, C: float = 1.0, device=None,
-                state: dict | None = None, max_iter: int = MAX_ITER, tol: float = 1e-4,
-                dedupe: bool = True) -> pd.DataFrame:
+def probe_model(
+    model,
+    rows,
+    task,
+    targets=("key",),
+    components=("resid_pre", "resid_mid", "resid_post"),
+    positions=None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    C: float = 1.0,
+    device=None,
+    state: dict | None = None,
+    max_iter: int = MAX_ITER,
+    tol: float = 1e-4,
+    dedupe: bool = True,
+) -> pd.DataFrame:
     """Probe every (component, layer, position) of `model` for each target, with controls.
 
     rows: a task Dataset or `dataset_arrays` dict. Activations come from one functional
@@ -389,7 +451,8 @@ def probe_model(model, rows, task, targets=("key",),
     for shape, hooks in groups.items():
         with torch.inference_mode():
             acts = torch.stack([cache[hook_name(c, layer)] for c, layer in hooks]).to(
-                dev, torch.float32)  # [hook, n, seq, d]
+                dev, torch.float32
+            )  # [hook, n, seq, d]
             mean = acts[:, tr].mean(1, keepdim=True)
             std = acts[:, tr].std(1, unbiased=False, keepdim=True)
             acts = (acts - mean) / torch.where(std > 0, std, 1)
@@ -399,30 +462,50 @@ def probe_model(model, rows, task, targets=("key",),
             y, k = _classes(target, values, defined, train)
             classes = np.unique(values[defined])
             for pos in [p for p in positions if p >= first]:
-                _, prefix = np.unique(rows["tokens"][:, : pos + 1], axis=0,
-                                      return_inverse=True)
-                ctrl = np.searchsorted(classes, control_labels(rows["tokens"][:, pos],
-                                                               values, defined, seed))
-                y_both = torch.as_tensor(np.stack([y] * len(hooks) + [np.where(
-                    y >= 0, ctrl, -1)] * len(hooks)), device=dev)
+                _, prefix = np.unique(rows["tokens"][:, : pos + 1], axis=0, return_inverse=True)
+                ctrl = np.searchsorted(
+                    classes, control_labels(rows["tokens"][:, pos], values, defined, seed)
+                )
+                y_both = torch.as_tensor(
+                    np.stack([y] * len(hooks) + [np.where(y >= 0, ctrl, -1)] * len(hooks)),
+                    device=dev,
+                )
                 X = acts[:, :, pos - first].repeat(2, 1, 1)  # real probes, then controls
                 key = (target, pos, shape)
                 init = (state or {}).get(key)
                 if init is not None and init.weight.shape != (len(X), X.shape[-1], k):
                     init = None  # other rows or components than last time: start cold
-                fit = fit_probes(X, y_both, tr, C,
-                                 groups=torch.as_tensor(prefix.ravel()) if dedupe else None,
-                                 init=init, n_classes=k, max_iter=max_iter, tol=tol)
+                fit = fit_probes(
+                    X,
+                    y_both,
+                    tr,
+                    C,
+                    groups=torch.as_tensor(prefix.ravel()) if dedupe else None,
+                    init=init,
+                    n_classes=k,
+                    max_iter=max_iter,
+                    tol=tol,
+                )
                 if state is not None:
                     state[key] = fit
                 h = len(hooks)
                 for i, (comp, layer) in enumerate(hooks):
                     acc, ctrl_acc = fit.accuracy[i].item(), fit.accuracy[h + i].item()
-                    out.append(dict(hook=hook_name(comp, layer), component=comp, layer=layer,
-                                    position=pos, target=target, accuracy=acc,
-                                    control_accuracy=ctrl_acc, selectivity=acc - ctrl_acc,
-                                    train_accuracy=fit.train_accuracy[i].item(),
-                                    n_train=int((defined & train).sum()),
-                                    n_test=int((defined & ~train).sum()), n_classes=k,
-                                    converged=bool(fit.converged[i] & fit.converged[h + i])))
+                    out.append(
+                        dict(
+                            hook=hook_name(comp, layer),
+                            component=comp,
+                            layer=layer,
+                            position=pos,
+                            target=target,
+                            accuracy=acc,
+                            control_accuracy=ctrl_acc,
+                            selectivity=acc - ctrl_acc,
+                            train_accuracy=fit.train_accuracy[i].item(),
+                            n_train=int((defined & train).sum()),
+                            n_test=int((defined & ~train).sum()),
+                            n_classes=k,
+                            converged=bool(fit.converged[i] & fit.converged[h + i]),
+                        )
+                    )
     return pd.DataFrame(out)

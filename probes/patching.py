@@ -20,8 +20,8 @@ noising runs the clean prompt with corrupted activations patched in.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pandas as pd
 import torch
@@ -29,18 +29,33 @@ import torch.nn.functional as F
 from jaxtyping import Int
 
 from initlens.models.errors import UserError
+from initlens.models.forward import (
+    Hook,
+    Weights,
+    block,
+    block_tail,
+    heads,
+    hook_name,
+    no_hook,
+    run_with_cache,
+    unembed,
+)
 from initlens.models.progress import Progress, tracked
-from initlens.models.forward import (Hook, Weights, no_hook, block, block_tail, heads, hook_name,
-                            run_with_cache, unembed)
 
 # A metric maps label-position logits [..., batch, vocab] to per-example values [..., batch].
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
 # component -> axes of one patch, in the order of the result tensor (after "layer").
 AXES = {
-    "resid_pre": ("pos",), "resid_mid": ("pos",), "resid_post": ("pos",),
-    "attn_out": ("pos",), "mlp_out": ("pos",),
-    "z": ("pos", "head"), "q": ("pos", "head"), "k": ("pos", "head"), "v": ("pos", "head"),
+    "resid_pre": ("pos",),
+    "resid_mid": ("pos",),
+    "resid_post": ("pos",),
+    "attn_out": ("pos",),
+    "mlp_out": ("pos",),
+    "z": ("pos", "head"),
+    "q": ("pos", "head"),
+    "k": ("pos", "head"),
+    "v": ("pos", "head"),
     "pattern": ("head", "dest_pos"),
 }
 PATCHABLE = tuple(AXES)  # every component activation_patch accepts
@@ -50,13 +65,15 @@ DIRECTIONS = ("denoising", "noising")
 
 # ---------------------------------------------------------------- metrics
 
+
 def _pick(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     labels = labels.to(logits.device).expand(logits.shape[:-1])
     return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
 
 
-def logit_diff(correct: Int[torch.Tensor, " batch"], alternative: Int[torch.Tensor, " batch"]
-               ) -> Metric:
+def logit_diff(
+    correct: Int[torch.Tensor, " batch"], alternative: Int[torch.Tensor, " batch"]
+) -> Metric:
     """Logit of the correct label minus that of a named alternative, per example."""
     return lambda logits: _pick(logits, correct) - _pick(logits, alternative)
 
@@ -78,13 +95,16 @@ def _apply_metric(metric: Metric, logits: torch.Tensor) -> torch.Tensor:
     values = metric(logits)
     if not torch.is_tensor(values) or values.shape != logits.shape[:-1]:
         shape = tuple(values.shape) if torch.is_tensor(values) else type(values).__name__
-        raise UserError(f"the metric returned shape {shape}; it must return one value per "
-                        f"example, shape {tuple(logits.shape[:-1])} for logits of shape "
-                        f"{tuple(logits.shape)}")
+        raise UserError(
+            f"the metric returned shape {shape}; it must return one value per "
+            f"example, shape {tuple(logits.shape[:-1])} for logits of shape "
+            f"{tuple(logits.shape)}"
+        )
     return values
 
 
 # ---------------------------------------------------------------- the engine
+
 
 @dataclass(frozen=True)
 class Patched:
@@ -108,22 +128,31 @@ class Patched:
         names = ("layer",) + self.axes
         cols = {n: idx[:, i].tolist() for i, n in enumerate(names)}
         n = len(idx)
-        df = pd.DataFrame({**{k: [v] * n for k, v in labels.items()},
-                           "component": [self.component] * n, "layer": cols["layer"],
-                           "position": cols.get("pos", cols.get("dest_pos", [-1] * n)),
-                           "head": cols.get("head", [-1] * n),
-                           value: self.values.flatten().tolist()})
+        df = pd.DataFrame(
+            {
+                **{k: [v] * n for k, v in labels.items()},
+                "component": [self.component] * n,
+                "layer": cols["layer"],
+                "position": cols.get("pos", cols.get("dest_pos", [-1] * n)),
+                "head": cols.get("head", [-1] * n),
+                value: self.values.flatten().tolist(),
+            }
+        )
         return df
 
 
 @functools.lru_cache(maxsize=64)
-def _variant_masks(component: str, shape: tuple[int, ...], per_position: bool,
-                   device: torch.device) -> tuple[torch.Tensor, tuple[int, ...], tuple[str, ...]]:
+def _variant_masks(
+    component: str, shape: tuple[int, ...], per_position: bool, device: torch.device
+) -> tuple[torch.Tensor, tuple[int, ...], tuple[str, ...]]:
     """Boolean masks [variant, *activation shape without batch], one per patch, and the
     result shape (without the layer axis) and its axis names. Cached (a pure function of
     its arguments): callers must not modify the masks."""
-    axes = AXES[component] if per_position else tuple(a for a in AXES[component]
-                                                      if a not in ("pos", "dest_pos"))
+    axes = (
+        AXES[component]
+        if per_position
+        else tuple(a for a in AXES[component] if a not in ("pos", "dest_pos"))
+    )
     if component == "pattern":  # activation [head, dest, src]
         heads, seq = shape[0], shape[1]
         sizes = {"head": heads, "dest_pos": seq}
@@ -132,8 +161,11 @@ def _variant_masks(component: str, shape: tuple[int, ...], per_position: bool,
     out_shape = tuple(sizes[a] for a in axes)
     n = max(1, int(torch.tensor(out_shape).prod())) if out_shape else 1
     masks = torch.zeros((n,) + shape, dtype=torch.bool, device=device)
-    for v, index in enumerate(torch.cartesian_prod(*[torch.arange(s) for s in out_shape])
-                              .reshape(n, -1).tolist() if out_shape else [[]]):
+    for v, index in enumerate(
+        torch.cartesian_prod(*[torch.arange(s) for s in out_shape]).reshape(n, -1).tolist()
+        if out_shape
+        else [[]]
+    ):
         where = dict(zip(axes, index))
         if component == "pattern":
             masks[v, where["head"], where.get("dest_pos", slice(None))] = True
@@ -144,28 +176,38 @@ def _variant_masks(component: str, shape: tuple[int, ...], per_position: bool,
     return masks, out_shape, axes
 
 
-def _check_inputs(w: Weights, clean: torch.Tensor, corrupted: torch.Tensor, component: str,
-                  direction: str) -> None:
+def _check_inputs(
+    w: Weights, clean: torch.Tensor, corrupted: torch.Tensor, component: str, direction: str
+) -> None:
     if component not in PATCHABLE:
-        raise UserError(f"unknown component {component!r}; choose one of "
-                        f"{', '.join(PATCHABLE)}")
+        raise UserError(f"unknown component {component!r}; choose one of {', '.join(PATCHABLE)}")
     if w.attn_only and component in MLP_COMPONENTS:
-        raise UserError(f"component {component!r} does not exist in an attention-only model; "
-                        f"choose one of resid_pre, resid_post, attn_out, z, q, k, v, pattern")
+        raise UserError(
+            f"component {component!r} does not exist in an attention-only model; "
+            f"choose one of resid_pre, resid_post, attn_out, z, q, k, v, pattern"
+        )
     if direction not in DIRECTIONS:
         raise UserError(f"unknown direction {direction!r}; choose denoising or noising")
     if clean.shape != corrupted.shape or clean.ndim != 2:
-        raise UserError(f"clean tokens {tuple(clean.shape)} and corrupted tokens "
-                        f"{tuple(corrupted.shape)} must have the same [batch, seq] shape")
+        raise UserError(
+            f"clean tokens {tuple(clean.shape)} and corrupted tokens "
+            f"{tuple(corrupted.shape)} must have the same [batch, seq] shape"
+        )
 
 
 @torch.inference_mode()
-def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
-                     corrupted: Int[torch.Tensor, "batch seq"], metric: Metric,
-                     component: str = "resid_pre", per_position: bool = True,
-                     direction: str = "denoising", max_memory_mb: float = 256,
-                     only: torch.Tensor | None = None,
-                     progress: Progress | None = None) -> Patched:
+def activation_patch(
+    model,
+    clean: Int[torch.Tensor, "batch seq"],
+    corrupted: Int[torch.Tensor, "batch seq"],
+    metric: Metric,
+    component: str = "resid_pre",
+    per_position: bool = True,
+    direction: str = "denoising",
+    max_memory_mb: float = 256,
+    only: torch.Tensor | None = None,
+    progress: Progress | None = None,
+) -> Patched:
     """Patch `component` at every layer (x position, x head) and measure `metric`.
 
     Matches `transformer_lens.patching.get_act_patch_*` (for denoising: run on `corrupted`,
@@ -185,25 +227,36 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
     _check_inputs(w, clean, corrupted, component, direction)
     batch, seq = clean.shape
     # One forward over clean and corrupted together: both baselines and both caches.
-    logits, cache = run_with_cache(w, torch.cat([clean, corrupted]),
-                                   ("resid_pre", "q", "k", "v", "z", component),
-                                   label_only=True)
+    logits, cache = run_with_cache(
+        w,
+        torch.cat([clean, corrupted]),
+        ("resid_pre", "q", "k", "v", "z", component),
+        label_only=True,
+    )
     halves = {k: v.split(batch) for k, v in cache.items()}
     src, tgt = (0, 1) if direction == "denoising" else (1, 0)
     base = _apply_metric(metric, logits[:, -1].reshape(2, batch, -1)).mean(-1)
 
     d_model = w["embed.weight"].shape[1]
-    act_shape = ((w.n_heads, seq, seq) if component == "pattern"
-                 else (seq, w.n_heads, w.d_head) if "head" in AXES[component]
-                 else (seq, d_model))
+    act_shape = (
+        (w.n_heads, seq, seq)
+        if component == "pattern"
+        else (seq, w.n_heads, w.d_head)
+        if "head" in AXES[component]
+        else (seq, d_model)
+    )
     masks, out_shape, axes = _variant_masks(component, act_shape, per_position, device)
-    width = max(d_model, w.n_heads * seq,
-                0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0])
+    width = max(
+        d_model, w.n_heads * seq, 0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0]
+    )
     per_variant = w.n_layers * batch * seq * width * 4 * 12  # bytes, ~12 live tensors
     chunk = max(1, int(max_memory_mb * 2**20 // per_variant))
     target, source = ({k: v[i] for k, v in halves.items()} for i in (tgt, src))
-    keep = (torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device) if only is None
-            else _selection(only, (w.n_layers, *out_shape), device))
+    keep = (
+        torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device)
+        if only is None
+        else _selection(only, (w.n_layers, *out_shape), device)
+    )
     values = torch.full((w.n_layers, len(masks)), float("nan"), device=device)
     # Patches that cannot move the label logits give the target's own value, uncomputed.
     differs = _differs(source, target, component, w.n_layers)
@@ -215,36 +268,49 @@ def activation_patch(model, clean: Int[torch.Tensor, "batch seq"],
         complete = _complete(masks, differs)
         values[keep & complete] = base[src]
         keep &= ~complete
-    sourced = (_sourced(masks, component, differs, source, target)
-               if component in RUN_ON_AS_SOURCE else torch.zeros_like(keep))
+    sourced = (
+        _sourced(masks, component, differs, source, target)
+        if component in RUN_ON_AS_SOURCE
+        else torch.zeros_like(keep)
+    )
     parts = torch.arange(len(masks), device=device).split(chunk)
-    for part in tracked(parts if keep.any() else (), progress, len(parts),
-                        f"patching {component}"):
+    for part in tracked(parts if keep.any() else (), progress, len(parts), f"patching {component}"):
         picked = [part[keep[layer, part]] for layer in range(w.n_layers)]
-        results = _sweep(w, metric, target, source, [masks[i] for i in picked], component,
-                         [sourced[layer, i] for layer, i in enumerate(picked)])
+        results = _sweep(
+            w,
+            metric,
+            target,
+            source,
+            [masks[i] for i in picked],
+            component,
+            [sourced[layer, i] for layer, i in enumerate(picked)],
+        )
         for layer, (i, v) in enumerate(zip(picked, results)):
             if len(i):
                 values[layer, i] = v
-    return Patched(values.view(w.n_layers, *out_shape), component, axes, float(base[0]),
-                   float(base[1]))
+    return Patched(
+        values.view(w.n_layers, *out_shape), component, axes, float(base[0]), float(base[1])
+    )
 
 
-def _selection(only: torch.Tensor, shape: tuple[int, ...], device: torch.device
-               ) -> torch.Tensor:
+def _selection(only: torch.Tensor, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
     """A copy of the caller's `only` mask, [layer, variant]: the sweep edits its own."""
     if tuple(only.shape) != shape:
-        raise UserError(f"only has shape {tuple(only.shape)}; it must be shaped like the "
-                        f"result, {shape}")
+        raise UserError(
+            f"only has shape {tuple(only.shape)}; it must be shaped like the result, {shape}"
+        )
     return only.to(device=device, dtype=torch.bool, copy=True).reshape(shape[0], -1)
 
 
-def _differs(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-             component: str, n_layers: int) -> list[torch.Tensor]:
+def _differs(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], component: str, n_layers: int
+) -> list[torch.Tensor]:
     """Per layer, [*activation] True where source and target differ in some example (the
     max of |s - t| over the batch: a faster reduction than any(s != t); NaN counts)."""
-    return [(source[h] - target[h]).abs().amax(0) != 0
-            for h in (hook_name(component, layer) for layer in range(n_layers))]
+    return [
+        (source[h] - target[h]).abs().amax(0) != 0
+        for h in (hook_name(component, layer) for layer in range(n_layers))
+    ]
 
 
 def _position_axis(component: str) -> int:
@@ -265,8 +331,9 @@ def _inert(masks: torch.Tensor, component: str, differs: list[torch.Tensor]) -> 
     as they are: it replaces nothing that differs (differs[layer]: source != target in
     some example, [*activation]; none under the mask), or it only touches non-label
     positions of the last block after its keys and values."""
-    inert = torch.stack([~(d & _last_positions(masks, d, component)).flatten(1).any(-1)
-                         for d in differs])
+    inert = torch.stack(
+        [~(d & _last_positions(masks, d, component)).flatten(1).any(-1) for d in differs]
+    )
     if component not in ("resid_pre", "k", "v"):  # these feed later positions' attention
         inert[-1] |= ~_last_positions(masks, differs[-1], component).flatten(1).any(-1)
     return inert
@@ -280,8 +347,9 @@ def _complete(masks: torch.Tensor, differs: list[torch.Tensor]) -> torch.Tensor:
     """[layer, variant] True where the patch replaces every entry in which source and
     target differ (differs[layer]: [*activation], in any example): the patched state is
     the source run's."""
-    return torch.stack([~(d & ~_last_positions(masks, d, "resid_pre")).flatten(1).any(-1)
-                        for d in differs])
+    return torch.stack(
+        [~(d & ~_last_positions(masks, d, "resid_pre")).flatten(1).any(-1) for d in differs]
+    )
 
 
 # Patches after attention that can leave a block's state as the source's (for z and attn_out
@@ -289,16 +357,24 @@ def _complete(masks: torch.Tensor, differs: list[torch.Tensor]) -> torch.Tensor:
 RUN_ON_AS_SOURCE = ("z", "attn_out", "resid_mid")
 
 
-def _sourced(masks: torch.Tensor, component: str, differs: list[torch.Tensor],
-             source: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> torch.Tensor:
+def _sourced(
+    masks: torch.Tensor,
+    component: str,
+    differs: list[torch.Tensor],
+    source: dict[str, torch.Tensor],
+    target: dict[str, torch.Tensor],
+) -> torch.Tensor:
     """[layer, variant] True where a patch (of RUN_ON_AS_SOURCE, below the final block)
     leaves the block's state at every position it touches as the source's, in every
     example: it replaces each entry that differs there (differs[layer], [*activation]) and,
     but for resid_mid, the block input (resid_pre) does not differ there. The block's
     output there is then the source's resid_post."""
     below = len(differs) - 1  # the blocks below the final one
-    input_gap = ([d.any(-1) for d in _differs(source, target, "resid_pre", below)]
-                 if component != "resid_mid" else [False] * below)  # [pos] each
+    input_gap = (
+        [d.any(-1) for d in _differs(source, target, "resid_pre", below)]
+        if component != "resid_mid"
+        else [False] * below
+    )  # [pos] each
     sourced = torch.zeros(len(differs), len(masks), dtype=torch.bool, device=masks.device)
     touched = masks.flatten(2).any(-1)  # [variant, pos]
     for layer in range(below):
@@ -312,9 +388,15 @@ def _sourced(masks: torch.Tensor, component: str, differs: list[torch.Tensor],
 AFTER_ATTENTION = ("z", "attn_out", "resid_mid", "mlp_out", "resid_post")
 
 
-def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
-           source: dict[str, torch.Tensor], masks: list[torch.Tensor], component: str,
-           sourced: list[torch.Tensor]) -> list[torch.Tensor]:
+def _sweep(
+    w: Weights,
+    metric: Metric,
+    target: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    masks: list[torch.Tensor],
+    component: str,
+    sourced: list[torch.Tensor],
+) -> list[torch.Tensor]:
     """Mean metric of each variant of each layer (masks[L]: the variants patched in block
     L), in one pass over the layers: at layer L the variants of L join the batch, the
     target's cached state patched (row block v*batch..(v+1)*batch is variant v). Variants
@@ -330,13 +412,11 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
             x = block(w, layer, x) if len(x) else x
             if len(m) == 0:
                 continue
-            post, pos = _finish_patched(w, layer, target, source, m, component,
-                                        sourced[layer])
+            post, pos = _finish_patched(w, layer, target, source, m, component, sourced[layer])
             if layer == last - 1:
                 sparse.append(_final_block(w, target, pos, len(m), x_at=post))
             else:
-                x = torch.cat([x, _scatter(target[hook_name("resid_pre", layer + 1)], post,
-                                           pos)])
+                x = torch.cat([x, _scatter(target[hook_name("resid_pre", layer + 1)], post, pos)])
             continue
         if len(m):
             r = target[hook_name("resid_pre", layer)]
@@ -348,21 +428,34 @@ def _sweep(w: Weights, metric: Metric, target: dict[str, torch.Tensor],
     x = torch.cat([block(w, last, x, last_only=True) if len(x) else x[:, -1:], *sparse])
     batch = len(target[hook_name("resid_pre", 0)])
     logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
-    return [_apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
-            if len(m) else lg[:0, 0] for lg, m in zip(logits, masks)]
+    return [
+        _apply_metric(metric, lg.view(len(m), batch, lg.shape[-1])).mean(-1)
+        if len(m)
+        else lg[:0, 0]
+        for lg, m in zip(logits, masks)
+    ]
 
 
-def _final_patched(w: Weights, target: dict[str, torch.Tensor],
-                   source: dict[str, torch.Tensor], m: torch.Tensor, component: str
-                   ) -> torch.Tensor:
+def _final_patched(
+    w: Weights,
+    target: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    m: torch.Tensor,
+    component: str,
+) -> torch.Tensor:
     """Label-position resid_post of the variants `m` patched in the final block."""
     last = w.n_layers - 1
     if component in AFTER_ATTENTION:  # only the label position matters (kept: _inert)
         return _finish_patched(w, last, target, source, m, component)[0]
     src = source[hook_name(component, last)]
     if component in ("q", "pattern"):  # at the label position only (kept: _inert)
-        return _final_block(w, target, m.new_zeros(len(m), 0, dtype=torch.long), len(m),
-                            hook=_patcher(m, src, component))
+        return _final_block(
+            w,
+            target,
+            m.new_zeros(len(m), 0, dtype=torch.long),
+            len(m),
+            hook=_patcher(m, src, component),
+        )
     # resid_pre, k or v: patched at the positions the masks touch, the target's elsewhere
     own = target[hook_name(component, last)]
     seq = own.shape[1]
@@ -371,8 +464,9 @@ def _final_patched(w: Weights, target: dict[str, torch.Tensor],
     if component == "resid_pre":
         return _final_block(w, target, pos, len(m), x_at=patched)
     other = _rows_at(target[hook_name("v" if component == "k" else "k", last)], pos, seq)
-    return _final_block(w, target, pos, len(m),
-                        kv_at=(patched, other) if component == "k" else (other, patched))
+    return _final_block(
+        w, target, pos, len(m), kv_at=(patched, other) if component == "k" else (other, patched)
+    )
 
 
 def _touched(masks: torch.Tensor, seq: int) -> torch.Tensor:
@@ -399,8 +493,7 @@ def _rows_at(t: torch.Tensor, pos: torch.Tensor, seq: int) -> torch.Tensor:
     return picked.view(len(t), n, k, *rest).transpose(0, 1).reshape(n * len(t), k, *rest)
 
 
-def _row_patcher(masks: torch.Tensor, src: torch.Tensor, pos: torch.Tensor,
-                 component: str) -> Hook:
+def _row_patcher(masks: torch.Tensor, src: torch.Tensor, pos: torch.Tensor, component: str) -> Hook:
     """Hook patching `component` in rows laid out as _rows_at does ([variant * batch, k, ...]
     at positions pos [variant, k]): the source src [batch, seq, ...] under the masks."""
     m = _at(masks, pos).repeat_interleave(len(src), 0)
@@ -408,6 +501,7 @@ def _row_patcher(masks: torch.Tensor, src: torch.Tensor, pos: torch.Tensor,
 
     def patch(name: str, act: torch.Tensor) -> torch.Tensor:
         return torch.where(m, s, act) if name == component else act
+
     return patch
 
 
@@ -428,10 +522,15 @@ def _put(t: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return t.scatter(2, pos.view(n, 1, -1, *ones).expand(new.shape), new)
 
 
-def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor, n: int,
-                 x_at: torch.Tensor | None = None,
-                 kv_at: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 hook: Hook = no_hook) -> torch.Tensor:
+def _final_block(
+    w: Weights,
+    target: dict[str, torch.Tensor],
+    pos: torch.Tensor,
+    n: int,
+    x_at: torch.Tensor | None = None,
+    kv_at: tuple[torch.Tensor, torch.Tensor] | None = None,
+    hook: Hook = no_hook,
+) -> torch.Tensor:
     """Label-position resid_post [variant * batch, 1, d] of n variants whose final block
     sees the target's keys and values except at positions pos [variant, k]. There the keys
     and values are new: from the block input x_at [variant * batch, k, d], or given as
@@ -450,7 +549,7 @@ def _final_block(w: Weights, target: dict[str, torch.Tensor], pos: torch.Tensor,
             x[label] = x_at[label, -1:]
             q[label] = heads(w, last, "q", a[label, -1:])
     q = hook("q", q)
-    scale = w.d_head ** 0.5
+    scale = w.d_head**0.5
     # Elementwise products, not matmuls: cheaper at these sizes.
     scores = ((q.view(n, batch, 1, w.n_heads, w.d_head) * k).sum(-1) / scale).transpose(2, 3)
     scores = scores.reshape(n * batch, w.n_heads, seq)
@@ -478,14 +577,22 @@ def _patcher(masks: torch.Tensor, src: torch.Tensor, component: str):
         s = src.narrow(axis, src.shape[axis] - act.shape[axis], act.shape[axis])
         new = n * len(src)
         fresh = torch.where(m[:, None], s, act[-new:].view(n, len(src), *act.shape[1:]))
-        return torch.cat([act[:-new], fresh.flatten(0, 1)]) if len(act) > new else \
-            fresh.flatten(0, 1)
+        return (
+            torch.cat([act[:-new], fresh.flatten(0, 1)]) if len(act) > new else fresh.flatten(0, 1)
+        )
+
     return patch
 
 
-def _finish_patched(w: Weights, layer: int, target: dict[str, torch.Tensor],
-                    source: dict[str, torch.Tensor], masks: torch.Tensor, component: str,
-                    sourced: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _finish_patched(
+    w: Weights,
+    layer: int,
+    target: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    masks: torch.Tensor,
+    component: str,
+    sourced: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """resid_post of each variant patching `component` (one of AFTER_ATTENTION) in `layer`
     at the positions it touches, [variant * batch, k, d], and those positions [variant, k]
     (the label position only in the final block): the block's tail there only, from the
@@ -493,8 +600,11 @@ def _finish_patched(w: Weights, layer: int, target: dict[str, torch.Tensor],
     Variants flagged `sourced` (see _sourced) take the source's resid_post there instead."""
     (batch, seq, d), n = target[hook_name("resid_pre", layer)].shape, len(masks)
     # only the label position matters in the final block (and was kept: _inert)
-    pos = (torch.full((n, 1), seq - 1, device=masks.device) if layer == w.n_layers - 1
-           else _touched(masks, seq))
+    pos = (
+        torch.full((n, 1), seq - 1, device=masks.device)
+        if layer == w.n_layers - 1
+        else _touched(masks, seq)
+    )
     if sourced is None or not sourced.any():
         return _tail_at(w, layer, target, source, masks, pos, component), pos
     post = _rows_at(source[hook_name("resid_pre", layer + 1)], pos, seq)
@@ -505,9 +615,15 @@ def _finish_patched(w: Weights, layer: int, target: dict[str, torch.Tensor],
     return post, pos
 
 
-def _tail_at(w: Weights, layer: int, target: dict[str, torch.Tensor],
-             source: dict[str, torch.Tensor], masks: torch.Tensor, pos: torch.Tensor,
-             component: str) -> torch.Tensor:
+def _tail_at(
+    w: Weights,
+    layer: int,
+    target: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    masks: torch.Tensor,
+    pos: torch.Tensor,
+    component: str,
+) -> torch.Tensor:
     """resid_post [variant * batch, k, d] at positions pos [variant, k] of the variants
     patching `component` (after attention) in `layer`, from the target's resid_pre and z."""
     resid = target[hook_name("resid_pre", layer)]
@@ -515,13 +631,27 @@ def _tail_at(w: Weights, layer: int, target: dict[str, torch.Tensor],
     patch = _row_patcher(masks, source[hook_name(component, layer)], pos, component)
     if component == "resid_post":  # the patched activation is the block's output
         return patch(component, _rows_at(target[hook_name(component, layer)], pos, seq))
-    return block_tail(w, layer, _rows_at(resid, pos, seq),
-                      patch("z", _rows_at(target[hook_name("z", layer)], pos, seq)), patch)
+    return block_tail(
+        w,
+        layer,
+        _rows_at(resid, pos, seq),
+        patch("z", _rows_at(target[hook_name("z", layer)], pos, seq)),
+        patch,
+    )
 
 
-def patch_all(model, clean, corrupted, metric, components=PATCHABLE, per_position=True,
-              direction="denoising", max_memory_mb=256, progress: Progress | None = None,
-              **labels) -> pd.DataFrame:
+def patch_all(
+    model,
+    clean,
+    corrupted,
+    metric,
+    components=PATCHABLE,
+    per_position=True,
+    direction="denoising",
+    max_memory_mb=256,
+    progress: Progress | None = None,
+    **labels,
+) -> pd.DataFrame:
     """One tidy table of several components' patching sweeps (skipping ones the model
     lacks), with a normalized column (0 = corrupted, 1 = clean)."""
     w = Weights.of(model)
@@ -529,13 +659,22 @@ def patch_all(model, clean, corrupted, metric, components=PATCHABLE, per_positio
     for component in tracked(components, progress, len(components), "patching"):
         if w.attn_only and component in MLP_COMPONENTS:
             continue
-        result = activation_patch(model, clean, corrupted, metric, component, per_position,
-                                  direction, max_memory_mb)
+        result = activation_patch(
+            model, clean, corrupted, metric, component, per_position, direction, max_memory_mb
+        )
         df = result.table(**labels)
         df["normalized"] = result.normalized().flatten().tolist()
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 
 
-__all__ = ["METRICS", "PATCHABLE", "Patched", "accuracy", "activation_patch",
-           "label_logprob", "logit_diff", "patch_all"]
+__all__ = [
+    "METRICS",
+    "PATCHABLE",
+    "Patched",
+    "accuracy",
+    "activation_patch",
+    "label_logprob",
+    "logit_diff",
+    "patch_all",
+]

@@ -111,7 +111,7 @@ def inject_probe(page: str) -> str:
     head = re.search(r"<head[^>]*>(\s*<meta\s+charset[^>]*>)?", page, re.IGNORECASE)
     if head is None:
         raise ValueError("the page has no <head> to put the probe in")
-    return page[:head.end()] + PROBE + page[head.end():]
+    return page[: head.end()] + PROBE + page[head.end() :]
 
 
 def render(html_path: str | Path, budget_ms: int = 10_000, timeout_s: float = 120) -> dict:
@@ -130,18 +130,32 @@ def render(html_path: str | Path, budget_ms: int = 10_000, timeout_s: float = 12
         copy = Path(tmp) / "page.html"
         copy.write_text(inject_probe(page), encoding="utf-8")
         profile = Path(tmp) / "profile"
-        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
-               f"--window-size={WINDOW[0]},{WINDOW[1]}",
-               f"--virtual-time-budget={budget_ms}", "--dump-dom", copy.as_uri()]
+        cmd = [
+            exe,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            f"--user-data-dir={profile}",
+            f"--window-size={WINDOW[0]},{WINDOW[1]}",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            copy.as_uri(),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         shutil.rmtree(profile, ignore_errors=True)
     found = re.search(r"<html[^>]*\s%s=\"([^\"]*)\"" % ATTRIBUTE, done.stdout)
     if found is None:
-        raise RuntimeError(f"{exe} dumped no probe result (exit code {done.returncode}): "
-                           f"{done.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"{exe} dumped no probe result (exit code {done.returncode}): "
+            f"{done.stderr.strip()[-2000:]}"
+        )
     result = json.loads(html.unescape(found.group(1)))
     if result["plots"] is None:
-        raise RuntimeError(f"the page did not finish loading within {budget_ms} ms of "
-                           f"virtual time; errors so far: {result['errors']}")
+        raise RuntimeError(
+            f"the page did not finish loading within {budget_ms} ms of "
+            f"virtual time; errors so far: {result['errors']}"
+        )
     return result

@@ -8,24 +8,50 @@ import zlib
 from initlens.analyses.cli import main
 from initlens.models import MixtureTask, ModelConfig, RunConfig, TrainConfig
 
-TINY_TASK = MixtureTask(keys=(21, 30), memory_anchors=(1, 2), reasoning_anchors=(11, 13),
-                        seq_len=5, samples_per_pair=30)
+TINY_TASK = MixtureTask(
+    keys=(21, 30), memory_anchors=(1, 2), reasoning_anchors=(11, 13), seq_len=5, samples_per_pair=30
+)
 
 
 def tiny_config(**train_fields) -> RunConfig:
-    fields = dict(steps=30, batch_size=32, eval_every=10, eval_size=64, n_checkpoints=3,
-                  warmup_steps=5)
+    fields = dict(
+        steps=30, batch_size=32, eval_every=10, eval_size=64, n_checkpoints=3, warmup_steps=5
+    )
     fields.update(train_fields)
-    return RunConfig(task=TINY_TASK,
-                     model=ModelConfig(gamma=0.5, n_layers=2, d_model=16, n_heads=2),
-                     train=TrainConfig(**fields))
+    return RunConfig(
+        task=TINY_TASK,
+        model=ModelConfig(gamma=0.5, n_layers=2, d_model=16, n_heads=2),
+        train=TrainConfig(**fields),
+    )
 
 
 # `probe` options for the same tiny run as tiny_config().
-TINY = ["--keys", "21,30", "--memory-anchors", "1,2", "--reasoning-anchors", "11,13",
-        "--seq-len", "5", "--samples-per-pair", "30", "--d-model", "16", "--steps", "30",
-        "--batch-size", "32", "--eval-every", "10", "--eval-size", "64",
-        "--n-checkpoints", "3", "--warmup-steps", "5"]
+TINY = [
+    "--keys",
+    "21,30",
+    "--memory-anchors",
+    "1,2",
+    "--reasoning-anchors",
+    "11,13",
+    "--seq-len",
+    "5",
+    "--samples-per-pair",
+    "30",
+    "--d-model",
+    "16",
+    "--steps",
+    "30",
+    "--batch-size",
+    "32",
+    "--eval-every",
+    "10",
+    "--eval-size",
+    "64",
+    "--n-checkpoints",
+    "3",
+    "--warmup-steps",
+    "5",
+]
 SMALL_ANALYSIS = ["--pairs", "32", "--probe-rows", "600", "--probe-targets", "task_type"]
 
 
@@ -52,8 +78,8 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     pos, idat, header = 8, b"", None
     while pos < len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
+        (length,), kind = struct.unpack(">I", data[pos : pos + 4]), data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
         pos += 12 + length
         if kind == b"IHDR":
             header = struct.unpack(">IIBBBBB", body)
@@ -65,7 +91,7 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     raw, stride, rows, prev = zlib.decompress(idat), width * bpp, [], bytes(width * bpp)
     for y in range(height):
         start = y * (stride + 1)
-        kind, line = raw[start], bytearray(raw[start + 1:start + 1 + stride])
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
         for i in range(stride):
             a = line[i - bpp] if i >= bpp else 0
             b, c = prev[i], prev[i - bpp] if i >= bpp else 0

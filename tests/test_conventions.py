@@ -35,15 +35,23 @@ CONVENTIONS = {
     "free d_head": {"n_heads": 2, "d_head": 150},
     "no final LN": {"final_ln": False},
     "post-LN with final LN": {"normalization": "post", "final_ln": True},
-    "composite preset": {"n_heads": 1, "d_head": 100, "d_mlp": 600, "normalization": "post",
-                         "final_ln": False, "biases": False, "act_fn": "relu"},
+    "composite preset": {
+        "n_heads": 1,
+        "d_head": 100,
+        "d_mlp": 600,
+        "normalization": "post",
+        "final_ln": False,
+        "biases": False,
+        "act_fn": "relu",
+    },
 }
 
 
 @pytest.mark.parametrize("convention", list(CONVENTIONS))
 def test_realized_init_std_is_the_target_for_every_parameter(convention):
-    cfg = RunConfig(task=MixtureTask.published(),
-                    model=ModelConfig(**{**WIDE, **CONVENTIONS[convention]}))
+    cfg = RunConfig(
+        task=MixtureTask.published(), model=ModelConfig(**{**WIDE, **CONVENTIONS[convention]})
+    )
     model = build_model(cfg, "cpu")
     rows = realized_init(model, cfg.model)
     assert {r["param"] for r in rows} == set(model.state_dict())
@@ -60,7 +68,9 @@ def test_realized_init_std_is_the_target_for_every_parameter(convention):
     assert d_in["pos_embed.weight"] == (64 if m.embed_fan_in == "vocab" else m.d_model)
     assert d_in["blocks.0.attn.o.weight"] == m.n_heads * m.head_dim
     assert tuple(model.state_dict()["blocks.0.attn.q.weight"].shape) == (
-        m.n_heads * m.head_dim, m.d_model)
+        m.n_heads * m.head_dim,
+        m.d_model,
+    )
     has_final = m.final_ln if m.final_ln is not None else m.normalization != "post"
     assert ("ln_final.weight" in d_in) == has_final
 
@@ -91,6 +101,7 @@ def test_an_old_run_directory_still_loads_with_its_old_init(tmp_path):
     del data["model"]["embed_fan_in"], data["model"]["biases"], data["model"]["final_ln"]
     (run.path / "config.json").write_text(json.dumps(data))
     from initlens.models.run import Run
+
     reopened = Run.open(run.path)
     assert reopened.config == cfg
     model = reopened.load_model(device="cpu")
@@ -101,35 +112,42 @@ def test_an_old_run_directory_still_loads_with_its_old_init(tmp_path):
 @pytest.mark.integration
 def test_biases_stay_exactly_zero_through_training(tmp_path):
     cfg = tiny_config(steps=8, decay="all", weight_decay=0.1).replace(
-        model={"biases": False, "d_head": 4})
+        model={"biases": False, "d_head": 4}
+    )
     run = train(cfg, tmp_path / "alone", progress=False)
-    [member] = train_ensemble([cfg.replace(train={"seed": 1})], [tmp_path / "ens"],
-                              progress=False)
+    [member] = train_ensemble([cfg.replace(train={"seed": 1})], [tmp_path / "ens"], progress=False)
     for r in (run, member):
         weights = r.load_model(device="cpu").state_dict()
-        biases = [n for n in weights if n.startswith("blocks.") and ".ln" not in n
-                  and n.endswith(".bias")]
+        biases = [
+            n for n in weights if n.startswith("blocks.") and ".ln" not in n and n.endswith(".bias")
+        ]
         assert len(biases) == 2 * 6
         for name in biases:
             assert torch.count_nonzero(weights[name]) == 0, name
-        assert not torch.equal(weights["blocks.0.attn.q.weight"],
-                               build_model(r.config, "cpu").state_dict()[
-                                   "blocks.0.attn.q.weight"])  # the rest trained
+        assert not torch.equal(
+            weights["blocks.0.attn.q.weight"],
+            build_model(r.config, "cpu").state_dict()["blocks.0.attn.q.weight"],
+        )  # the rest trained
 
 
 def test_weight_decay_on_all_parameters_or_matrices_only():
     model = build_model(tiny_config(), "cpu")
     params = list(model.parameters())
-    for decay, decayed in (("matrices", sum(p.ndim >= 2 for p in params)),
-                           ("all", len(params))):
+    for decay, decayed in (("matrices", sum(p.ndim >= 2 for p in params)), ("all", len(params))):
         groups = adamw(params, TrainConfig(decay=decay, weight_decay=0.3)).param_groups
         assert [len(g["params"]) for g in groups] == [decayed, len(params) - decayed]
         assert [g["weight_decay"] for g in groups] == [0.3, 0.0]
 
 
 def test_the_authors_schedule_and_inverse_sqrt():
-    tc = TrainConfig(lr=2e-4, steps=100, warmup_steps=10, min_lr_ratio=0.05,
-                     schedule="gradual_warmup", warmup_multiplier=20)
+    tc = TrainConfig(
+        lr=2e-4,
+        steps=100,
+        warmup_steps=10,
+        min_lr_ratio=0.05,
+        schedule="gradual_warmup",
+        warmup_multiplier=20,
+    )
     assert lr_at(0, tc) == pytest.approx(1e-5)  # lr / multiplier
     assert lr_at(5, tc) == pytest.approx(1e-5 + (2e-4 - 1e-5) * 0.5)
     assert lr_at(10, tc) == pytest.approx(2e-4)  # peak after warm-up
@@ -171,8 +189,9 @@ def test_each_preset_builds_a_valid_config_and_its_model(name):
         assert shapes[f"blocks.{layer}.attn.o.weight"] == (m.d_model, m.n_heads * m.head_dim)
         assert shapes[f"blocks.{layer}.mlp.in.weight"] == (m.mlp_dim, m.d_model)
     assert f"blocks.{m.n_layers}.attn.q.weight" not in shapes
-    assert ("ln_final.weight" in shapes) == (m.normalization not in ("post", "none")
-                                             if m.final_ln is None else m.final_ln)
+    assert ("ln_final.weight" in shapes) == (
+        m.normalization not in ("post", "none") if m.final_ln is None else m.final_ln
+    )
     frozen = [p for p in model.parameters() if not p.requires_grad]
     assert len(frozen) == (0 if m.biases else 6 * m.n_layers)
 
@@ -181,25 +200,43 @@ def test_the_composite_preset_is_the_papers_model():
     cfg = get_preset("neurips2024-composite").config
     m, tc = cfg.model, cfg.train
     assert (m.d_model, m.d_mlp, m.d_head, m.n_heads) == (400, 1200, 200, 1)
-    assert (m.normalization, m.final_ln, m.biases, m.embed_fan_in) == ("post", False, False,
-                                                                       "d_model")
-    assert (tc.batch_size, tc.schedule, tc.decay, tc.grad_clip) == (2048, "gradual_warmup",
-                                                                    "all", 1.0)
+    assert (m.normalization, m.final_ln, m.biases, m.embed_fan_in) == (
+        "post",
+        False,
+        False,
+        "d_model",
+    )
+    assert (tc.batch_size, tc.schedule, tc.decay, tc.grad_clip) == (
+        2048,
+        "gradual_warmup",
+        "all",
+        1.0,
+    )
     assert 1e-4 <= tc.lr <= 3e-4 and cfg.task.position_mod == 9
 
 
 def test_cli_preset_errors_are_one_line(capsys, tmp_path):
     out = tmp_path / "run"
-    assert_user_error(run_cli(capsys, "train", "--preset", "nope", "--out", out),
-                      r"unknown preset 'nope'; presets: icml2025-mixture, ")
+    assert_user_error(
+        run_cli(capsys, "train", "--preset", "nope", "--out", out),
+        r"unknown preset 'nope'; presets: icml2025-mixture, ",
+    )
     config = tmp_path / "c.json"
     config.write_text(RunConfig().to_json())
-    assert_user_error(run_cli(capsys, "train", "--preset", "nanda2023-grokking", "--config",
-                              config, "--out", out), "--preset and --config")
-    assert_user_error(run_cli(capsys, "study", "--preset", "neurips2024-composite",
-                              "--n-ctx", "5", "--out", out), "seq_len=9 exceeds .* n_ctx=5")
-    assert_user_error(run_cli(capsys, "sweep", "--preset", "nope", "--gammas", "0.3",
-                              "--out", out), "unknown preset")
+    assert_user_error(
+        run_cli(
+            capsys, "train", "--preset", "nanda2023-grokking", "--config", config, "--out", out
+        ),
+        "--preset and --config",
+    )
+    assert_user_error(
+        run_cli(capsys, "study", "--preset", "neurips2024-composite", "--n-ctx", "5", "--out", out),
+        "seq_len=9 exceeds .* n_ctx=5",
+    )
+    assert_user_error(
+        run_cli(capsys, "sweep", "--preset", "nope", "--gammas", "0.3", "--out", out),
+        "unknown preset",
+    )
     assert not out.exists()  # nothing trained
 
 
@@ -207,8 +244,19 @@ def test_cli_preset_errors_are_one_line(capsys, tmp_path):
 def test_cli_preset_records_the_overrides(capsys, tmp_path):
     out = tmp_path / "run"
     args = ["2" if before == "--steps" else a for before, a in zip([None, *TINY], TINY)]
-    code, stdout, err = run_cli(capsys, "train", "--preset", "icml2025-mixture", "--out", out,
-                                *args, "--d-mlp", "32", "--final-ln", "false")
+    code, stdout, err = run_cli(
+        capsys,
+        "train",
+        "--preset",
+        "icml2025-mixture",
+        "--out",
+        out,
+        *args,
+        "--d-mlp",
+        "32",
+        "--final-ln",
+        "false",
+    )
     assert code == 0, err
     record = json.loads((out / "preset.json").read_text())
     assert record["preset"] == "icml2025-mixture"
@@ -221,8 +269,14 @@ def test_cli_preset_records_the_overrides(capsys, tmp_path):
     assert saved.model.final_ln is False and saved.model.d_model == 16
     code, stdout, _ = run_cli(capsys, "info", out)
     assert "preset     icml2025-mixture (overrides: " in stdout
-    for shown in ("embed_fan_in=d_model", "biases=True", "final_ln=False",
-                  "schedule=gradual_warmup", "decay=all", "grad_clip=1.0"):
+    for shown in (
+        "embed_fan_in=d_model",
+        "biases=True",
+        "final_ln=False",
+        "schedule=gradual_warmup",
+        "decay=all",
+        "grad_clip=1.0",
+    ):
         assert shown in stdout, shown
     code, stdout, _ = run_cli(capsys, "presets")
     assert code == 0 and all(name in stdout for name in PRESETS)

@@ -16,14 +16,21 @@ DATA_SEED = 3
 SHIFTS = {1: 5, 2: 1, 3: -2, 4: -8}  # the composite rule, restated independently
 
 # (task, kind, source): every kind, and the memory source where it applies.
-CASES = [(MIX, "key", "reasoning"), (MIX, "key", "memory"), (MIX, "anchor", "reasoning"),
-         (MIX, "anchor", "memory"), (MIX, "reasoning_to_memory", "reasoning"),
-         (COMP, "key", "reasoning"), (COMP, "key", "memory"), (COMP, "anchor", "reasoning"),
-         (COMP, "anchor", "memory"), (COMP, "held_out_vs_twist", "reasoning")]
+CASES = [
+    (MIX, "key", "reasoning"),
+    (MIX, "key", "memory"),
+    (MIX, "anchor", "reasoning"),
+    (MIX, "anchor", "memory"),
+    (MIX, "reasoning_to_memory", "reasoning"),
+    (COMP, "key", "reasoning"),
+    (COMP, "key", "memory"),
+    (COMP, "anchor", "reasoning"),
+    (COMP, "anchor", "memory"),
+    (COMP, "held_out_vs_twist", "reasoning"),
+]
 IDS = [f"{t.name}-{k}-{s}" for t, k, s in CASES]
 # Offsets from the key position of the tokens each kind changes.
-CHANGED = {"key": (0,), "anchor": (2,), "reasoning_to_memory": (1, 2),
-           "held_out_vs_twist": (1, 2)}
+CHANGED = {"key": (0,), "anchor": (2,), "reasoning_to_memory": (1, 2), "held_out_vs_twist": (1, 2)}
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +41,12 @@ def data():
 @pytest.fixture(scope="module", params=CASES, ids=IDS)
 def case(request):
     task, kind, source = request.param
-    return task, kind, source, make_pairs(task, kind, n=200, seed=1, data_seed=DATA_SEED,
-                                          source=source)
+    return (
+        task,
+        kind,
+        source,
+        make_pairs(task, kind, n=200, seed=1, data_seed=DATA_SEED, source=source),
+    )
 
 
 def rule_label(task, key, a1, a2):
@@ -84,8 +95,9 @@ def test_labels_follow_the_task_rules_and_differ(case):
     task, _, _, p = case
     m = {c: p.meta[c].tolist() for c in p.meta}
     clean = [rule_label(task, *r) for r in zip(m["key"], m["a1"], m["a2"])]
-    cor = [rule_label(task, *r) for r in zip(m["corrupted_key"], m["corrupted_a1"],
-                                             m["corrupted_a2"])]
+    cor = [
+        rule_label(task, *r) for r in zip(m["corrupted_key"], m["corrupted_a1"], m["corrupted_a2"])
+    ]
     assert p.clean_label.tolist() == clean
     assert p.corrupted_label.tolist() == cor
     assert (p.clean_label != p.corrupted_label).all()
@@ -98,8 +110,12 @@ def test_clean_rows_come_from_the_right_training_group(case, data):
     if kind == "held_out_vs_twist":
         assert (p.meta["task_type"] == "held_out").all() and pairs == {(4, 3)}
         return
-    expected = {("mixture", "reasoning"): "reasoning", ("mixture", "memory"): "memory",
-                ("composite", "reasoning"): "compose", ("composite", "memory"): "twist"}
+    expected = {
+        ("mixture", "reasoning"): "reasoning",
+        ("mixture", "memory"): "memory",
+        ("composite", "reasoning"): "compose",
+        ("composite", "memory"): "twist",
+    }
     assert (p.meta["task_type"] == expected[task.name, source]).all()
     assert (split == "train").all()
     held = set(task.held_out) if task.name == "mixture" else {task.held_out}
@@ -120,8 +136,13 @@ def test_each_kind_changes_what_it_says(case):
             assert (m["corrupted_key"] % (task.seq_len - 2) != m["key_pos"]).all()
     elif kind == "anchor":
         assert same["key"].all() and same["a1"].all() and not same["a2"].any()
-        lo, hi = ((1, 4) if task.name == "composite" else
-                  task.memory_anchors if source == "memory" else task.reasoning_anchors)
+        lo, hi = (
+            (1, 4)
+            if task.name == "composite"
+            else task.memory_anchors
+            if source == "memory"
+            else task.reasoning_anchors
+        )
         assert ((m["corrupted_a2"] >= lo) & (m["corrupted_a2"] <= hi)).all()
         used = set(m["a2"].tolist()) | set(m["corrupted_a2"].tolist())
         assert used == set(range(lo, hi + 1))  # every anchor of the type can appear
@@ -206,5 +227,6 @@ def test_corruption_that_cannot_change_the_label_is_a_user_error():
     with pytest.raises(UserError, match="changes the label"):
         make_pairs(task, "held_out_vs_twist", n=4)
     with pytest.raises(UserError, match="at least two"):
-        make_pairs(MixtureTask(memory_anchors=(1, 1), samples_per_pair=5), "anchor",
-                   source="memory")
+        make_pairs(
+            MixtureTask(memory_anchors=(1, 1), samples_per_pair=5), "anchor", source="memory"
+        )

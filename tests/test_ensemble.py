@@ -5,7 +5,7 @@ import torch
 
 import initlens.models.ensemble as ensemble
 from helpers import tiny_config
-from initlens.models import Run, UserError, train
+from initlens.models import UserError, train
 from initlens.models.checkpoint import load_tensors
 from initlens.models.ensemble import train_ensemble
 
@@ -19,8 +19,9 @@ NO_GRADIENT = "attn.k.bias"
 
 
 def _cfgs(steps=25):
-    return [tiny_config(steps=steps).replace(model={"gamma": g}, train={"seed": s})
-            for g, s in MEMBERS]
+    return [
+        tiny_config(steps=steps).replace(model={"gamma": g}, train={"seed": s}) for g, s in MEMBERS
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +45,9 @@ def test_each_member_equals_a_model_trained_alone(members):
             wa, wb = a.state_dict(), b.state_dict()
             for name in wb:
                 if not name.endswith(NO_GRADIENT):
-                    torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4,
-                                               msg=name)
+                    torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4, msg=name)
             with torch.no_grad():
-                torch.testing.assert_close(a(tokens)[:, -1], b(tokens)[:, -1], atol=1e-4,
-                                           rtol=1e-4)
+                torch.testing.assert_close(a(tokens)[:, -1], b(tokens)[:, -1], atol=1e-4, rtol=1e-4)
         ma, mb = run.metrics(), ref.metrics()
         assert list(ma.step) == list(mb.step) and list(ma.metric) == list(mb.metric)
         assert (ma.value - mb.value).abs().max() < 1e-4
@@ -60,8 +59,7 @@ def test_one_member_per_pass_trains_the_same(members, tmp_path, monkeypatch):
     monkeypatch.setattr(ensemble, "CPU_FLOATS_PER_PASS", 1)
     runs, _ = members
     cfgs = _cfgs()
-    again = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(len(cfgs))],
-                           progress=False)
+    again = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(len(cfgs))], progress=False)
     for a, b in zip(again, runs):
         wa = a.load_model(device="cpu").state_dict()
         wb = b.load_model(device="cpu").state_dict()
@@ -100,9 +98,12 @@ def test_failed_member_is_isolated(tmp_path, monkeypatch):
     assert states[1]["diverged"] is True and not runs[1].checkpoint_steps()  # NaN at init
     assert states[0]["state"] == states[2]["state"] == "done"
     ref = train(cfgs[2], tmp_path / "alone", progress=False)
-    torch.testing.assert_close(runs[2].load_model(device="cpu").state_dict()["embed.weight"],
-                               ref.load_model(device="cpu").state_dict()["embed.weight"],
-                               atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        runs[2].load_model(device="cpu").state_dict()["embed.weight"],
+        ref.load_model(device="cpu").state_dict()["embed.weight"],
+        atol=2e-5,
+        rtol=1e-4,
+    )
 
 
 def test_members_must_share_everything_but_gamma_and_seed(tmp_path):
@@ -127,6 +128,5 @@ def test_members_with_one_batch_seed_share_batches(tmp_path, monkeypatch):
     assert set(used) == {7}
     ref = train(cfgs[1], tmp_path / "alone", progress=False)  # seed 1, batches of seed 7
     assert (runs[1].metrics().value - ref.metrics().value).abs().max() < 1e-4
-    other = train(cfgs[1].replace(train={"batch_seed": None}), tmp_path / "own",
-                  progress=False)
+    other = train(cfgs[1].replace(train={"batch_seed": None}), tmp_path / "own", progress=False)
     assert (other.metrics().value - ref.metrics().value).abs().max() > 1e-3

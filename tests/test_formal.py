@@ -8,13 +8,13 @@ import pytest
 import torch
 
 import initlens.analyses.studies.sweep as sweep_module
+from helpers import assert_user_error, run_cli
 from initlens.analyses.studies.phase import default_value
 from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError, train
 from initlens.models.evaluate import evaluate, greedy_complete, make_eval_set, next_token_loss
 from initlens.models.tasks import FormalTask, dataset_arrays
 from initlens.models.tasks.base import EOS, PAD
 from initlens.models.tasks.formal import RULES
-from helpers import assert_user_error, run_cli
 
 LANGUAGES = ("anbn", "anbncn", "dyck", "regular")
 
@@ -29,18 +29,21 @@ def test_strings_are_valid_and_encoded(language):
     assert all(task.valid(s) and len(s) <= 12 for s in strings)
     assert len({len(s) for s in strings}) >= 3  # lengths spread, not one
     for t, s in zip(rows["tokens"].tolist(), strings):  # BOS string EOS PAD...
-        assert t[0] == 1 and t[1 + len(s)] == EOS and set(t[2 + len(s):]) <= {PAD}
+        assert t[0] == 1 and t[1 + len(s)] == EOS and set(t[2 + len(s) :]) <= {PAD}
         assert task.encode(s) == t
     again = dataset_arrays(task.generate(0))["tokens"]
     assert (again == rows["tokens"]).all()
 
 
-@pytest.mark.parametrize("language, valid, broken_rule1, broken_rule2", [
-    ("anbn", ["ab", "aaabbb"], ["ba", "abab"], ["aab", "a"]),
-    ("anbncn", ["abc", "aabbcc"], ["acb", "abcabc"], ["aabc", "ab"]),
-    ("dyck", ["()", "([])[]"], ["(]", ")(", "([)]"], ["((", "(()"]),
-    ("regular", ["b", "baab", "bbaa"], ["ab", "aab"], ["ba", "bbba"]),
-])
+@pytest.mark.parametrize(
+    "language, valid, broken_rule1, broken_rule2",
+    [
+        ("anbn", ["ab", "aaabbb"], ["ba", "abab"], ["aab", "a"]),
+        ("anbncn", ["abc", "aabbcc"], ["acb", "abcabc"], ["aabc", "ab"]),
+        ("dyck", ["()", "([])[]"], ["(]", ")(", "([)]"], ["((", "(()"]),
+        ("regular", ["b", "baab", "bbaa"], ["ab", "aab"], ["ba", "bbba"]),
+    ],
+)
 def test_the_two_rules(language, valid, broken_rule1, broken_rule2):
     rule1, rule2 = RULES[language]
     task = FormalTask(language=language)
@@ -56,18 +59,22 @@ def test_prompt_sets(language):
     sets = task.prompt_sets(rows)
     rule1 = RULES[language][0]
     ood = [task.decode(p[1:]) for p in sets["ood_prompts"].tolist()]
-    every = ["".join(p) for p in itertools.product(task.symbols, repeat=3)
-             if not rule1("".join(p))]
+    every = ["".join(p) for p in itertools.product(task.symbols, repeat=3) if not rule1("".join(p))]
     assert ood == every  # all of them (fewer than the cap at length 3)
     strings = {task.decode(t[1:]) for t in rows["tokens"].tolist()}
     for p in sets["id_prompts"].tolist():
-        assert p[0] == 1 and any(s.startswith(task.decode(p[1:])) and len(s) > 3
-                                 for s in strings)
+        assert p[0] == 1 and any(s.startswith(task.decode(p[1:])) and len(s) > 3 for s in strings)
 
 
-@pytest.mark.parametrize("options, pattern", [
-    (dict(language="xyz"), "unknown language 'xyz'"), (dict(max_len=3), "max_len=3"),
-    (dict(prompt_len=16), "prompt_len=16"), (dict(test_fraction=1.0), "test_fraction")])
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        (dict(language="xyz"), "unknown language 'xyz'"),
+        (dict(max_len=3), "max_len=3"),
+        (dict(prompt_len=16), "prompt_len=16"),
+        (dict(test_fraction=1.0), "test_fraction"),
+    ],
+)
 def test_options_that_cannot_produce_data(options, pattern):
     with pytest.raises(UserError, match=pattern):
         FormalTask(**options).validate()
@@ -77,8 +84,10 @@ def test_lengths_beyond_the_context_and_cli_errors(capsys, tmp_path):
     cfg = RunConfig(task=FormalTask(max_len=16), model=ModelConfig(n_ctx=10))
     with pytest.raises(UserError, match="needs 18 positions"):
         cfg.validate()
-    assert_user_error(run_cli(capsys, "train", "--task", "formal", "--language", "xyz",
-                              "--out", tmp_path / "r"), "unknown language 'xyz'")
+    assert_user_error(
+        run_cli(capsys, "train", "--task", "formal", "--language", "xyz", "--out", tmp_path / "r"),
+        "unknown language 'xyz'",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -101,8 +110,7 @@ class Always(torch.nn.Module):
         self.token, self.vocab = token, vocab
 
     def forward(self, tokens):
-        return torch.nn.functional.one_hot(torch.full(tokens.shape, self.token),
-                                           self.vocab).float()
+        return torch.nn.functional.one_hot(torch.full(tokens.shape, self.token), self.vocab).float()
 
 
 def test_greedy_completion_and_its_scores():
@@ -117,22 +125,34 @@ def test_greedy_completion_and_its_scores():
     ood = [task.decode(p[1:]) for p in prompts.tolist()]
     scores = evaluate(Always(EOS, task.vocab_size), task, data)
     assert scores[("ood_prompts", "rule_extrapolation")] == np.mean(
-        [s.count("a") % 2 == 0 for s in ood])
+        [s.count("a") % 2 == 0 for s in ood]
+    )
     ids = [task.decode(p[1:]) for p in data.prompts["id_prompts"].tolist()]
     assert scores[("id_prompts", "accuracy")] == np.mean([task.valid(s) for s in ids])
     # Always "b": completions append b's up to max_len, which changes no a count.
     b = 3 + task.symbols.index("b")
     scores_b = evaluate(Always(b, task.vocab_size), task, data)
-    assert scores_b[("ood_prompts", "rule_extrapolation")] == \
-        scores[("ood_prompts", "rule_extrapolation")]
+    assert (
+        scores_b[("ood_prompts", "rule_extrapolation")]
+        == scores[("ood_prompts", "rule_extrapolation")]
+    )
     assert {("train_strings", "loss"), ("test_strings", "accuracy")} <= set(scores)
 
 
 def _base(steps=40):
-    return RunConfig(task=FormalTask(language="anbn", max_len=12, samples=200),
-                     model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
-                     train=TrainConfig(steps=steps, batch_size=32, lr=3e-3, warmup_steps=4,
-                                       eval_every=10, eval_size=100, n_checkpoints=2))
+    return RunConfig(
+        task=FormalTask(language="anbn", max_len=12, samples=200),
+        model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=32,
+            lr=3e-3,
+            warmup_steps=4,
+            eval_every=10,
+            eval_size=100,
+            n_checkpoints=2,
+        ),
+    )
 
 
 @pytest.mark.integration

@@ -7,35 +7,56 @@ import pytest
 import torch
 
 from initlens.models import MixtureTask, ModelConfig, RunConfig, build_model
-from initlens.models.forward import Weights, embed, run_with_cache, unembed, block
+from initlens.models.forward import Weights, block, embed, run_with_cache, unembed
 from test_patching_realistic import randomize_vectors
-
 
 # The published conventions: free d_head, no biases, the final LayerNorm on or off.
 CONVENTION_SHAPES = [
-    ModelConfig(n_layers=2, d_model=32, n_heads=1, d_head=16, normalization="post",
-                biases=False, final_ln=False),
+    ModelConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=1,
+        d_head=16,
+        normalization="post",
+        biases=False,
+        final_ln=False,
+    ),
     ModelConfig(n_layers=2, d_model=24, n_heads=3, d_head=12, final_ln=False),
-    ModelConfig(n_layers=1, d_model=32, n_heads=2, d_head=8, normalization="post",
-                final_ln=True, biases=False, embed_fan_in="vocab"),
+    ModelConfig(
+        n_layers=1,
+        d_model=32,
+        n_heads=2,
+        d_head=8,
+        normalization="post",
+        final_ln=True,
+        biases=False,
+        embed_fan_in="vocab",
+    ),
 ]
 
 
-@pytest.mark.parametrize("model_cfg", [
-    ModelConfig(n_layers=3, d_model=32, n_heads=2),
-    ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
-    ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0, gamma=0.3),
-    ModelConfig(n_layers=4, d_model=48, n_heads=3, act_fn="gelu"),
-    *[ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization=n, d_mlp=d_mlp)
-      for n in ("post", "attn", "mlp", "qk", "v") for d_mlp in (None, 0)
-      if not (n == "mlp" and d_mlp == 0)],
-    *CONVENTION_SHAPES,
-])
+@pytest.mark.parametrize(
+    "model_cfg",
+    [
+        ModelConfig(n_layers=3, d_model=32, n_heads=2),
+        ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
+        ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0, gamma=0.3),
+        ModelConfig(n_layers=4, d_model=48, n_heads=3, act_fn="gelu"),
+        *[
+            ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization=n, d_mlp=d_mlp)
+            for n in ("post", "attn", "mlp", "qk", "v")
+            for d_mlp in (None, 0)
+            if not (n == "mlp" and d_mlp == 0)
+        ],
+        *CONVENTION_SHAPES,
+    ],
+)
 def test_every_hook_matches_the_bridge(model_cfg):
     cfg = RunConfig(task=MixtureTask(seq_len=7), model=model_cfg)
     model = build_model(cfg, "cpu")
-    tokens = torch.randint(0, cfg.task.vocab_size, (5, 7), generator=torch.Generator()
-                           .manual_seed(0))
+    tokens = torch.randint(
+        0, cfg.task.vocab_size, (5, 7), generator=torch.Generator().manual_seed(0)
+    )
     ref_logits, ref = model.run_with_cache(tokens)
     w = Weights.of(model)
     logits, cache = run_with_cache(w, tokens)
@@ -64,21 +85,28 @@ def test_weights_follow_the_model():
     assert Weights.of(model)["embed.weight"].dtype == torch.float64
 
 
-@pytest.mark.parametrize("model_cfg", [
-    ModelConfig(n_layers=2, d_model=32, n_heads=2),
-    ModelConfig(n_layers=3, d_model=24, n_heads=3, act_fn="gelu"),
-    ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
-    *[ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization=n, d_mlp=d_mlp)
-      for n in ("post", "attn", "mlp", "qk", "v") for d_mlp in (None, 0)
-      if not (n == "mlp" and d_mlp == 0)],
-    *CONVENTION_SHAPES,
-])
+@pytest.mark.parametrize(
+    "model_cfg",
+    [
+        ModelConfig(n_layers=2, d_model=32, n_heads=2),
+        ModelConfig(n_layers=3, d_model=24, n_heads=3, act_fn="gelu"),
+        ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
+        *[
+            ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization=n, d_mlp=d_mlp)
+            for n in ("post", "attn", "mlp", "qk", "v")
+            for d_mlp in (None, 0)
+            if not (n == "mlp" and d_mlp == 0)
+        ],
+        *CONVENTION_SHAPES,
+    ],
+)
 def test_every_hook_matches_the_bridge_with_random_biases(model_cfg):
     """Random biases and LayerNorm parameters: a bias the forward dropped shows here."""
     cfg = RunConfig(task=MixtureTask(seq_len=7), model=model_cfg)
     model = randomize_vectors(build_model(cfg, "cpu"), seed=1)
-    tokens = torch.randint(0, cfg.task.vocab_size, (5, 7), generator=torch.Generator()
-                           .manual_seed(1))
+    tokens = torch.randint(
+        0, cfg.task.vocab_size, (5, 7), generator=torch.Generator().manual_seed(1)
+    )
     assert_matches_the_bridge(model, tokens)
 
 

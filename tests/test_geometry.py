@@ -6,12 +6,25 @@ import pytest
 import torch
 
 from initlens.models import CompositeTask, UserError
-from initlens.probes.geometry import (GEOMETRY_COLUMNS, attention_entropy, components_for_variance,
-                                      condensation, cosine_matrix, distinguishability,
-                                      effective_rank, geometry_metrics, information_flow,
-                                      linear_cka, mean_activations, participation_ratio, pca,
-                                      relative_weight_change, token_embeddings, token_roles,
-                                      weight_change_table)
+from initlens.probes.geometry import (
+    GEOMETRY_COLUMNS,
+    attention_entropy,
+    components_for_variance,
+    condensation,
+    cosine_matrix,
+    distinguishability,
+    effective_rank,
+    geometry_metrics,
+    information_flow,
+    linear_cka,
+    mean_activations,
+    participation_ratio,
+    pca,
+    relative_weight_change,
+    token_embeddings,
+    token_roles,
+    weight_change_table,
+)
 
 
 def gen(seed=0):
@@ -66,8 +79,10 @@ def test_cosine_matrix_of_known_vectors():
     X = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     C = cosine_matrix(X)
     s = 1 / math.sqrt(2)
-    expected = torch.tensor([[1, 0, -1, s, 0], [0, 1, 0, s, 0], [-1, 0, 1, -s, 0],
-                             [s, s, -s, 1, 0], [0, 0, 0, 0, 0]], dtype=torch.float64)
+    expected = torch.tensor(
+        [[1, 0, -1, s, 0], [0, 1, 0, s, 0], [-1, 0, 1, -s, 0], [s, s, -s, 1, 0], [0, 0, 0, 0, 0]],
+        dtype=torch.float64,
+    )
     torch.testing.assert_close(C, expected)
 
 
@@ -166,8 +181,11 @@ def test_model_level_helpers_and_table(tiny_run):
     model, model_0 = tiny_run.load_model(), tiny_run.load_model(0)
     task = tiny_run.config.task
     roles = token_roles(task)
-    assert roles == {"key": list(range(21, 31)), "memory_anchor": [1, 2],
-                     "reasoning_anchor": [11, 12, 13]}
+    assert roles == {
+        "key": list(range(21, 31)),
+        "memory_anchor": [1, 2],
+        "reasoning_anchor": [11, 12, 13],
+    }
     E = token_embeddings(model, roles["reasoning_anchor"])
     torch.testing.assert_close(E, model.state_dict()["embed.weight"][11:14].double())
 
@@ -184,9 +202,17 @@ def test_model_level_helpers_and_table(tiny_run):
     assert tuple(table.columns) == GEOMETRY_COLUMNS
     assert table["value"].notna().all()
     metrics = set(table["metric"])
-    assert {"effective_rank", "participation_ratio", "within_cosine", "between_cosine",
-            "separability", "order_correlation", "n_directions", "attention_entropy",
-            "information_flow"} <= metrics
+    assert {
+        "effective_rank",
+        "participation_ratio",
+        "within_cosine",
+        "between_cosine",
+        "separability",
+        "order_correlation",
+        "n_directions",
+        "attention_entropy",
+        "information_flow",
+    } <= metrics
     entropy = table[table.metric == "attention_entropy"]
     assert len(entropy) == model.cfg.n_layers * model.cfg.n_heads
     assert (entropy.value <= math.log(task.seq_len) + 1e-9).all()
@@ -210,8 +236,9 @@ def test_components_for_variance_matches_sklearn_pca(fraction):
     from sklearn.decomposition import PCA
 
     g = torch.Generator().manual_seed(3)
-    X = torch.randn(200, 12, generator=g, dtype=torch.float64) * torch.logspace(0, -1.5, 12,
-                                                                              dtype=torch.float64)
+    X = torch.randn(200, 12, generator=g, dtype=torch.float64) * torch.logspace(
+        0, -1.5, 12, dtype=torch.float64
+    )
     expected = PCA(n_components=fraction, svd_solver="full").fit(X.numpy()).n_components_
     assert components_for_variance(X, fraction) == expected
     assert components_for_variance(torch.zeros(5, 3)) == 0

@@ -26,8 +26,7 @@ def test_readout_scale_scales_the_unembedding_alone():
 def test_low_rank_init_has_the_rank_and_the_std():
     cfg = tiny_config().replace(model={"init_rank": 2})
     weights, full = _weights(cfg), _weights(tiny_config())
-    matrices = [n for n, w in weights.items()
-                if target_std(n, tuple(w.shape), cfg.model) > 0]
+    matrices = [n for n, w in weights.items() if target_std(n, tuple(w.shape), cfg.model) > 0]
     assert len(matrices) >= 8
     for name in matrices:
         w = weights[name]
@@ -46,8 +45,10 @@ def test_invalid_knobs_are_rejected(field, value):
 
 @pytest.mark.integration
 def test_ensembles_mix_init_knobs_and_match_runs_alone(tmp_path):
-    cfgs = [tiny_config(steps=12).replace(model=m) for m in
-            ({"init_rank": 2}, {"readout_scale": 0.2}, {"gamma": 0.8})]
+    cfgs = [
+        tiny_config(steps=12).replace(model=m)
+        for m in ({"init_rank": 2}, {"readout_scale": 0.2}, {"gamma": 0.8})
+    ]
     runs = train_ensemble(cfgs, [tmp_path / f"m{i}" for i in range(3)], progress=False)
     for i, (cfg, run) in enumerate(zip(cfgs, runs)):
         alone = train(cfg, tmp_path / f"alone{i}", progress=False)

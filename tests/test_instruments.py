@@ -15,9 +15,14 @@ from initlens.models.checkpoint import read_json
 
 def _norms(context):
     """A toy instrument: the embedding norm at each stage checkpoint."""
-    rows = [{"run": context.run.name, "step": step,
-             "value": float(context.run.load_model(step, "cpu").W_E.detach().norm())}
-            for step in context.stages]
+    rows = [
+        {
+            "run": context.run.name,
+            "step": step,
+            "value": float(context.run.load_model(step, "cpu").W_E.detach().norm()),
+        }
+        for step in context.stages
+    ]
     return Measured({"embedding_norm": pd.DataFrame(rows)})
 
 
@@ -25,10 +30,15 @@ def _section(doc, runs, tables):
     doc.add("<h2>How large are the embeddings?</h2>")
 
 
-TOY = Instrument(name="embedding_norm", description="the embedding's Frobenius norm",
-                 needs=frozenset({"weights", "checkpoints"}),
-                 tables={"embedding_norm": ("run", "step", "value")}, measure=_norms,
-                 section=_section, default=False)
+TOY = Instrument(
+    name="embedding_norm",
+    description="the embedding's Frobenius norm",
+    needs=frozenset({"weights", "checkpoints"}),
+    tables={"embedding_norm": ("run", "step", "value")},
+    measure=_norms,
+    section=_section,
+    default=False,
+)
 
 
 @pytest.fixture
@@ -49,8 +59,10 @@ def test_a_registered_instrument_reaches_analysis_report_and_cli(toy, tiny_run, 
     with pytest.raises(SystemExit) as done:
         main(["instruments"])
     assert done.value.code == 0
-    assert "embedding_norm (opt-in: --instruments): the embedding's Frobenius norm" in \
-        capsys.readouterr().out
+    assert (
+        "embedding_norm (opt-in: --instruments): the embedding's Frobenius norm"
+        in capsys.readouterr().out
+    )
 
 
 def test_unknown_instruments_are_refused():

@@ -39,31 +39,47 @@ def test_every_placement_is_a_config_choice():
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 def test_layernorm_parameters_are_the_placements_slots(normalization):
     names = {n.split(".")[-2] for n in _model(normalization).state_dict()} & {
-        "ln1", "ln2", "ln_final"}
+        "ln1",
+        "ln2",
+        "ln_final",
+    }
     assert names == set(PLACEMENTS[normalization][0])
 
 
-@pytest.mark.parametrize("normalization, pattern_invariant, v_invariant", [
-    ("LN", True, True), ("qk", True, False), ("v", False, True), ("none", False, False),
-    ("mlp", False, False)])
+@pytest.mark.parametrize(
+    "normalization, pattern_invariant, v_invariant",
+    [
+        ("LN", True, True),
+        ("qk", True, False),
+        ("v", False, True),
+        ("none", False, False),
+        ("mlp", False, False),
+    ],
+)
 def test_what_the_first_layernorm_normalizes(normalization, pattern_invariant, v_invariant):
     """LayerNorm is scale-invariant: scaling resid_pre leaves what it normalizes unchanged."""
     model = _model(normalization)
     one, three = _cache_scaled(model, 1.0), _cache_scaled(model, 3.0)
-    for hook, invariant in (("blocks.0.attn.hook_pattern", pattern_invariant),
-                            ("blocks.0.attn.hook_v", v_invariant)):
+    for hook, invariant in (
+        ("blocks.0.attn.hook_pattern", pattern_invariant),
+        ("blocks.0.attn.hook_v", v_invariant),
+    ):
         same = torch.allclose(one[hook], three[hook], atol=1e-4)
         assert same == invariant, hook
 
 
 def test_post_ln_normalizes_the_stream_after_each_sublayer():
     cache = _cache_scaled(_model("post"), 1.0)
-    for hook in ("blocks.0.hook_resid_mid", "blocks.0.hook_resid_post",
-                 "blocks.1.hook_resid_post"):  # LayerNorm at init: weight 1, bias 0
+    for hook in (
+        "blocks.0.hook_resid_mid",
+        "blocks.0.hook_resid_post",
+        "blocks.1.hook_resid_post",
+    ):  # LayerNorm at init: weight 1, bias 0
         x = cache[hook]
         torch.testing.assert_close(x.mean(-1), torch.zeros(x.shape[:2]), atol=1e-5, rtol=0)
-        torch.testing.assert_close(x.var(-1, unbiased=False), torch.ones(x.shape[:2]),
-                                   atol=1e-3, rtol=0)
+        torch.testing.assert_close(
+            x.var(-1, unbiased=False), torch.ones(x.shape[:2]), atol=1e-3, rtol=0
+        )
     pre = cache["blocks.0.hook_resid_pre"]  # the embedding: not normalized
     assert (pre.var(-1, unbiased=False) - 1).abs().max() > 0.1
 

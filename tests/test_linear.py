@@ -8,14 +8,41 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from initlens.models import CompositeTask, MixtureTask, ModelConfig, RunConfig, UserError, build_model
-from initlens.models.tasks.base import dataset_arrays
+from initlens.models import (
+    CompositeTask,
+    MixtureTask,
+    ModelConfig,
+    RunConfig,
+    UserError,
+    build_model,
+)
 from initlens.models.forward import Weights, run_with_cache
-from initlens.probes.linear import (TARGETS, LinearProbe, control_labels, fit_probes, holdout_mask,
-                           probe_model, target_values)
+from initlens.models.tasks.base import dataset_arrays
+from initlens.probes.linear import (
+    TARGETS,
+    LinearProbe,
+    control_labels,
+    fit_probes,
+    holdout_mask,
+    probe_model,
+    target_values,
+)
 
-COLUMNS = ["hook", "component", "layer", "position", "target", "accuracy", "control_accuracy",
-           "selectivity", "train_accuracy", "n_train", "n_test", "n_classes", "converged"]
+COLUMNS = [
+    "hook",
+    "component",
+    "layer",
+    "position",
+    "target",
+    "accuracy",
+    "control_accuracy",
+    "selectivity",
+    "train_accuracy",
+    "n_train",
+    "n_test",
+    "n_classes",
+    "converged",
+]
 
 
 def clusters(n=1500, d=10, k=6, spread=1.6, seed=0):
@@ -82,7 +109,7 @@ def test_batched_fit_equals_separate_fits():
     batched = fit_probes(X, y, train, C=0.3, max_iter=300)
     assert batched.converged.all()
     for i in range(3):
-        alone = fit_probes(X[i:i + 1], y[i], train, C=0.3, max_iter=300)
+        alone = fit_probes(X[i : i + 1], y[i], train, C=0.3, max_iter=300)
         assert torch.allclose(batched.weight[i], alone.weight[0], atol=2e-3)
         assert batched.accuracy[i] == alone.accuracy[0]
         assert batched.train_accuracy[i] == alone.train_accuracy[0]
@@ -122,27 +149,61 @@ def test_selectivity_is_near_zero_on_random_activations():
     y = torch.as_tensor(rng.integers(0, 4, n))
     ctrl = torch.as_tensor(control_labels(tokens, y.numpy(), np.ones(n, bool)))
     X = torch.randn(1, n, 16, generator=torch.Generator().manual_seed(0))
-    fit = fit_probes(X.expand(2, n, 16), torch.stack([y, ctrl]),
-                     torch.as_tensor(holdout_mask(n, 0.3, seed=0)))
+    fit = fit_probes(
+        X.expand(2, n, 16), torch.stack([y, ctrl]), torch.as_tensor(holdout_mask(n, 0.3, seed=0))
+    )
     assert abs(fit.accuracy[0] - fit.accuracy[1]) < 0.05
 
 
-MIX = dict(tokens=np.array([[21, 11, 12], [30, 2, 1], [40, 13, 14]]),
-           key=np.array([21, 30, 40]), a1=np.array([11, 2, 13]), a2=np.array([12, 1, 14]),
-           label=np.array([44, 25, 67]), task_type=np.array(["reasoning", "memory", "reasoning"]))
-COMP = dict(tokens=np.zeros((3, 4), int), key=np.array([20, 50, 40]), a1=np.array([1, 3, 4]),
-            a2=np.array([2, 4, 3]), label=np.array([26, 44, 30]),
-            task_type=np.array(["compose", "twist", "held_out"]))
+MIX = dict(
+    tokens=np.array([[21, 11, 12], [30, 2, 1], [40, 13, 14]]),
+    key=np.array([21, 30, 40]),
+    a1=np.array([11, 2, 13]),
+    a2=np.array([12, 1, 14]),
+    label=np.array([44, 25, 67]),
+    task_type=np.array(["reasoning", "memory", "reasoning"]),
+)
+COMP = dict(
+    tokens=np.zeros((3, 4), int),
+    key=np.array([20, 50, 40]),
+    a1=np.array([1, 3, 4]),
+    a2=np.array([2, 4, 3]),
+    label=np.array([26, 44, 30]),
+    task_type=np.array(["compose", "twist", "held_out"]),
+)
 
 
-@pytest.mark.parametrize("rows, task, expected", [
-    (MIX, MixtureTask(), dict(key=[21, 30, 40], a1=[11, 2, 13], a2=[12, 1, 14],
-                              label=[44, 25, 67], intermediate=[32, None, 53],
-                              task_type=[1, 0, 1], memorized=[0, 1, 0])),
-    (COMP, CompositeTask(), dict(key=[20, 50, 40], a1=[1, 3, 4], a2=[2, 4, 3],
-                                 label=[26, 44, 30], intermediate=[25, None, 32],
-                                 task_type=[0, 1, 2], memorized=[0, 1, 0])),
-])
+@pytest.mark.parametrize(
+    "rows, task, expected",
+    [
+        (
+            MIX,
+            MixtureTask(),
+            dict(
+                key=[21, 30, 40],
+                a1=[11, 2, 13],
+                a2=[12, 1, 14],
+                label=[44, 25, 67],
+                intermediate=[32, None, 53],
+                task_type=[1, 0, 1],
+                memorized=[0, 1, 0],
+            ),
+        ),
+        (
+            COMP,
+            CompositeTask(),
+            dict(
+                key=[20, 50, 40],
+                a1=[1, 3, 4],
+                a2=[2, 4, 3],
+                label=[26, 44, 30],
+                intermediate=[25, None, 32],
+                task_type=[0, 1, 2],
+                memorized=[0, 1, 0],
+            ),
+        ),
+    ],
+)
 def test_target_values_by_hand(rows, task, expected):
     assert set(expected) == set(TARGETS)
     for name, want in expected.items():
@@ -169,16 +230,16 @@ def test_probe_model_table(tiny_run):
     task = tiny_run.config.task
     ds = tiny_run.dataset()
     state = {}
-    df = probe_model(model, ds, task, targets=("a2", "memorized"), positions=(-1, 2),
-                     state=state)
+    df = probe_model(model, ds, task, targets=("a2", "memorized"), positions=(-1, 2), state=state)
     assert list(df.columns) == COLUMNS
     assert len(df) == 3 * 2 * 2 * 2  # components x layers x positions x targets
     assert not df.duplicated(["hook", "position", "target"]).any()
     assert set(df.position) == {2, 4}
     assert (df.selectivity == df.accuracy - df.control_accuracy).all()
     assert df.accuracy.between(0, 1).all() and (df.n_train + df.n_test == len(ds)).all()
-    again = probe_model(model, ds, task, targets=("a2", "memorized"), positions=(-1, 2),
-                        state=state)  # warm: starts from the solution it just found
+    again = probe_model(
+        model, ds, task, targets=("a2", "memorized"), positions=(-1, 2), state=state
+    )  # warm: starts from the solution it just found
     pd.testing.assert_frame_equal(df, again, atol=0.02, check_exact=False)
 
 

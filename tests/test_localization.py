@@ -3,11 +3,17 @@
 import pandas as pd
 import pytest
 
-from initlens.analyses.studies.localization import (Experiment, compare_tasks, experiments,
-                                                    localize, rank_components, stage_steps,
-                                                    summary)
-from initlens.analyses.studies.run_analysis import TABLES, AnalysisConfig, analyze_run
 from helpers import tiny_config
+from initlens.analyses.studies.localization import (
+    Experiment,
+    compare_tasks,
+    experiments,
+    localize,
+    rank_components,
+    stage_steps,
+    summary,
+)
+from initlens.analyses.studies.run_analysis import TABLES, AnalysisConfig, analyze_run
 from initlens.models import UserError, build_model
 from initlens.models.tasks import task_class
 
@@ -32,8 +38,14 @@ def test_localize_is_exact_where_it_must_be():
     seq_len 3 puts the key at position 0 in every prompt)."""
     cfg = tiny_config().replace(task={"seq_len": 3})
     model, task = build_model(cfg, "cpu"), cfg.task
-    table, agree = localize(model, task, Experiment("memory", "key", "memory"), n=32,
-                            components=("resid_pre", "z"), run="r")
+    table, agree = localize(
+        model,
+        task,
+        Experiment("memory", "key", "memory"),
+        n=32,
+        components=("resid_pre", "z"),
+        run="r",
+    )
     resid0 = table[(table.component == "resid_pre") & (table.layer == 0)]
     key = resid0.token == "key"
     assert key.sum() == 1
@@ -47,19 +59,42 @@ def test_localize_is_exact_where_it_must_be():
 
 def synthetic(effects: dict[tuple[float, str, str, int], float]) -> pd.DataFrame:
     """A localization table at one step: (gamma, experiment, component, layer) -> effect."""
-    rows = [dict(run=f"g{g}", gamma=g, step=100, stage="end", experiment=e, corruption="key",
-                 component=c, layer=layer, position=2, head=0 if c == "z" else -1, token="a2",
-                 value=v, normalized=v, attribution=v, attribution_normalized=v / 2,
-                 clean=3.0, corrupted=1.0)
-            for (g, e, c, layer), v in effects.items()]
+    rows = [
+        dict(
+            run=f"g{g}",
+            gamma=g,
+            step=100,
+            stage="end",
+            experiment=e,
+            corruption="key",
+            component=c,
+            layer=layer,
+            position=2,
+            head=0 if c == "z" else -1,
+            token="a2",
+            value=v,
+            normalized=v,
+            attribution=v,
+            attribution_normalized=v / 2,
+            clean=3.0,
+            corrupted=1.0,
+        )
+        for (g, e, c, layer), v in effects.items()
+    ]
     return pd.DataFrame(rows)
 
 
-EFFECTS = {(0.3, "reasoning", "attn_out", 0): 0.2, (0.3, "reasoning", "mlp_out", 1): 0.7,
-           (0.3, "memory", "attn_out", 0): 0.1, (0.3, "memory", "mlp_out", 1): 0.9,
-           (0.8, "reasoning", "attn_out", 0): 0.8, (0.8, "reasoning", "mlp_out", 1): 0.3,
-           (0.8, "memory", "attn_out", 0): 0.05, (0.8, "memory", "mlp_out", 1): 0.6,
-           (0.8, "memory", "resid_pre", 1): 1.0}  # the residual stream is not ranked
+EFFECTS = {
+    (0.3, "reasoning", "attn_out", 0): 0.2,
+    (0.3, "reasoning", "mlp_out", 1): 0.7,
+    (0.3, "memory", "attn_out", 0): 0.1,
+    (0.3, "memory", "mlp_out", 1): 0.9,
+    (0.8, "reasoning", "attn_out", 0): 0.8,
+    (0.8, "reasoning", "mlp_out", 1): 0.3,
+    (0.8, "memory", "attn_out", 0): 0.05,
+    (0.8, "memory", "mlp_out", 1): 0.6,
+    (0.8, "memory", "resid_pre", 1): 1.0,
+}  # the residual stream is not ranked
 
 
 def test_rank_and_compare():
@@ -76,14 +111,20 @@ def test_rank_and_compare():
 
 def test_summary_states_the_numbers():
     text = " ".join(summary(synthetic(EFFECTS), "reasoning", "memory"))
-    assert "Gamma = 0.8, step 100: on reasoning prompts the strongest single patch is " \
-           "attn_out L0 @a2 (restores 80%" in text
+    assert (
+        "Gamma = 0.8, step 100: on reasoning prompts the strongest single patch is "
+        "attn_out L0 @a2 (restores 80%" in text
+    )
     assert "gap of 2.00" in text
-    assert "differs most between the two task types is attn_out L0 @a2: 80% on reasoning " \
-           "vs 5% on memory" in text
+    assert (
+        "differs most between the two task types is attn_out L0 @a2: 80% on reasoning "
+        "vs 5% on memory" in text
+    )
     # across init scales: the small-init top patch, at both gammas
-    assert "reasoning prompts: attn_out L0 @a2 restores 80% at small init (gamma = 0.8) " \
-           "and 20% at large init (gamma = 0.3)" in text
+    assert (
+        "reasoning prompts: attn_out L0 @a2 restores 80% at small init (gamma = 0.8) "
+        "and 20% at large init (gamma = 0.3)" in text
+    )
 
 
 def test_summary_refuses_to_localize_without_a_gap():
@@ -93,8 +134,7 @@ def test_summary_refuses_to_localize_without_a_gap():
 
 @pytest.mark.integration
 def test_analyze_run_writes_once_and_reuses(tiny_run):
-    cfg = AnalysisConfig(pairs=16, probe_rows=400, probe_targets=("task_type",),
-                         geometry_rows=64)
+    cfg = AnalysisConfig(pairs=16, probe_rows=400, probe_targets=("task_type",), geometry_rows=64)
     tables = analyze_run(tiny_run, cfg)
     folder = tiny_run.path / "analysis"
     assert all((folder / f"{name}.csv").exists() for name in TABLES)
@@ -105,8 +145,10 @@ def test_analyze_run_writes_once_and_reuses(tiny_run):
     again = analyze_run(tiny_run, cfg)
     assert (folder / "localization.csv").stat().st_mtime_ns == stamp  # reused
     pd.testing.assert_frame_equal(again["probes"], tables["probes"])
-    analyze_run(tiny_run, AnalysisConfig(pairs=8, probe_rows=400,
-                                         probe_targets=("task_type",), geometry_rows=64))
+    analyze_run(
+        tiny_run,
+        AnalysisConfig(pairs=8, probe_rows=400, probe_targets=("task_type",), geometry_rows=64),
+    )
     assert (folder / "localization.csv").stat().st_mtime_ns != stamp  # other settings
 
 

@@ -10,8 +10,9 @@ from initlens.models.build import fan_in, realized_init
 from initlens.models.checkpoint import load_tensors, save_tensors
 
 # Big enough matrices that a 5% tolerance on the sample std is > 3 standard errors.
-WIDE = RunConfig(task=MixtureTask.published(),
-                 model=ModelConfig(d_model=200, n_heads=2, n_layers=2, n_ctx=64))
+WIDE = RunConfig(
+    task=MixtureTask.published(), model=ModelConfig(d_model=200, n_heads=2, n_layers=2, n_ctx=64)
+)
 
 
 @pytest.mark.parametrize("gamma", [0.3, 0.5, 0.8])
@@ -24,14 +25,17 @@ def test_realized_init_std_matches_d_in_power(gamma, embed_fan_in):
     expected_d_in = {
         "embed.weight": cfg.task.vocab_size if embed_fan_in == "vocab" else d_model,
         "pos_embed.weight": 64 if embed_fan_in == "vocab" else d_model,
-        "blocks.0.attn.q.weight": d_model, "blocks.0.attn.k.weight": d_model,
-        "blocks.0.attn.v.weight": d_model, "blocks.0.attn.o.weight": d_model,
-        "blocks.1.mlp.in.weight": d_model, "blocks.1.mlp.out.weight": d_mlp,
+        "blocks.0.attn.q.weight": d_model,
+        "blocks.0.attn.k.weight": d_model,
+        "blocks.0.attn.v.weight": d_model,
+        "blocks.0.attn.o.weight": d_model,
+        "blocks.1.mlp.in.weight": d_model,
+        "blocks.1.mlp.out.weight": d_mlp,
         "unembed.weight": d_model,
     }
     for name, d_in in expected_d_in.items():
         assert rows[name]["d_in"] == d_in, name
-        target = d_in ** -gamma
+        target = d_in**-gamma
         assert rows[name]["target_std"] == pytest.approx(target)
         assert abs(rows[name]["realized_std"] / target - 1) < 0.05, name
     weights = [r for r in rows.values() if r["d_in"]]
@@ -39,9 +43,13 @@ def test_realized_init_std_matches_d_in_power(gamma, embed_fan_in):
     for name, r in rows.items():
         if r["d_in"] is None:  # biases 0, LayerNorm scales 1
             assert r["realized_std"] == 0.0
-            assert r["mean"] == (1.0 if name.endswith("ln1.weight") or
-                                 name.endswith("ln2.weight") or name == "ln_final.weight"
-                                 else 0.0), name
+            assert r["mean"] == (
+                1.0
+                if name.endswith("ln1.weight")
+                or name.endswith("ln2.weight")
+                or name == "ln_final.weight"
+                else 0.0
+            ), name
 
 
 def test_fan_in_of_linear_weights_is_the_input_dimension():
@@ -66,10 +74,12 @@ def test_hook_names_are_transformerlens_names():
     tokens = torch.randint(0, cfg.task.vocab_size, (3, cfg.task.seq_len))
     logits, cache = model.run_with_cache(tokens)
     assert logits.shape == (3, cfg.task.seq_len, cfg.task.vocab_size)
-    for name, shape in [("blocks.0.hook_resid_pre", (3, 9, 32)),
-                        ("blocks.1.attn.hook_z", (3, 9, 2, 16)),
-                        ("blocks.0.attn.hook_pattern", (3, 2, 9, 9)),
-                        ("blocks.1.hook_mlp_out", (3, 9, 32))]:
+    for name, shape in [
+        ("blocks.0.hook_resid_pre", (3, 9, 32)),
+        ("blocks.1.attn.hook_z", (3, 9, 2, 16)),
+        ("blocks.0.attn.hook_pattern", (3, 2, 9, 9)),
+        ("blocks.1.hook_mlp_out", (3, 9, 32)),
+    ]:
         assert tuple(cache[name].shape) == shape, name
 
 

@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 
 import initlens.analyses.studies.sweep as sweep_module
+from helpers import assert_user_error, run_cli
 from initlens.analyses.studies.over_training import geometry_over_training
 from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError
 from initlens.models.tasks import ModularTask, dataset_arrays
 from initlens.probes.corruptions import make_pairs
 from initlens.probes.linear import probe_model
-from helpers import assert_user_error, run_cli
-
 
 
 def test_every_pair_once_with_a_seeded_split():
@@ -27,17 +26,24 @@ def test_every_pair_once_with_a_seeded_split():
     assert (rows["key"] == a).all() and (rows["a1"] == b).all()
 
 
-@pytest.mark.parametrize("options, pattern", [
-    (dict(p=1), "p=1 leaves nothing"), (dict(p=5, train_fraction=0.0), "train_fraction=0.0"),
-    (dict(p=5, train_fraction=1.0), "train_fraction=1.0")])
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        (dict(p=1), "p=1 leaves nothing"),
+        (dict(p=5, train_fraction=0.0), "train_fraction=0.0"),
+        (dict(p=5, train_fraction=1.0), "train_fraction=1.0"),
+    ],
+)
 def test_options_that_cannot_produce_data(options, pattern):
     with pytest.raises(UserError, match=pattern):
         ModularTask(**options).validate()
 
 
 def test_cli_refuses_bad_modular_options_before_training(capsys, tmp_path):
-    assert_user_error(run_cli(capsys, "train", "--task", "modular", "--p", "1", "--out",
-                              tmp_path / "r"), "p=1 leaves nothing to add")
+    assert_user_error(
+        run_cli(capsys, "train", "--task", "modular", "--p", "1", "--out", tmp_path / "r"),
+        "p=1 leaves nothing to add",
+    )
     assert not (tmp_path / "r").exists()
 
 
@@ -56,10 +62,19 @@ def test_corruptions_change_one_operand_and_the_label(kind, position, column):
 
 @pytest.fixture(scope="module")
 def ln_sweep(tmp_path_factory):
-    base = RunConfig(task=ModularTask(p=7, train_fraction=0.6),
-                     model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
-                     train=TrainConfig(steps=40, batch_size=29, lr=3e-3, weight_decay=1.0,
-                                       warmup_steps=2, eval_every=10, n_checkpoints=2))
+    base = RunConfig(
+        task=ModularTask(p=7, train_fraction=0.6),
+        model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
+        train=TrainConfig(
+            steps=40,
+            batch_size=29,
+            lr=3e-3,
+            weight_decay=1.0,
+            warmup_steps=2,
+            eval_every=10,
+            n_checkpoints=2,
+        ),
+    )
     out = tmp_path_factory.mktemp("grok") / "s"
     sweep = sweep_module.make_sweep(base, {"normalization": ["LN", "mlp"]})
     return out, sweep_module.run_sweep(sweep, out, progress=False)
@@ -108,7 +123,14 @@ def test_probes_and_geometry_run_on_a_modular_model(ln_sweep):
 def test_the_shipped_layernorm_grid_is_valid():
     spec = sweep_module.load_sweep(sweep_module.GRIDS / "layernorm_grokking.json")
     configs = spec.configs()
-    assert [c.model.normalization for _, c in configs] == ["LN", "post", "none", "attn",
-                                                            "mlp", "qk", "v"]
+    assert [c.model.normalization for _, c in configs] == [
+        "LN",
+        "post",
+        "none",
+        "attn",
+        "mlp",
+        "qk",
+        "v",
+    ]
     task = configs[0][1].task
-    assert configs[0][1].train.batch_size == round(task.train_fraction * task.p ** 2)
+    assert configs[0][1].train.batch_size == round(task.train_fraction * task.p**2)

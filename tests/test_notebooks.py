@@ -24,9 +24,15 @@ from nbformat.v4 import new_code_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-NAMES = ("01_quick_start", "02_localizing_with_patching", "03_probes_and_geometry",
-         "04_published_figures_cpu", "05_phase_diagram", "06_layernorm_grokking",
-         "07_rule_extrapolation")
+NAMES = (
+    "01_quick_start",
+    "02_localizing_with_patching",
+    "03_probes_and_geometry",
+    "04_published_figures_cpu",
+    "05_phase_diagram",
+    "06_layernorm_grokking",
+    "07_rule_extrapolation",
+)
 CELL_TIMEOUT = 180  # seconds per cell; the SMALL setting needs a few
 PLOTLY = "application/vnd.plotly.v1+json"
 
@@ -38,8 +44,9 @@ def _cells(nb) -> list[tuple[str, str, tuple[str, ...]]]:
 def test_every_notebook_is_tested():
     found = sorted(p.stem for p in NOTEBOOKS.glob("*.py"))
     assert found == sorted(NAMES), "add the new notebook to NAMES in tests/test_notebooks.py"
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES), \
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES), (
         "every notebook needs its generated .ipynb (and nothing else): run `make notebooks`"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -47,11 +54,13 @@ def test_ipynb_matches_py(name):
     """Same cells as the .py (types, sources, tags); saved without outputs."""
     source = jupytext.read(NOTEBOOKS / f"{name}.py")
     paired = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    assert _cells(paired) == _cells(source), \
+    assert _cells(paired) == _cells(source), (
         f"notebooks/{name}.ipynb is out of date with its .py: run `make notebooks`"
+    )
     code = [c for c in paired.cells if c.cell_type == "code"]
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), \
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), (
         f"notebooks/{name}.ipynb holds outputs; regenerate it with `make notebooks`"
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -61,11 +70,13 @@ def test_notebook_layout(name):
     assert cells[0].cell_type == "markdown" and cells[0].source.startswith("# ")
     params = [c for c in cells if "parameters" in c.metadata.get("tags", ())]
     assert len(params) == 1 and params[0] is cells[1]
-    assert re.fullmatch(r"SMALL = True  # False: .+", params[0].source.strip()), \
+    assert re.fullmatch(r"SMALL = True  # False: .+", params[0].source.strip()), (
         "the parameters cell holds the one switch, committed as SMALL = True"
+    )
 
 
 # ------------------------------------------------------------------ execution
+
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
@@ -86,21 +97,31 @@ def kernel(tmp_path_factory):
     folder = tmp_path_factory.mktemp("jupyter")
     spec = folder / "kernels" / "initlens-test"
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "initlens (test)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "initlens (test)",
+                "language": "python",
+            }
+        )
+    )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", os.pathsep.join(
-            [str(folder), *filter(None, [os.environ.get("JUPYTER_PATH")])]))
+        mp.setenv(
+            "JUPYTER_PATH",
+            os.pathsep.join([str(folder), *filter(None, [os.environ.get("JUPYTER_PATH")])]),
+        )
         yield "initlens-test"
 
 
 def _environment_check() -> str:
     """First cell: the kernel is this venv's python and imports this checkout's packages."""
-    return (f"import sys\nfrom initlens import analyses, models, probes\n"
-            f"assert sys.prefix == {sys.prefix!r}, sys.prefix\n"
-            f"for _m in (models, probes, analyses):\n"
-            f"    assert _m.__file__.startswith({str(ROOT) + os.sep!r}), _m.__file__\n")
+    return (
+        f"import sys\nfrom initlens import analyses, models, probes\n"
+        f"assert sys.prefix == {sys.prefix!r}, sys.prefix\n"
+        f"for _m in (models, probes, analyses):\n"
+        f"    assert _m.__file__.startswith({str(ROOT) + os.sep!r}), _m.__file__\n"
+    )
 
 
 def execute(name: str, kernel: str, workdir: Path) -> tuple[dict, object]:
@@ -108,10 +129,16 @@ def execute(name: str, kernel: str, workdir: Path) -> tuple[dict, object]:
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nb.cells.insert(0, new_code_cell(_environment_check()))
     nb.cells.append(new_code_cell("import json\nprint(json.dumps(RESULT, default=str))"))
-    NotebookClient(nb, kernel_name=kernel, timeout=CELL_TIMEOUT, allow_errors=False,
-                   resources={"metadata": {"path": str(workdir)}}).execute()
-    printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs
-                      if o.get("output_type") == "stream")
+    NotebookClient(
+        nb,
+        kernel_name=kernel,
+        timeout=CELL_TIMEOUT,
+        allow_errors=False,
+        resources={"metadata": {"path": str(workdir)}},
+    ).execute()
+    printed = "".join(
+        o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream"
+    )
     return json.loads(printed), nb
 
 
@@ -123,8 +150,7 @@ def check_quick_start(r: dict) -> None:
     assert r["gammas"] == [0.3, 0.8] and r["steps"] == [100, 100]
     for gamma in ("0.3", "0.8"):
         acc = r["final_acc"][gamma]
-        assert set(acc) == {"final_acc_memory", "final_acc_reasoning",
-                            "final_acc_reasoning_test"}
+        assert set(acc) == {"final_acc_memory", "final_acc_reasoning", "final_acc_reasoning_test"}
         assert all(0 <= v <= 1 for v in acc.values())
 
 
@@ -153,8 +179,14 @@ def check_probes(r: dict) -> None:
 def check_figures(r: dict) -> None:
     assert r["gammas"] == [0.3, 0.8] and r["preference_csv_rows"] == 2
     assert r["report_bytes"] > 10_000
-    assert {"accuracy", "loss_gap", "steps_to_90", "cosine_gamma_0.3", "cosine_gamma_0.8",
-            "pca_gamma_0.8"} <= set(r["figures"])
+    assert {
+        "accuracy",
+        "loss_gap",
+        "steps_to_90",
+        "cosine_gamma_0.3",
+        "cosine_gamma_0.8",
+        "pca_gamma_0.8",
+    } <= set(r["figures"])
     assert r["files"] == len(r["figures"])  # one HTML file per figure
 
 
@@ -190,11 +222,15 @@ def check_rule_extrapolation(r: dict) -> None:
     assert r["files"] == 3
 
 
-CHECKS = {"01_quick_start": check_quick_start, "02_localizing_with_patching": check_localizing,
-          "03_probes_and_geometry": check_probes, "04_published_figures_cpu": check_figures,
-          "05_phase_diagram": check_phase_diagram,
-          "06_layernorm_grokking": check_layernorm_grokking,
-          "07_rule_extrapolation": check_rule_extrapolation}
+CHECKS = {
+    "01_quick_start": check_quick_start,
+    "02_localizing_with_patching": check_localizing,
+    "03_probes_and_geometry": check_probes,
+    "04_published_figures_cpu": check_figures,
+    "05_phase_diagram": check_phase_diagram,
+    "06_layernorm_grokking": check_layernorm_grokking,
+    "07_rule_extrapolation": check_rule_extrapolation,
+}
 
 
 @pytest.mark.slow
@@ -207,7 +243,12 @@ def test_notebook_runs(name, kernel, tmp_path, monkeypatch):
         monkeypatch.setenv(var, "1")
     result, nb = execute(name, kernel, tmp_path)
     CHECKS[name](result)
-    figures = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-               if PLOTLY in o.get("data", {})]
+    figures = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if PLOTLY in o.get("data", {})
+    ]
     assert figures, "the notebook shows no plotly figure"
     assert (tmp_path / "notebook_out").is_dir()  # outputs go under the working directory

@@ -9,7 +9,11 @@ import pytest
 
 from helpers import decode_png
 from initlens.analyses.figures import export
-from initlens.analyses.figures.export import StaticExportWarning, export_figure, static_export_status
+from initlens.analyses.figures.export import (
+    StaticExportWarning,
+    export_figure,
+    static_export_status,
+)
 from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
 from initlens.models.errors import UserError
 
@@ -51,14 +55,19 @@ def test_layer_position_heatmap(table):
     assert list(fig.layout.xaxis.ticktext) == ["key", "a1", "a2", "noise"]
     assert hm.zmid == 0 and hm.zmin == -hm.zmax
     assert [c[1] for c in hm.colorscale][0] == "rgb(103,0,31)"  # RdBu
-    assert hm.text[1][2] == f"layer 1<br>position 2 (a2)<br>value {value('resid_pre', 1, 2, -1):.4f}"
+    assert (
+        hm.text[1][2] == f"layer 1<br>position 2 (a2)<br>value {value('resid_pre', 1, 2, -1):.4f}"
+    )
     assert "%{text}" in hm.hovertemplate
     assert "resid_pre" in fig.layout.title.text
 
 
 def test_layer_position_heatmap_gaps_and_repeated_tokens(table):
-    sub = table[(table.component == "resid_pre") & (table.position != 1)
-                & ~((table.layer == 2) & (table.position == 3))]
+    sub = table[
+        (table.component == "resid_pre")
+        & (table.position != 1)
+        & ~((table.layer == 2) & (table.position == 3))
+    ]
     fig = layer_position_heatmap(sub, "resid_pre", title="t", tokens=["x", "x", "x", "x"])
     hm = fig.data[0]
     assert list(hm.x) == [0, 2, 3]  # one equal cell per present position
@@ -74,24 +83,34 @@ def test_layer_head_heatmap(table):
     z = np.asarray(hm.z)
     assert z.shape == (N_LAYERS, N_HEADS) and list(hm.x) == [0, 1]
     assert z[2, 1] == pytest.approx(value("z", 2, -1, 1))
-    assert hm.text[2][1] == f"layer 2<br>head 1<br>all positions<br>value {value('z', 2, -1, 1):.4f}"
+    assert (
+        hm.text[2][1] == f"layer 2<br>head 1<br>all positions<br>value {value('z', 2, -1, 1):.4f}"
+    )
     at2 = np.asarray(layer_head_heatmap(table, "z", position=2).data[0].z)
     assert at2[1, 0] == pytest.approx(value("z", 1, 2, 0))
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda t: layer_position_heatmap(t, "mlp_out"), "choose one of: resid_pre, z"),
-    (lambda t: layer_head_heatmap(t, "nope"), "choose one of: resid_pre, z"),
-    (lambda t: layer_position_heatmap(t, "z"), "use layer_head_heatmap"),
-    (lambda t: layer_head_heatmap(t, "resid_pre"), "use layer_position_heatmap"),
-    (lambda t: layer_head_heatmap(t, "z", position=3), "choose one of: -1, 2"),
-    (lambda t: layer_head_heatmap(t[t.position != -1], "z"), "pass position= one of them"),
-    (lambda t: layer_position_heatmap(t, "resid_pre", tokens=["a"]), "one token per position"),
-    (lambda t: layer_position_heatmap(t.drop(columns="head"), "resid_pre"), "lacks column(s) head"),
-    (lambda t: layer_position_heatmap(pd.concat([t, t.assign(step=200)]), "resid_pre"),
-     "several (run, step) pairs"),
-    (lambda t: layer_position_heatmap(pd.concat([t, t]), "resid_pre"), "one row per cell"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda t: layer_position_heatmap(t, "mlp_out"), "choose one of: resid_pre, z"),
+        (lambda t: layer_head_heatmap(t, "nope"), "choose one of: resid_pre, z"),
+        (lambda t: layer_position_heatmap(t, "z"), "use layer_head_heatmap"),
+        (lambda t: layer_head_heatmap(t, "resid_pre"), "use layer_position_heatmap"),
+        (lambda t: layer_head_heatmap(t, "z", position=3), "choose one of: -1, 2"),
+        (lambda t: layer_head_heatmap(t[t.position != -1], "z"), "pass position= one of them"),
+        (lambda t: layer_position_heatmap(t, "resid_pre", tokens=["a"]), "one token per position"),
+        (
+            lambda t: layer_position_heatmap(t.drop(columns="head"), "resid_pre"),
+            "lacks column(s) head",
+        ),
+        (
+            lambda t: layer_position_heatmap(pd.concat([t, t.assign(step=200)]), "resid_pre"),
+            "several (run, step) pairs",
+        ),
+        (lambda t: layer_position_heatmap(pd.concat([t, t]), "resid_pre"), "one row per cell"),
+    ],
+)
 def test_heatmap_errors(table, call, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call(table)
@@ -134,6 +153,7 @@ def test_static_export_status_reasons(monkeypatch):
     monkeypatch.delenv("BROWSER_PATH")
     monkeypatch.setattr(export, "BROWSER_NAMES", ())
     from choreographer.browsers.chromium import Chromium
+
     monkeypatch.setattr(Chromium, "find_browser", classmethod(lambda cls, **kw: None))
     ok, reason = static_export_status()
     assert not ok and "apt-get install chromium" in reason and "HTML export still works" in reason
@@ -151,8 +171,10 @@ def static_files(table, tmp_path_factory):
     """One export of PNG, SVG and PDF (one browser session, about 3-5 s)."""
     fig = layer_position_heatmap(table, "resid_pre", tokens=["key", "a1", "a2", "noise"])
     out = tmp_path_factory.mktemp("static") / "heat"
-    return {p.suffix[1:]: p for p in export_figure(fig, out, ("png", "svg", "pdf"),
-                                                   width=WIDTH, height=HEIGHT)}
+    return {
+        p.suffix[1:]: p
+        for p in export_figure(fig, out, ("png", "svg", "pdf"), width=WIDTH, height=HEIGHT)
+    }
 
 
 @needs_browser
@@ -161,7 +183,7 @@ def test_png_export(static_files):
     width, height, rows = decode_png(static_files["png"].read_bytes())
     assert (width, height) == (WIDTH, HEIGHT)
     bpp = len(rows[0]) // width
-    colours = {row[i:i + 3] for row in rows[::4] for i in range(0, len(row), bpp * 4)}
+    colours = {row[i : i + 3] for row in rows[::4] for i in range(0, len(row), bpp * 4)}
     assert len(colours) > 8  # heatmap cells, text and background: not blank
 
 

@@ -33,15 +33,23 @@ SHAPES = {
     # LayerNorm placements (models/layernorm.py)
     "2L-postLN": ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization="post"),
     "2L-LN-on-qk": ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization="qk"),
-    "2L-LN-on-v-attn-only": ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0,
-                                        normalization="v"),
+    "2L-LN-on-v-attn-only": ModelConfig(
+        n_layers=2, d_model=32, n_heads=2, d_mlp=0, normalization="v"
+    ),
     "1L-LN-on-mlp": ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="mlp"),
     # The published conventions: free d_head, no biases, no final LayerNorm
-    "2L-postLN-no-bias-wide-head": ModelConfig(n_layers=2, d_model=32, n_heads=1, d_head=16,
-                                               normalization="post", biases=False,
-                                               final_ln=False),
-    "2L-LN-no-final-LN-3heads": ModelConfig(n_layers=2, d_model=24, n_heads=3, d_head=12,
-                                            final_ln=False),
+    "2L-postLN-no-bias-wide-head": ModelConfig(
+        n_layers=2,
+        d_model=32,
+        n_heads=1,
+        d_head=16,
+        normalization="post",
+        biases=False,
+        final_ln=False,
+    ),
+    "2L-LN-no-final-LN-3heads": ModelConfig(
+        n_layers=2, d_model=24, n_heads=3, d_head=12, final_ln=False
+    ),
 }
 
 
@@ -70,8 +78,9 @@ def test_matches_transformerlens_for_every_granularity(shape, direction):
         if attn_only and component == "mlp_out":
             continue
         expected = reference(model, target, source_cache, lambda lg: metric(lg[:, -1]).mean())
-        got = activation_patch(model, clean, corrupted, metric, component, per_position,
-                               direction).values
+        got = activation_patch(
+            model, clean, corrupted, metric, component, per_position, direction
+        ).values
         assert got.shape == expected.shape, (component, per_position)
         assert (got - expected).abs().max() <= TOL, (component, per_position)
 
@@ -99,9 +108,13 @@ def test_resid_mid_patches_the_residual_stream():
                 act[:, pos] += delta["d"]
                 return act
 
-            logits = model.run_with_hooks(corrupted, fwd_hooks=[
-                (f"blocks.{layer}.hook_resid_mid", patch_mid),
-                (f"blocks.{layer}.hook_resid_post", add_delta)])
+            logits = model.run_with_hooks(
+                corrupted,
+                fwd_hooks=[
+                    (f"blocks.{layer}.hook_resid_mid", patch_mid),
+                    (f"blocks.{layer}.hook_resid_post", add_delta),
+                ],
+            )
             expected[layer, pos] = metric(logits[:, -1]).mean()
     got = activation_patch(model, clean, corrupted, metric, "resid_mid").values
     assert (got - expected).abs().max() <= TOL
@@ -118,20 +131,29 @@ def test_resid_post_equals_next_resid_pre_and_the_last_layer_equals_clean():
     assert torch.allclose(result.normalized(), torch.ones(4), atol=1e-4)
 
 
-@pytest.mark.parametrize("shape,batch,components", [
-    ("2L-LN-2heads", 4, ("z",)), ("2L-LN-2heads", 5, ("resid_pre", "k")),
-    ("2L-LN-2heads", 7, ("z", "resid_mid")), ("2L-LN-2heads", 13, ("mlp_out", "q")),
-    ("4L-LN-gelu-3heads", 7, ("v",)), ("2L-postLN", 5, ("attn_out", "pattern"))])
+@pytest.mark.parametrize(
+    "shape,batch,components",
+    [
+        ("2L-LN-2heads", 4, ("z",)),
+        ("2L-LN-2heads", 5, ("resid_pre", "k")),
+        ("2L-LN-2heads", 7, ("z", "resid_mid")),
+        ("2L-LN-2heads", 13, ("mlp_out", "q")),
+        ("4L-LN-gelu-3heads", 7, ("v",)),
+        ("2L-postLN", 5, ("attn_out", "pattern")),
+    ],
+)
 def test_chunking_changes_results_by_rounding_only(shape, batch, components):
     """One variant per chunk vs all in one: equal up to float32 rounding, not to the bit (a
     row of a matrix product can depend on how many rows share the call; measured <= 2e-6)."""
     model, clean, corrupted, metric = setup(shape, batch=batch)
     for component in components:
         for direction in ("denoising", "noising"):
-            whole = activation_patch(model, clean, corrupted, metric, component,
-                                     direction=direction).values
-            tiny = activation_patch(model, clean, corrupted, metric, component,
-                                    direction=direction, max_memory_mb=1e-6).values
+            whole = activation_patch(
+                model, clean, corrupted, metric, component, direction=direction
+            ).values
+            tiny = activation_patch(
+                model, clean, corrupted, metric, component, direction=direction, max_memory_mb=1e-6
+            ).values
             assert (whole - tiny).abs().max() <= TOL, (component, direction)
 
 
@@ -139,13 +161,18 @@ def test_tidy_table_and_patch_all():
     model, clean, corrupted, metric = setup("2L-LN-2heads")
     result = activation_patch(model, clean, corrupted, metric, "z")
     table = result.table(run="r", step=7)
-    assert list(table.columns) == ["run", "step", "component", "layer", "position", "head",
-                                   "value"]
+    assert list(table.columns) == ["run", "step", "component", "layer", "position", "head", "value"]
     assert len(table) == 2 * 5 * 2
     row = table[(table.layer == 1) & (table.position == 3) & (table["head"] == 0)]
     assert row.value.item() == pytest.approx(result.values[1, 3, 0].item())
-    all_table = patch_all(model, clean, corrupted, label_logprob(torch.tensor([1, 2, 3, 4])),
-                          components=("resid_pre", "pattern"), run="r")
+    all_table = patch_all(
+        model,
+        clean,
+        corrupted,
+        label_logprob(torch.tensor([1, 2, 3, 4])),
+        components=("resid_pre", "pattern"),
+        run="r",
+    )
     assert set(all_table.component) == {"resid_pre", "pattern"}
     assert "normalized" in all_table.columns
 

@@ -17,16 +17,23 @@ from initlens.probes.corruptions import make_pairs
 from initlens.probes.patching import activation_patch, logit_diff
 from test_patching import REFERENCE, TOL
 
-REFERENCES = {**REFERENCE, ("resid_post", True): partial(
-    tlp.generic_activation_patch, patch_setter=tlp.layer_pos_patch_setter,
-    activation_name="resid_post", index_axis_names=("layer", "pos"))}
+REFERENCES = {
+    **REFERENCE,
+    ("resid_post", True): partial(
+        tlp.generic_activation_patch,
+        patch_setter=tlp.layer_pos_patch_setter,
+        activation_name="resid_post",
+        index_axis_names=("layer", "pos"),
+    ),
+}
 SHAPES = {
     "2L-LN-2heads": ModelConfig(n_layers=2, d_model=32, n_heads=2),
     "3L-LN-gelu-3heads": ModelConfig(n_layers=3, d_model=24, n_heads=3, act_fn="gelu"),
     "2L-postLN": ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization="post"),
     "2L-LN-on-qk": ModelConfig(n_layers=2, d_model=32, n_heads=2, normalization="qk"),
-    "2L-LN-on-v-attn-only": ModelConfig(n_layers=2, d_model=32, n_heads=2, d_mlp=0,
-                                        normalization="v"),
+    "2L-LN-on-v-attn-only": ModelConfig(
+        n_layers=2, d_model=32, n_heads=2, d_mlp=0, normalization="v"
+    ),
     "1L-noLN-4heads": ModelConfig(n_layers=1, d_model=32, n_heads=4, normalization="none"),
 }
 
@@ -48,8 +55,9 @@ def biased_model(model_cfg: ModelConfig, seq: int):
     return randomize_vectors(model, seed=model_cfg.n_layers * 10 + model_cfg.n_heads)
 
 
-def corrupt(clean: torch.Tensor, positions: tuple[int, ...], vocab: int,
-            g: torch.Generator) -> torch.Tensor:
+def corrupt(
+    clean: torch.Tensor, positions: tuple[int, ...], vocab: int, g: torch.Generator
+) -> torch.Tensor:
     """A copy of `clean` with a different token at each of `positions` in every row."""
     corrupted = clean.clone()
     for p in positions:
@@ -64,12 +72,12 @@ def assert_matches_tl(model, clean, corrupted, metric, direction, components=Non
     _, source_cache = model.run_with_cache(source)
     attn_only = model.cfg.attn_only
     for (component, per_position), reference in REFERENCES.items():
-        if (attn_only and component == "mlp_out") or (components and
-                                                      component not in components):
+        if (attn_only and component == "mlp_out") or (components and component not in components):
             continue
         expected = reference(model, target, source_cache, lambda lg: metric(lg[:, -1]).mean())
-        got = activation_patch(model, clean, corrupted, metric, component, per_position,
-                               direction).values
+        got = activation_patch(
+            model, clean, corrupted, metric, component, per_position, direction
+        ).values
         assert got.shape == expected.shape, (component, per_position)
         diff = (got - expected).abs().max()
         assert diff <= TOL, (component, per_position, float(diff))
@@ -97,14 +105,15 @@ def random_case(shape: str, batch: int, positions: tuple[int, ...]):
     g = torch.Generator().manual_seed(batch * 10 + positions[0])
     clean = torch.randint(0, vocab, (batch, 5), generator=g)
     corrupted = corrupt(clean, positions, vocab, g)
-    return model, clean, corrupted, logit_diff(*torch.randint(0, vocab, (2, batch),
-                                                                generator=g))
+    return model, clean, corrupted, logit_diff(*torch.randint(0, vocab, (2, batch), generator=g))
 
 
-@pytest.mark.parametrize("shape,batch,positions,direction,components", CASES,
-                         ids=[f"{c[0]}-b{c[1]}-{c[3]}" for c in CASES])
-def test_matches_transformerlens_with_random_biases(shape, batch, positions, direction,
-                                                    components):
+@pytest.mark.parametrize(
+    "shape,batch,positions,direction,components",
+    CASES,
+    ids=[f"{c[0]}-b{c[1]}-{c[3]}" for c in CASES],
+)
+def test_matches_transformerlens_with_random_biases(shape, batch, positions, direction, components):
     model, clean, corrupted, metric = random_case(shape, batch, positions)
     assert_matches_tl(model, clean, corrupted, metric, direction, components)
 
@@ -135,15 +144,17 @@ def test_the_trained_model_has_nonzero_biases_and_layernorms(trained):
 
 
 # (corruption kind, pairs, direction, components)
-TRAINED = [("key", 7, "denoising", ("resid_pre", "z", "k", "mlp_out", "attn_out")),
-           ("anchor", 9, "noising", ("v", "pattern", "q", "resid_post")),
-           ("reasoning_to_memory", 5, "denoising", ("z", "resid_pre", "v"))]
+TRAINED = [
+    ("key", 7, "denoising", ("resid_pre", "z", "k", "mlp_out", "attn_out")),
+    ("anchor", 9, "noising", ("v", "pattern", "q", "resid_post")),
+    ("reasoning_to_memory", 5, "denoising", ("z", "resid_pre", "v")),
+]
 
 
-@pytest.mark.parametrize("kind,n,direction,components", TRAINED,
-                         ids=[t[0] for t in TRAINED])
-def test_matches_transformerlens_on_a_trained_model_and_real_pairs(trained, kind, n,
-                                                                   direction, components):
+@pytest.mark.parametrize("kind,n,direction,components", TRAINED, ids=[t[0] for t in TRAINED])
+def test_matches_transformerlens_on_a_trained_model_and_real_pairs(
+    trained, kind, n, direction, components
+):
     task, model = trained
     pairs = make_pairs(task, kind, n=n, seed=2)
     metric = logit_diff(pairs.clean_label, pairs.corrupted_label)
@@ -166,5 +177,6 @@ def test_trained_model_with_the_label_position_corrupted(trained):
     g = torch.Generator().manual_seed(0)
     corrupted = corrupt(pairs.clean, (task.seq_len - 1,), model.cfg.d_vocab, g)
     metric = logit_diff(pairs.clean_label, pairs.corrupted_label)
-    assert_matches_tl(model, pairs.clean, corrupted, metric, "noising",
-                      ("resid_pre", "z", "k", "q"))
+    assert_matches_tl(
+        model, pairs.clean, corrupted, metric, "noising", ("resid_pre", "z", "k", "q")
+    )

@@ -25,23 +25,42 @@ def test_signed_area_sign_and_scale():
 
 
 def test_relative_loss_gap():
-    rows = [{"step": s, "group": g, "metric": "loss", "value": v}
-            for s, lr, lm in [(0, 2.0, 2.0), (10, 1.0, 2.0)]
-            for g, v in (("reasoning", lr), ("memory", lm))]
+    rows = [
+        {"step": s, "group": g, "metric": "loss", "value": v}
+        for s, lr, lm in [(0, 2.0, 2.0), (10, 1.0, 2.0)]
+        for g, v in (("reasoning", lr), ("memory", lm))
+    ]
     gap = relative_loss_gap(pd.DataFrame(rows))
     assert gap.loc[0] == 0.0 and gap.loc[10] == 1.0
 
 
 def _table(lead_large, lead_small, test_large=0.05, test_small=0.97):
-    return pd.DataFrame([
-        {"gamma": 0.3, "steps": 2000, "step_to_90_reasoning": 1000,
-         "step_to_90_memory": 1000 + lead_large, "step_to_90_reasoning_test": None,
-         "final_acc_reasoning_test": test_large, "reasoning_lead_steps": lead_large,
-         "signed_area": 0.01, "mean_relative_loss_gap": 0.02},
-        {"gamma": 0.8, "steps": 2000, "step_to_90_reasoning": 1100,
-         "step_to_90_memory": None, "step_to_90_reasoning_test": 1100,
-         "final_acc_reasoning_test": test_small, "reasoning_lead_steps": lead_small,
-         "signed_area": 0.4, "mean_relative_loss_gap": 0.5}])
+    return pd.DataFrame(
+        [
+            {
+                "gamma": 0.3,
+                "steps": 2000,
+                "step_to_90_reasoning": 1000,
+                "step_to_90_memory": 1000 + lead_large,
+                "step_to_90_reasoning_test": None,
+                "final_acc_reasoning_test": test_large,
+                "reasoning_lead_steps": lead_large,
+                "signed_area": 0.01,
+                "mean_relative_loss_gap": 0.02,
+            },
+            {
+                "gamma": 0.8,
+                "steps": 2000,
+                "step_to_90_reasoning": 1100,
+                "step_to_90_memory": None,
+                "step_to_90_reasoning_test": 1100,
+                "final_acc_reasoning_test": test_small,
+                "reasoning_lead_steps": lead_small,
+                "signed_area": 0.4,
+                "mean_relative_loss_gap": 0.5,
+            },
+        ]
+    )
 
 
 def test_verdict_states_the_direction_only_when_the_numbers_show_it():
@@ -51,6 +70,7 @@ def test_verdict_states_the_direction_only_when_the_numbers_show_it():
     assert "NOT reproduced" in bad
     flat = " ".join(verdict(_table(-100, 0), "reasoning", "memory"))
     assert "NOT reproduced" in flat  # a lead of zero is not a preference
-    worse = " ".join(verdict(_table(300, 900, test_large=0.9, test_small=0.2),
-                             "reasoning", "memory"))
+    worse = " ".join(
+        verdict(_table(300, 900, test_large=0.9, test_small=0.2), "reasoning", "memory")
+    )
     assert "expects it higher at small init" in worse

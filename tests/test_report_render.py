@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from browser import browser, inject_probe, render
+from helpers import decode_png, tiny_config
 from initlens.analyses.studies.report import build_report, write_report
 from initlens.analyses.studies.run_analysis import AnalysisConfig
 from initlens.analyses.studies.study import run_study
-from browser import browser, inject_probe, render
-from helpers import decode_png, tiny_config
 
-pytestmark = pytest.mark.skipif(browser() is None,
-                                reason="no Chromium/Chrome found (apt-get install chromium, "
-                                       "or set BROWSER_PATH)")
+pytestmark = pytest.mark.skipif(
+    browser() is None,
+    reason="no Chromium/Chrome found (apt-get install chromium, or set BROWSER_PATH)",
+)
 
 
 def n_figures(page: str) -> int:
@@ -35,8 +36,13 @@ SMALL_ANALYSIS = AnalysisConfig(pairs=16, probe_rows=400, geometry_rows=64)
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """A tiny study's report with every section (so every kind of figure)."""
-    out = run_study(tiny_config(), (0.3, 0.8), tmp_path_factory.mktemp("study") / "s",
-                    progress=False, analysis=SMALL_ANALYSIS)
+    out = run_study(
+        tiny_config(),
+        (0.3, 0.8),
+        tmp_path_factory.mktemp("study") / "s",
+        progress=False,
+        analysis=SMALL_ANALYSIS,
+    )
     return out["report"]
 
 
@@ -80,7 +86,7 @@ def test_missing_plotly_js_gives_errors_and_empty_plots(small_report, tmp_path):
     page = small_report.read_text()
     start = page.index("<script>", page.index("<head>")) + len("<script>")
     broken = tmp_path / "no_plotly.html"
-    broken.write_text(page[:start] + page[page.index("</script>", start):])
+    broken.write_text(page[:start] + page[page.index("</script>", start) :])
     result = render(broken)
     assert any("Plotly is not defined" in e for e in result["errors"])
     assert len(result["plots"]) == n_figures(page) > 0
@@ -108,5 +114,5 @@ def test_report_figures_export_as_nonblank_png_of_their_size(tiny_run, tmp_path)
         width, height, rows = decode_png(png.read_bytes())
         assert (width, height) == (layout.width or 700, layout.height or 500), png.name
         bpp = len(rows[0]) // width
-        colours = {row[i:i + 3] for row in rows[::4] for i in range(0, len(row), bpp * 4)}
+        colours = {row[i : i + 3] for row in rows[::4] for i in range(0, len(row), bpp * 4)}
         assert len(colours) > 8, png.name  # lines, text and background: not blank

@@ -4,19 +4,32 @@ import pandas as pd
 import pytest
 import torch
 
-from initlens.analyses.studies.over_training import (cka_over_training, geometry_over_training,
-                                                     over_training, select_steps)
-from initlens.analyses.figures.representations import (cosine_heatmap, metric_over_steps,
-                                                       pca_scatter, probe_heatmap)
+from helpers import assert_user_error, run_cli
+from initlens.analyses.figures.representations import (
+    cosine_heatmap,
+    metric_over_steps,
+    pca_scatter,
+    probe_heatmap,
+)
+from initlens.analyses.studies.over_training import (
+    cka_over_training,
+    geometry_over_training,
+    over_training,
+    select_steps,
+)
 from initlens.models.errors import UserError
 from initlens.probes.geometry import cosine_matrix, token_embeddings, token_roles
-from helpers import assert_user_error, run_cli
 
 
 def test_over_training_stacks_every_checkpoint(tiny_run):
     steps = tiny_run.checkpoint_steps()
-    table = over_training([tiny_run], lambda model, run, step: {"norm": float(
-        model.state_dict()["embed.weight"].norm()), "step_twice": 2 * step})
+    table = over_training(
+        [tiny_run],
+        lambda model, run, step: {
+            "norm": float(model.state_dict()["embed.weight"].norm()),
+            "step_twice": 2 * step,
+        },
+    )
     assert list(table.columns[:3]) == ["run", "gamma", "step"]
     assert sorted(table.step.unique()) == steps and len(table) == 2 * len(steps)
     twice = table[table.metric == "step_twice"]
@@ -43,10 +56,12 @@ def test_cka_over_training_is_one_on_the_diagonal_and_symmetric(tiny_run):
     table = cka_over_training([tiny_run], steps=[0, "last"], n=64)
     same = table[(table.step_a == table.step_b) & (table.layer_a == table.layer_b)]
     assert len(same) == 2 * tiny_run.config.model.n_layers
-    assert torch.allclose(torch.tensor(same.cka.to_numpy()), torch.ones(len(same), dtype=torch.float64),
-                          atol=1e-9)
-    pivot = table.pivot_table(index=["step_a", "layer_a"], columns=["step_b", "layer_b"],
-                              values="cka")
+    assert torch.allclose(
+        torch.tensor(same.cka.to_numpy()), torch.ones(len(same), dtype=torch.float64), atol=1e-9
+    )
+    pivot = table.pivot_table(
+        index=["step_a", "layer_a"], columns=["step_b", "layer_b"], values="cka"
+    )
     assert torch.allclose(torch.tensor(pivot.to_numpy()), torch.tensor(pivot.to_numpy().T))
 
 
@@ -64,16 +79,30 @@ def test_cosine_heatmap_and_pca_follow_roles(tiny_run):
 
 
 def test_metric_over_steps_and_probe_heatmap():
-    table = pd.DataFrame({"run": ["a"] * 4 + ["b"] * 4, "gamma": [0.3] * 4 + [0.8] * 4,
-                          "step": [0, 0, 10, 10] * 2, "metric": ["m"] * 8,
-                          "value": [1.0, 3.0, 2.0, 2.0, 5.0, 5.0, 6.0, 8.0]})
+    table = pd.DataFrame(
+        {
+            "run": ["a"] * 4 + ["b"] * 4,
+            "gamma": [0.3] * 4 + [0.8] * 4,
+            "step": [0, 0, 10, 10] * 2,
+            "metric": ["m"] * 8,
+            "value": [1.0, 3.0, 2.0, 2.0, 5.0, 5.0, 6.0, 8.0],
+        }
+    )
     fig = metric_over_steps(table, metric="m")
     assert [list(t.y) for t in fig.data] == [[2.0, 2.0], [5.0, 7.0]]  # mean per step
     with pytest.raises(UserError, match="no rows with metric = 'x'; choose one of m"):
         metric_over_steps(table, metric="x")
-    probes = pd.DataFrame({"run": "a", "step": 10, "target": "key",
-                           "component": "resid_post", "layer": [0, 0, 1, 1],
-                           "position": [0, 1, 0, 1], "selectivity": [0.1, 0.2, 0.3, 0.4]})
+    probes = pd.DataFrame(
+        {
+            "run": "a",
+            "step": 10,
+            "target": "key",
+            "component": "resid_post",
+            "layer": [0, 0, 1, 1],
+            "position": [0, 1, 0, 1],
+            "selectivity": [0.1, 0.2, 0.3, 0.4],
+        }
+    )
     heat = probe_heatmap(probes, "selectivity")
     assert heat.data[0].z.tolist() == [[0.1, 0.2], [0.3, 0.4]]
     with pytest.raises(UserError, match="slices"):
@@ -85,22 +114,35 @@ def test_geometry_cli_writes_tables_and_figures(capsys, tmp_path, tiny_run):
     assert code == 0, err
     table = pd.read_parquet(tmp_path / "geometry.parquet")
     assert set(table.step) == set(tiny_run.checkpoint_steps())
-    assert {"within_cosine", "attention_entropy", "relative_weight_change",
-            "n_directions"} <= set(table.metric)
+    assert {"within_cosine", "attention_entropy", "relative_weight_change", "n_directions"} <= set(
+        table.metric
+    )
     cka = pd.read_csv(tmp_path / "cka.csv")
     assert cka.cka.max() == pytest.approx(1.0)
     html = (tmp_path / f"cosine_{tiny_run.name}.html").read_text()
     assert "plotly" in html and "Token-embedding cosine similarity" in html
     assert (tmp_path / "over_steps_within_cosine_reasoning.html").exists()
     assert_user_error(run_cli(capsys, "geometry", tmp_path / "nope"), "does not exist")
-    assert_user_error(run_cli(capsys, "geometry", tiny_run.path, "--step", "7", "--out",
-                              tmp_path), "no checkpoint at step 7; available")
+    assert_user_error(
+        run_cli(capsys, "geometry", tiny_run.path, "--step", "7", "--out", tmp_path),
+        "no checkpoint at step 7; available",
+    )
 
 
 def test_linear_cli_probes_every_hook_position_and_step(capsys, tmp_path, tiny_run):
-    code, out, err = run_cli(capsys, "linear", tiny_run.path, "--target", "key,memorized",
-                             "--component", "resid_pre,resid_post", "--n", 400, "--out",
-                             tmp_path)
+    code, out, err = run_cli(
+        capsys,
+        "linear",
+        tiny_run.path,
+        "--target",
+        "key,memorized",
+        "--component",
+        "resid_pre,resid_post",
+        "--n",
+        400,
+        "--out",
+        tmp_path,
+    )
     assert code == 0, err
     table = pd.read_parquet(tmp_path / "probes.parquet")
     cfg = tiny_run.config
@@ -112,5 +154,7 @@ def test_linear_cli_probes_every_hook_position_and_step(capsys, tmp_path, tiny_r
     html = (tmp_path / f"probe_selectivity_key_resid_post_{tiny_run.name}.html").read_text()
     assert "probe selectivity" in html
     assert (tmp_path / "over_steps_selectivity_memorized.html").exists()
-    assert_user_error(run_cli(capsys, "linear", tiny_run.path, "--target", "colour", "--out",
-                              tmp_path), "unknown probe target.*choose from key")
+    assert_user_error(
+        run_cli(capsys, "linear", tiny_run.path, "--target", "colour", "--out", tmp_path),
+        "unknown probe target.*choose from key",
+    )

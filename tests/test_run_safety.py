@@ -24,8 +24,10 @@ PROBE = str(Path(sys.executable).with_name("probe"))
 
 def _snapshot(folder: Path) -> dict[str, bytes | None]:
     """Every path under `folder` with its bytes (None for folders)."""
-    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def _raw_lines(run: Run) -> list[str]:
@@ -35,8 +37,9 @@ def _raw_lines(run: Run) -> list[str]:
 @pytest.fixture(scope="module")
 def stopped(tmp_path_factory):
     """The tiny run stopped at step 17, one of its checkpoint steps."""
-    return train(tiny_config(), tmp_path_factory.mktemp("stopped") / "run", stop_at=17,
-                 progress=False)
+    return train(
+        tiny_config(), tmp_path_factory.mktemp("stopped") / "run", stop_at=17, progress=False
+    )
 
 
 # --- nothing saved is lost or doubled -----------------------------------------------------
@@ -72,8 +75,10 @@ def test_kill_after_evaluations_past_the_checkpoint(tmp_path, tiny_run, stopped)
 def test_kill_while_the_first_checkpoint_is_written(tmp_path, tiny_run):
     out = tmp_path / "run"
     train(tiny_config(), out, stop_at=0, progress=False)  # step 0 evaluated and saved
-    os.replace(out / "checkpoints" / "optimizer.safetensors",
-               out / "checkpoints" / ".optimizer.safetensors.k9.tmp")
+    os.replace(
+        out / "checkpoints" / "optimizer.safetensors",
+        out / "checkpoints" / ".optimizer.safetensors.k9.tmp",
+    )
     resumed = train(None, out, resume=True, progress=False)
     assert resumed.done and not list(out.rglob("*.tmp"))
     assert _raw_lines(resumed) == _raw_lines(tiny_run)
@@ -85,8 +90,7 @@ def test_readers_ignore_a_half_written_last_line(tmp_path, tiny_run, capsys):
     shutil.copytree(tiny_run.path, out)
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 30, "group": "memo')
-    assert Run(out).metrics().drop(columns="run").equals(
-        tiny_run.metrics().drop(columns="run"))
+    assert Run(out).metrics().drop(columns="run").equals(tiny_run.metrics().drop(columns="run"))
     code, _, err = run_cli(capsys, "report", out, "--no-analysis")
     assert code == 0, err
 
@@ -106,8 +110,7 @@ def test_duplicate_rows_read_once(tmp_path, tiny_run):
     shutil.copytree(tiny_run.path, out)
     lines = _raw_lines(tiny_run)
     (out / "metrics.jsonl").write_text("\n".join(lines + lines[-7:]) + "\n")
-    assert Run(out).metrics().drop(columns="run").equals(
-        tiny_run.metrics().drop(columns="run"))
+    assert Run(out).metrics().drop(columns="run").equals(tiny_run.metrics().drop(columns="run"))
 
 
 # --- one writer per run directory ---------------------------------------------------------
@@ -126,35 +129,49 @@ def _wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> 
 
 def test_second_writer_fails_naming_the_holder_and_a_kill_frees_it(tmp_path, capsys):
     out = tmp_path / "run"
-    args = [*TINY[:TINY.index("--steps")], "--steps", "200",
-            *TINY[TINY.index("--steps") + 2:]]
-    holder = subprocess.Popen([PROBE, "train", "--out", str(out), *args],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [*TINY[: TINY.index("--steps")], "--steps", "200", *TINY[TINY.index("--steps") + 2 :]]
+    holder = subprocess.Popen(
+        [PROBE, "train", "--out", str(out), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for_lock(out, holder)
-        assert_user_error(run_cli(capsys, "train", "--out", out, *args),
-                          rf"--out: .* in use by another process \(pid {holder.pid} on ")
-        assert_user_error(run_cli(capsys, "train", "--resume", "--out", out),
-                          rf"in use by another process \(pid {holder.pid} on ")
+        assert_user_error(
+            run_cli(capsys, "train", "--out", out, *args),
+            rf"--out: .* in use by another process \(pid {holder.pid} on ",
+        )
+        assert_user_error(
+            run_cli(capsys, "train", "--resume", "--out", out),
+            rf"in use by another process \(pid {holder.pid} on ",
+        )
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    resumed = subprocess.run([PROBE, "train", "--resume", "--out", str(out)],
-                             capture_output=True, text=True)
+    resumed = subprocess.run(
+        [PROBE, "train", "--resume", "--out", str(out)], capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert Run(out).done and not (out / ".lock").exists()
 
 
 def test_two_trainings_started_together_one_refused(tmp_path):
     out = tmp_path / "run"
-    procs = [subprocess.Popen([PROBE, "train", "--out", str(out), *TINY],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [PROBE, "train", "--out", str(out), *TINY],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = sorted((p.wait(), p.stderr.read()) for p in procs)
     assert [code for code, _ in results] == [0, 2], results
     refused = results[1][1].strip().splitlines()
-    assert len(refused) == 1 and ("in use by another process" in refused[0]
-                                  or "already holds a run" in refused[0])
+    assert len(refused) == 1 and (
+        "in use by another process" in refused[0] or "already holds a run" in refused[0]
+    )
     assert Run(out).done
 
 
@@ -171,8 +188,11 @@ def test_a_second_sweep_on_a_busy_sweep_folder_is_refused(tmp_path, capsys):
     assert run_cli(capsys, *sweep)[0] == 0
     before = _snapshot(out)
     with FolderLock(out, "sweep"):
-        assert_user_error(run_cli(capsys, *sweep), rf"in use by another process \(pid "
-                                                   rf"{os.getpid()} on ")
+        assert_user_error(
+            run_cli(capsys, *sweep),
+            rf"in use by another process \(pid "
+            rf"{os.getpid()} on ",
+        )
     assert _snapshot(out) == before
 
 
@@ -180,16 +200,20 @@ def test_a_second_sweep_on_a_busy_sweep_folder_is_refused(tmp_path, capsys):
 
 
 def _all_checkpoints_finite(run: Run) -> bool:
-    return all(torch.isfinite(t).all() for step in run.checkpoint_steps()
-               for t in load_file(run.path / "checkpoints" / f"step_{step:07d}.safetensors")
-               .values())
+    return all(
+        torch.isfinite(t).all()
+        for step in run.checkpoint_steps()
+        for t in load_file(run.path / "checkpoints" / f"step_{step:07d}.safetensors").values()
+    )
 
 
 @pytest.mark.parametrize("lr", [3e37, 1e39])  # NaN weights after the update; AdamW overflow
 def test_divergence_keeps_only_finite_checkpoints(tmp_path, capsys, lr):
     out = tmp_path / "run"
-    assert_user_error(run_cli(capsys, "train", "--out", out, *TINY, "--lr", lr,
-                              "--grad-clip", 0), r"--lr: training diverged at step \d+")
+    assert_user_error(
+        run_cli(capsys, "train", "--out", out, *TINY, "--lr", lr, "--grad-clip", 0),
+        r"--lr: training diverged at step \d+",
+    )
     run = Run(out)
     status = run.status
     assert status["state"] == "failed" and status["diverged"] is True
@@ -248,17 +272,20 @@ def test_config_file_fields_are_checked(tmp_path, capsys, tiny_cfg, case):
     target[where[-1]] = value
     config = tmp_path / "config.json"
     config.write_text(json.dumps(data))
-    assert_user_error(run_cli(capsys, "train", "--config", config, "--out", tmp_path / "o"),
-                      pattern)
+    assert_user_error(
+        run_cli(capsys, "train", "--config", config, "--out", tmp_path / "o"), pattern
+    )
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("raw, pattern", [(b"\xff\xfe{}", "not UTF-8"),
-                                          (b"[1, 2]", "must hold a JSON object")])
+@pytest.mark.parametrize(
+    "raw, pattern", [(b"\xff\xfe{}", "not UTF-8"), (b"[1, 2]", "must hold a JSON object")]
+)
 def test_config_file_of_the_wrong_kind(tmp_path, capsys, raw, pattern):
     (tmp_path / "c.json").write_bytes(raw)
-    assert_user_error(run_cli(capsys, "train", "--config", tmp_path / "c.json", "--out",
-                              tmp_path / "o"), pattern)
+    assert_user_error(
+        run_cli(capsys, "train", "--config", tmp_path / "c.json", "--out", tmp_path / "o"), pattern
+    )
 
 
 def test_fields_added_later_are_checked_too():
@@ -272,16 +299,18 @@ def test_fields_added_later_are_checked_too():
         scale: float | None = None
 
     assert build(Future, {"width": 4, "scale": 0.5}, "x") == Future(4, 0.5)
-    with pytest.raises(UserError, match="x: width=\"4\": expected an integer"):
+    with pytest.raises(UserError, match='x: width="4": expected an integer'):
         build(Future, {"width": "4"}, "x")
-    with pytest.raises(UserError, match="scale=\"a\": expected a number or null"):
+    with pytest.raises(UserError, match='scale="a": expected a number or null'):
         build(Future, {"scale": "a"}, "x")
 
 
 def test_out_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    assert_user_error(run_cli(capsys, "train", "--out", tmp_path / "file" / "run", *TINY),
-                      r"--out: cannot use .* a file")
+    assert_user_error(
+        run_cli(capsys, "train", "--out", tmp_path / "file" / "run", *TINY),
+        r"--out: cannot use .* a file",
+    )
 
 
 # --- damaged run folders, read by every command -------------------------------------------
@@ -301,18 +330,23 @@ def _replace_with_folder(path: Path) -> None:
 CKPT = Path("checkpoints") / "step_0000017.safetensors"
 OPT = Path("checkpoints") / "optimizer.safetensors"
 DAMAGES = {
-    "checkpoints is a file": lambda r: (shutil.rmtree(r / "checkpoints"),
-                                        (r / "checkpoints").write_text("x")),
+    "checkpoints is a file": lambda r: (
+        shutil.rmtree(r / "checkpoints"),
+        (r / "checkpoints").write_text("x"),
+    ),
     "checkpoint is a folder": lambda r: _replace_with_folder(r / CKPT),
     "checkpoint of the wrong shape": lambda r: _set_tensor(
-        r / CKPT, lambda t: t.update({"embed.weight": torch.zeros(3, 3)})),
+        r / CKPT, lambda t: t.update({"embed.weight": torch.zeros(3, 3)})
+    ),
     "checkpoint missing a key": lambda r: _set_tensor(r / CKPT, lambda t: t.pop("embed.weight")),
     "checkpoint corrupt": lambda r: (r / CKPT).write_bytes(b"\x00" * 20),
     "optimizer without its step": lambda r: save_file(load_file(r / OPT), r / OPT),
     "optimizer of the wrong shape": lambda r: _set_tensor(
-        r / OPT, lambda t: t.update({"0.exp_avg": torch.zeros(2)})),
+        r / OPT, lambda t: t.update({"0.exp_avg": torch.zeros(2)})
+    ),
     "optimizer with a wrong key": lambda r: _set_tensor(
-        r / OPT, lambda t: t.update({"999.exp_avg": torch.zeros(2)})),
+        r / OPT, lambda t: t.update({"999.exp_avg": torch.zeros(2)})
+    ),
     "optimizer missing a key": lambda r: _set_tensor(r / OPT, lambda t: t.pop("0.exp_avg")),
     "status a list": lambda r: (r / "status.json").write_text("[1]"),
     "status not JSON": lambda r: (r / "status.json").write_text("{"),
@@ -321,28 +355,44 @@ DAMAGES = {
     "config a list": lambda r: (r / "config.json").write_text("[]"),
     "config not UTF-8": lambda r: (r / "config.json").write_bytes(b"{\xff}"),
     "config field of the wrong type": lambda r: (r / "config.json").write_text(
-        (r / "config.json").read_text().replace('"n_layers": 2', '"n_layers": "2"')),
+        (r / "config.json").read_text().replace('"n_layers": 2', '"n_layers": "2"')
+    ),
     "metrics damaged mid-file": lambda r: (r / "metrics.jsonl").write_text(
-        "{bad\n" + (r / "metrics.jsonl").read_text()),
+        "{bad\n" + (r / "metrics.jsonl").read_text()
+    ),
 }
-COMMANDS = {"resume": lambda r: ["train", "--resume", "--out", r],
-            "info": lambda r: ["info", r],
-            "report": lambda r: ["report", r, "--no-analysis"]}
+COMMANDS = {
+    "resume": lambda r: ["train", "--resume", "--out", r],
+    "info": lambda r: ["info", r],
+    "report": lambda r: ["report", r, "--no-analysis"],
+}
 # Damage to files a command does not read is no error: info reads neither metrics nor the
 # optimizer state, resume not init nor summary, a report without analysis only config,
 # status and metrics.
-SKIP = {("info", "metrics damaged mid-file"), ("resume", "init a string"),
-        ("resume", "summary a list")}
-REPORT_READS = {"status a list", "status not JSON", "config a list", "config not UTF-8",
-                "config field of the wrong type", "metrics damaged mid-file"}
+SKIP = {
+    ("info", "metrics damaged mid-file"),
+    ("resume", "init a string"),
+    ("resume", "summary a list"),
+}
+REPORT_READS = {
+    "status a list",
+    "status not JSON",
+    "config a list",
+    "config not UTF-8",
+    "config field of the wrong type",
+    "metrics damaged mid-file",
+}
 
 
 @pytest.mark.unchecked
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_damaged_run_folder(tmp_path, capsys, stopped, damage, command):
-    if ((command, damage) in SKIP or (command == "info" and "optimizer" in damage)
-            or (command == "report" and damage not in REPORT_READS)):
+    if (
+        (command, damage) in SKIP
+        or (command == "info" and "optimizer" in damage)
+        or (command == "report" and damage not in REPORT_READS)
+    ):
         pytest.skip("this command does not read that file")
     out = tmp_path / "run"
     shutil.copytree(stopped.path, out)

@@ -11,10 +11,10 @@ import torch
 
 import initlens.analyses.studies.sweep as sweep_module
 import initlens.models.ensemble as ensemble
+from helpers import TINY, assert_user_error, run_cli, tiny_config
 from initlens.analyses.figures.phase_diagram import phase_diagram
 from initlens.analyses.studies.phase import phase_grid, rows_axis
 from initlens.analyses.studies.preference import curves, preference_row
-from helpers import TINY, assert_user_error, run_cli, tiny_config
 from initlens.models import Run, UserError, train
 
 GRID = {"seed": [0, 1], "gamma": [0.3, 0.8], "n_layers": [1, 2]}
@@ -40,8 +40,12 @@ def test_invalid_combinations_are_all_listed_and_nothing_trains(tmp_path):
         sweep_module.run_sweep(_sweep(grid), tmp_path / "s", progress=False)
     message = str(e.value)
     assert message.startswith("4 of 6 grid combinations are invalid")
-    for bad in ("d_model15_n_heads2", "d_model15_n_heads4", "d_model17_n_heads2",
-                "d_model17_n_heads4"):
+    for bad in (
+        "d_model15_n_heads2",
+        "d_model15_n_heads4",
+        "d_model17_n_heads2",
+        "d_model17_n_heads4",
+    ):
         assert bad in message
     assert "d_model16" not in message and not (tmp_path / "s").exists()
 
@@ -66,14 +70,25 @@ def test_grid_runs_are_ensembles_of_matching_architectures():
 def test_results_table_has_every_grid_point(done):
     out, info = done
     table = info["table"]
-    assert list(table.run) == ["g0.3_L1_s0", "g0.3_L1_s1", "g0.3_L2_s0", "g0.3_L2_s1",
-                               "g0.8_L1_s0", "g0.8_L1_s1", "g0.8_L2_s0", "g0.8_L2_s1"]
+    assert list(table.run) == [
+        "g0.3_L1_s0",
+        "g0.3_L1_s1",
+        "g0.3_L2_s0",
+        "g0.3_L2_s1",
+        "g0.8_L1_s0",
+        "g0.8_L1_s1",
+        "g0.8_L2_s0",
+        "g0.8_L2_s1",
+    ]
     assert (table.state == "done").all()
     pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), table)
     for row in table.itertuples():
         run = Run.open(out / "runs" / row.run)
-        assert (run.config.model.gamma, run.config.model.n_layers, run.config.train.seed) \
-            == (row.gamma, row.n_layers, row.seed)
+        assert (run.config.model.gamma, run.config.model.n_layers, run.config.train.seed) == (
+            row.gamma,
+            row.n_layers,
+            row.seed,
+        )
         assert row.signed_area == pytest.approx(preference_row(run)["signed_area"])
 
 
@@ -97,8 +112,12 @@ def test_phase_diagram_shows_the_table(done):
     assert z[1, 0] == pytest.approx(mean[(2, 0.3)]) and z[0, 1] == pytest.approx(mean[(1, 0.8)])
     seed1 = table[(table.seed == 1) & (table.n_layers == 1) & (table.gamma == 0.8)]
     assert np.asarray(fig.data[1].z)[0, 1] == pytest.approx(seed1.signed_area.iloc[0])
-    assert phase_grid(table.assign(state="failed", signed_area=np.nan), "signed_area"
-                      ).isna().all().all()
+    assert (
+        phase_grid(table.assign(state="failed", signed_area=np.nan), "signed_area")
+        .isna()
+        .all()
+        .all()
+    )
 
 
 @pytest.mark.integration
@@ -135,8 +154,9 @@ def test_a_failed_member_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
         return model
 
     monkeypatch.setattr(ensemble, "build_model", poisoned)
-    info = sweep_module.run_sweep(_sweep({"seed": [0, 1], "gamma": [0.3, 0.8]}, steps=12),
-                                  tmp_path / "s", progress=False)
+    info = sweep_module.run_sweep(
+        _sweep({"seed": [0, 1], "gamma": [0.3, 0.8]}, steps=12), tmp_path / "s", progress=False
+    )
     table = info["table"].set_index("run")
     assert table.loc["g0.8_s1", "state"] == "failed"
     assert "diverged" in table.loc["g0.8_s1", "error"]
@@ -153,8 +173,12 @@ def test_a_unit_that_raises_fails_alone(tmp_path, monkeypatch):
         return real(cfg, out, **kw)
 
     monkeypatch.setattr(sweep_module, "train", broken)
-    info = sweep_module.run_sweep(_sweep({"gamma": [0.3, 0.8]}, steps=12), tmp_path / "s",
-                                  strategy="sequential", progress=False)
+    info = sweep_module.run_sweep(
+        _sweep({"gamma": [0.3, 0.8]}, steps=12),
+        tmp_path / "s",
+        strategy="sequential",
+        progress=False,
+    )
     table = info["table"].set_index("run")
     assert table.loc["g0.3", "state"] == "failed"
     assert table.loc["g0.3", "error"] == "RuntimeError: CUDA out of memory"
@@ -170,8 +194,7 @@ def test_ray_backend_trains_the_same_runs(done, tmp_path):
         with pytest.raises(UserError, match="the Ray cluster has none"):  # no GPU here
             sweep_module.run_sweep(_sweep(), tmp_path / "s", backend="ray", gpus_per_task=1)
         assert not (tmp_path / "s").exists()
-        result = sweep_module.run_sweep(_sweep(), tmp_path / "s", backend="ray",
-                                        progress=False)
+        result = sweep_module.run_sweep(_sweep(), tmp_path / "s", backend="ray", progress=False)
     finally:
         ray.shutdown()
     table = result["table"]
@@ -184,18 +207,42 @@ def test_ray_backend_trains_the_same_runs(done, tmp_path):
 
 @pytest.mark.integration
 def test_cli_sweep(tmp_path, capsys):
-    code, out, err = run_cli(capsys, "sweep", "--out", tmp_path / "s", "--gammas", "0.3,1",
-                             "--vary", "lr=0.001,0.003", *TINY, "--steps", "10")
+    code, out, err = run_cli(
+        capsys,
+        "sweep",
+        "--out",
+        tmp_path / "s",
+        "--gammas",
+        "0.3,1",
+        "--vary",
+        "lr=0.001,0.003",
+        *TINY,
+        "--steps",
+        "10",
+    )
     assert code == 0, err
     table = pd.read_csv(tmp_path / "s" / "results.csv")
     assert list(table.run) == ["g0.3_lr0.001", "g0.3_lr0.003", "g1_lr0.001", "g1_lr0.003"]
     assert Run.open(tmp_path / "s" / "runs" / "g1_lr0.003").config.train.lr == 0.003
     assert "4 of 4 runs done" in out
-    assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "bad", *TINY,
-                              "--vary", "d_model=16,15", "--n-heads", "2"),
-                      r"1 of 2 grid combinations are invalid.*d_model15")
-    assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "bad", "--vary", "nope=1"),
-                      "--vary 'nope=1': expected NAME=V1,V2")
+    assert_user_error(
+        run_cli(
+            capsys,
+            "sweep",
+            "--out",
+            tmp_path / "bad",
+            *TINY,
+            "--vary",
+            "d_model=16,15",
+            "--n-heads",
+            "2",
+        ),
+        r"1 of 2 grid combinations are invalid.*d_model15",
+    )
+    assert_user_error(
+        run_cli(capsys, "sweep", "--out", tmp_path / "bad", "--vary", "nope=1"),
+        "--vary 'nope=1': expected NAME=V1,V2",
+    )
     assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "bad"), "nothing to sweep")
     assert not (tmp_path / "bad").exists()
 
@@ -211,8 +258,10 @@ def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
 
 def test_tuple_fields_sweep_and_read_back():
     sweep = _sweep({"held_out": [((11, 13),), ((11, 13), (13, 11))], "keys": [(21, 30)]})
-    assert [name for name, _ in sweep.points()] == ["held_out11-13_keys21-30",
-                                                     "held_out11-13+13-11_keys21-30"]
+    assert [name for name, _ in sweep.points()] == [
+        "held_out11-13_keys21-30",
+        "held_out11-13+13-11_keys21-30",
+    ]
     again = sweep_module.Sweep.from_dict(json.loads(json.dumps(sweep.to_dict())))
     assert again == sweep and [c for _, c in again.configs()] == [c for _, c in sweep.configs()]
 
@@ -232,22 +281,32 @@ def test_probe_report_rebuilds_a_sweeps_table_and_figure(done, capsys):
 def test_cli_sweep_from_a_grid_file(tmp_path, capsys):
     grid = tmp_path / "grid.json"
     grid.write_text(json.dumps({"base": tiny_config().to_dict(), "grid": {"gamma": [0.3, 0.8]}}))
-    code, out, err = run_cli(capsys, "sweep", "--out", tmp_path / "s", "--grid", grid,
-                             "--seeds", "0,1", "--steps", "10")
+    code, out, err = run_cli(
+        capsys, "sweep", "--out", tmp_path / "s", "--grid", grid, "--seeds", "0,1", "--steps", "10"
+    )
     assert code == 0, err
     table = pd.read_csv(tmp_path / "s" / "results.csv")
     assert list(table.run) == ["g0.3_s0", "g0.3_s1", "g0.8_s0", "g0.8_s1"]
     cfg = Run.open(tmp_path / "s" / "runs" / "g0.8_s1").config
     assert cfg.train.steps == 10 and cfg.model.d_model == tiny_config().model.d_model
     grid.write_text(json.dumps({"gamma": [0.3]}))
-    assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "t", "--grid", grid),
-                      'must be a JSON object with a "grid" object')
+    assert_user_error(
+        run_cli(capsys, "sweep", "--out", tmp_path / "t", "--grid", grid),
+        'must be a JSON object with a "grid" object',
+    )
 
 
 def test_phase_diagram_rows_follow_what_was_swept():
-    table = pd.DataFrame({"gamma": [0.3, 0.8] * 4, "n_layers": 2, "seed": 0,
-                          "weight_decay": [0.0, 0.0, 0.1, 0.1] * 2,
-                          "lr": [0.001] * 4 + [0.003] * 4, "signed_area": np.arange(8.0)})
+    table = pd.DataFrame(
+        {
+            "gamma": [0.3, 0.8] * 4,
+            "n_layers": 2,
+            "seed": 0,
+            "weight_decay": [0.0, 0.0, 0.1, 0.1] * 2,
+            "lr": [0.001] * 4 + [0.003] * 4,
+            "signed_area": np.arange(8.0),
+        }
+    )
     assert rows_axis(table, ["gamma", "weight_decay", "lr"]) == "weight_decay"
     assert rows_axis(table.assign(n_layers=[1, 2] * 4), ["weight_decay"]) == "n_layers"
     assert rows_axis(table[table.weight_decay == 0], ["weight_decay"]) == "n_layers"

@@ -109,14 +109,17 @@ def test_composite_extra_metrics_count_inferential_and_symmetric():
     assert out[("held_out", "symmetric_fraction")] == 0.25
 
 
-@pytest.mark.parametrize("task, message", [
-    (MixtureTask(keys=(30, 20)), "empty"),
-    (MixtureTask(memory_anchors=(1, 12)), "overlap"),
-    (MixtureTask(held_out=((1, 2),)), "not a pair of reasoning"),
-    (MixtureTask(seq_len=2), "seq_len"),
-    (CompositeTask(keys=(3, 99)), "above the anchors"),
-    (CompositeTask(held_out=(4, 9)), "not a pair of anchors"),
-])
+@pytest.mark.parametrize(
+    "task, message",
+    [
+        (MixtureTask(keys=(30, 20)), "empty"),
+        (MixtureTask(memory_anchors=(1, 12)), "overlap"),
+        (MixtureTask(held_out=((1, 2),)), "not a pair of reasoning"),
+        (MixtureTask(seq_len=2), "seq_len"),
+        (CompositeTask(keys=(3, 99)), "above the anchors"),
+        (CompositeTask(held_out=(4, 9)), "not a pair of anchors"),
+    ],
+)
 def test_invalid_task_options_are_rejected(task, message):
     with pytest.raises(UserError, match=message):
         task.generate(0)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import assert_user_error, run_cli
 from initlens.analyses.studies.preference import relative_loss_gap
 from initlens.models import ModelConfig, RunConfig, TrainConfig, UserError, train
 from initlens.models.tasks import TextTask, dataset_arrays
-from helpers import assert_user_error, run_cli
 
 DATA = Path(__file__).parent / "data"
 FILES = (str(DATA / "stories_sample.txt"), str(DATA / "prontoqa_sample.jsonl"))
@@ -57,15 +57,25 @@ def test_local_files_through_datasets():
     assert all(len(t.split()) <= task.max_len for t in texts)
     parquet = TextTask(files=(str(DATA / "prontoqa_sample.parquet"),))
     assert "sterpus" in parquet.vocab
-    assert {g.name for g in task.eval_groups()} == {"prontoqa", "prontoqa_test", "facts",
-                                                    "files", "files_test"}
+    assert {g.name for g in task.eval_groups()} == {
+        "prontoqa",
+        "prontoqa_test",
+        "facts",
+        "files",
+        "files_test",
+    }
 
 
-@pytest.mark.parametrize("options, pattern", [
-    (dict(n_concepts=3), "n_concepts=3"), (dict(max_len=10), "max_len=10"),
-    (dict(files=("missing.txt",)), "missing.txt does not exist"),
-    (dict(files=(str(DATA / "prontoqa_sample.jsonl"),), text_field="body"), "no column 'body'"),
-    (dict(n_values=1), "n_values=1")])
+@pytest.mark.parametrize(
+    "options, pattern",
+    [
+        (dict(n_concepts=3), "n_concepts=3"),
+        (dict(max_len=10), "max_len=10"),
+        (dict(files=("missing.txt",)), "missing.txt does not exist"),
+        (dict(files=(str(DATA / "prontoqa_sample.jsonl"),), text_field="body"), "no column 'body'"),
+        (dict(n_values=1), "n_values=1"),
+    ],
+)
 def test_options_that_cannot_produce_data(options, pattern):
     with pytest.raises(UserError, match=pattern):
         TextTask(**options).validate()
@@ -73,28 +83,49 @@ def test_options_that_cannot_produce_data(options, pattern):
 
 @pytest.mark.integration
 def test_training_records_per_source_losses(tmp_path):
-    cfg = RunConfig(task=TextTask(samples=300, files=FILES),
-                    model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
-                    train=TrainConfig(steps=30, batch_size=32, eval_every=10, eval_size=64,
-                                      warmup_steps=3, n_checkpoints=2))
+    cfg = RunConfig(
+        task=TextTask(samples=300, files=FILES),
+        model=ModelConfig(n_layers=1, d_model=16, n_heads=2),
+        train=TrainConfig(
+            steps=30, batch_size=32, eval_every=10, eval_size=64, warmup_steps=3, n_checkpoints=2
+        ),
+    )
     run = train(cfg, tmp_path / "run", progress=False)
     m = run.metrics()
     losses = m[m.metric == "loss"].pivot(index="step", columns="group", values="value")
     for group in ("prontoqa", "prontoqa_test", "facts", "files", "files_test"):
         assert losses[group].iloc[-1] < losses[group].iloc[0], group
     gap = relative_loss_gap(m, "prontoqa_test", "facts")
-    np.testing.assert_allclose(gap, (losses.facts - losses.prontoqa_test) /
-                               losses.prontoqa_test)
+    np.testing.assert_allclose(gap, (losses.facts - losses.prontoqa_test) / losses.prontoqa_test)
 
 
 def test_cli_reads_files_and_refuses_missing_ones(capsys, tmp_path):
-    code, out, err = run_cli(capsys, "train", "--task", "text", "--files", ",".join(FILES),
-                             "--samples", "100", "--d-model", "16", "--steps", "3",
-                             "--eval-every", "3", "--eval-size", "16", "--out", tmp_path / "r")
+    code, out, err = run_cli(
+        capsys,
+        "train",
+        "--task",
+        "text",
+        "--files",
+        ",".join(FILES),
+        "--samples",
+        "100",
+        "--d-model",
+        "16",
+        "--steps",
+        "3",
+        "--eval-every",
+        "3",
+        "--eval-size",
+        "16",
+        "--out",
+        tmp_path / "r",
+    )
     assert code == 0, err
     assert RunConfig.load(tmp_path / "r" / "config.json").task.files == FILES
-    assert_user_error(run_cli(capsys, "train", "--task", "text", "--files", "nope.txt",
-                              "--out", tmp_path / "r2"), "nope.txt does not exist")
+    assert_user_error(
+        run_cli(capsys, "train", "--task", "text", "--files", "nope.txt", "--out", tmp_path / "r2"),
+        "nope.txt does not exist",
+    )
 
 
 def test_files_without_text_leave_no_vocabulary(tmp_path):

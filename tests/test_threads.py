@@ -10,8 +10,9 @@ import torch
 from initlens.models import threads
 
 
-@pytest.mark.parametrize("cores, busy, expected", [
-    (2, 0, 2), (2, 1, 1), (2, 0.4, 2), (2, 5, 1), (16, 3, 13), (4, -1, 4)])
+@pytest.mark.parametrize(
+    "cores, busy, expected", [(2, 0, 2), (2, 1, 1), (2, 0.4, 2), (2, 5, 1), (16, 3, 13), (4, -1, 4)]
+)
 def test_free_cores(cores, busy, expected):
     assert threads.free_cores(cores, busy) == expected
 
@@ -59,7 +60,10 @@ def test_import_sets_wait_policy_and_threads():
     """A fresh process importing initlens sleeps idle threads and takes the user's count."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "INITLENS_"))}
     env["INITLENS_THREADS"] = "1"
-    code = "import os, initlens, torch; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd="/")
+    code = (
+        "import os, initlens, torch; print(os.environ['OMP_WAIT_POLICY'], torch.get_num_threads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd="/"
+    )
     assert out.stdout.split() == ["PASSIVE", "1"]

@@ -47,7 +47,7 @@ def test_run_directory_contents(tiny_run):
     assert {r["param"] for r in run.init} >= {"embed.weight", "unembed.weight"}
     # Checkpoints are safetensors: the first 8 bytes are a little-endian header length.
     raw = (run.path / "checkpoints" / "step_0000000.safetensors").read_bytes()
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     assert header["__metadata__"] == {"step": "0"}
 
 
@@ -74,8 +74,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_run):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # Each evaluation is recorded once and equals the uninterrupted run's (the stop adds
     # one evaluation at step 13; the running train-batch loss averages another window).
-    a, b = (r.metrics().query("group != 'train'").drop(columns="run") for r in
-            (tiny_run, resumed))
+    a, b = (r.metrics().query("group != 'train'").drop(columns="run") for r in (tiny_run, resumed))
     assert not b.duplicated(["step", "group", "metric"]).any()
     b = b[b.step.isin(set(a.step))]
     assert a.reset_index(drop=True).equals(b.reset_index(drop=True))

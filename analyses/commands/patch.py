@@ -45,8 +45,9 @@ class PatchOptions:
 def make_metric(name: str, pairs: PatchPairs):
     """A built-in metric on the pairs' labels (logit_diff compares clean vs corrupted label)."""
     if name not in METRICS:
-        raise UserError(f"unknown metric {name!r}; choose one of {', '.join(METRICS)}",
-                        option="metric")
+        raise UserError(
+            f"unknown metric {name!r}; choose one of {', '.join(METRICS)}", option="metric"
+        )
     if name == "logit_diff":
         return METRICS[name](pairs.clean_label, pairs.corrupted_label)
     return METRICS[name](pairs.clean_label)
@@ -60,46 +61,68 @@ def figures_for(table: pd.DataFrame, component: str, labels: list[str]) -> dict[
             return {}
         return {name: layer_position_heatmap(table, component, tokens=labels)}
     positions = sorted(table.position.unique())
-    return {f"{name}_pos{p}" if p >= 0 else name:
-            layer_head_heatmap(table, component, position=None if p < 0 else int(p),
-                               title=f"{component} by layer and head"
-                               + ("" if p < 0 else f", position {p} ({labels[p]})"))
-            for p in positions}
+    return {
+        f"{name}_pos{p}" if p >= 0 else name: layer_head_heatmap(
+            table,
+            component,
+            position=None if p < 0 else int(p),
+            title=f"{component} by layer and head"
+            + ("" if p < 0 else f", position {p} ({labels[p]})"),
+        )
+        for p in positions
+    }
 
 
-def patch_command(run_dir: str | Path, out: str | Path, options: PatchOptions = PatchOptions(),
-                  progress: Progress | None = None) -> dict[str, object]:
+def patch_command(
+    run_dir: str | Path,
+    out: str | Path,
+    options: PatchOptions = PatchOptions(),
+    progress: Progress | None = None,
+) -> dict[str, object]:
     """Run one patching experiment on a run directory; returns what was written."""
     o = options
     run = Run.open(run_dir)
     step = run.resolve_step(o.step)
     model = run.load_model(step)
     cfg = run.config
-    pairs = make_pairs(cfg.task, o.corruption, n=o.n, seed=o.seed,
-                       data_seed=cfg.train.data_seed,
-                       source=o.source).to(next(model.parameters()).device)
+    pairs = make_pairs(
+        cfg.task, o.corruption, n=o.n, seed=o.seed, data_seed=cfg.train.data_seed, source=o.source
+    ).to(next(model.parameters()).device)
     fn = make_metric(o.metric, pairs)
-    result = activation_patch(model, pairs.clean, pairs.corrupted, fn, o.component,
-                              o.per_position, o.direction, o.max_memory_mb, progress=progress)
+    result = activation_patch(
+        model,
+        pairs.clean,
+        pairs.corrupted,
+        fn,
+        o.component,
+        o.per_position,
+        o.direction,
+        o.max_memory_mb,
+        progress=progress,
+    )
     table = result.table(run=run.name, step=step)
     table["normalized"] = result.normalized().flatten().tolist()
     info: dict[str, object] = {"clean": result.clean, "corrupted": result.corrupted}
     if o.attribution:
-        estimate = attribution_patch(model, pairs.clean, pairs.corrupted, fn, o.component,
-                                     o.per_position, o.direction)
+        estimate = attribution_patch(
+            model, pairs.clean, pairs.corrupted, fn, o.component, o.per_position, o.direction
+        )
         table["attribution"] = estimate.values.flatten().tolist()
         info["agreement"] = agreement(result, estimate)
-    table = table.assign(corruption=o.corruption, metric=o.metric, direction=o.direction,
-                         gamma=cfg.model.gamma)
+    table = table.assign(
+        corruption=o.corruption, metric=o.metric, direction=o.direction, gamma=cfg.model.gamma
+    )
     out = Path(out)
     stem = f"patch_{o.component}_{o.corruption}"
     files = export_table(table, out, stem)
     labels = position_labels(pairs, pairs.clean.shape[1], cfg.task.position_names)
     figures = {}
     for name, fig in figures_for(table, o.component, labels).items():
-        fig.update_layout(title=f"{name}: {o.corruption} corruption, {o.metric}, "
-                          f"{o.direction}<br><sup>{run.name}, step {step}, gamma "
-                          f"{cfg.model.gamma:g}, {len(pairs)} pairs</sup>")
+        fig.update_layout(
+            title=f"{name}: {o.corruption} corruption, {o.metric}, "
+            f"{o.direction}<br><sup>{run.name}, step {step}, gamma "
+            f"{cfg.model.gamma:g}, {len(pairs)} pairs</sup>"
+        )
         figures[f"{stem}_{name}"] = fig
     more, notes = export_figures(figures, out, o.formats)
     info["warnings"] = notes

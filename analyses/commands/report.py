@@ -12,10 +12,13 @@ from initlens.models.progress import Progress
 from initlens.models.run import Run
 
 
-def report_command(target: str | Path, out: str | Path | None = None,
-                   analysis: AnalysisConfig | None = AnalysisConfig(),
-                   formats: tuple[str, ...] = (), progress: Progress | None = None
-                   ) -> dict[str, object]:
+def report_command(
+    target: str | Path,
+    out: str | Path | None = None,
+    analysis: AnalysisConfig | None = AnalysisConfig(),
+    formats: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> dict[str, object]:
     """A sweep folder: its results table and figures; a study folder (without `out`): its
     tables and report; a run directory: its report (default RUN/report.html)."""
     target = Path(target)
@@ -25,5 +28,11 @@ def report_command(target: str | Path, out: str | Path | None = None,
         return report_study(target, analysis, formats, progress)
     run = Run.open(target)
     tables, problems = analyze_runs([run], analysis, progress) if analysis else ({}, {})
-    return write_report([run], Path(out) if out else target / "report.html",
-                        f"InitLens run {run.name}", problems, tables, formats)
+    return write_report(
+        [run],
+        Path(out) if out else target / "report.html",
+        f"InitLens run {run.name}",
+        problems,
+        tables,
+        formats,
+    )

@@ -12,34 +12,43 @@ from initlens.analyses.studies.preference import curves, relative_loss_gap
 from initlens.models.run import Run
 
 
-
 def _label(run: Run) -> str:
     return f"gamma = {run.config.model.gamma:g}"
 
 
 def group_curves(runs: list[Run], metric: str = "accuracy") -> go.Figure:
     """One panel per run (gamma), one line per evaluation group, `metric` over steps."""
-    fig = make_subplots(rows=1, cols=len(runs), shared_yaxes=True,
-                        subplot_titles=[_label(r) for r in runs])
+    fig = make_subplots(
+        rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[_label(r) for r in runs]
+    )
     seen = set()
     for col, run in enumerate(runs, start=1):
         table = curves(run.metrics(), metric)
         for group in table.columns:
             if group == "train" and metric == "accuracy":
                 continue
-            fig.add_trace(go.Scatter(
-                x=table.index, y=table[group], mode="lines", name=group,
-                legendgroup=group, showlegend=group not in seen,
-                line=dict(color=GROUP_COLORS.get(group)),
-                hovertemplate=f"{group}<br>step %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>"),
-                row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=table.index,
+                    y=table[group],
+                    mode="lines",
+                    name=group,
+                    legendgroup=group,
+                    showlegend=group not in seen,
+                    line=dict(color=GROUP_COLORS.get(group)),
+                    hovertemplate=f"{group}<br>step %{{x}}<br>{metric} %{{y:.3f}}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
             seen.add(group)
         fig.update_xaxes(title_text="step", row=1, col=col)
     fig.update_yaxes(title_text=metric, row=1, col=1)
     if metric == "loss":
         fig.update_yaxes(type="log")
-    fig.update_layout(height=380, margin=dict(t=50, b=40, l=60, r=20),
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(
+        height=380, margin=dict(t=50, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.2)
+    )
     return fig
 
 
@@ -49,34 +58,51 @@ def loss_gap_curves(runs: list[Run]) -> go.Figure:
     for i, run in enumerate(runs):
         task = run.config.task
         gap = relative_loss_gap(run.metrics(), task.reasoning_group, task.memory_group)
-        fig.add_trace(go.Scatter(x=gap.index, y=gap.values, mode="lines", name=_label(run),
-                                 line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
-                                 hovertemplate="step %{x}<br>gap %{y:.3f}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=gap.index,
+                y=gap.values,
+                mode="lines",
+                name=_label(run),
+                line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
+                hovertemplate="step %{x}<br>gap %{y:.3f}<extra></extra>",
+            )
+        )
     fig.add_hline(y=0, line=dict(color="#999", dash="dot"))
-    fig.update_layout(height=360, xaxis_title="step",
-                      yaxis_title="(L_memory - L_reasoning) / L_reasoning",
-                      margin=dict(t=30, b=40, l=60, r=20))
+    fig.update_layout(
+        height=360,
+        xaxis_title="step",
+        yaxis_title="(L_memory - L_reasoning) / L_reasoning",
+        margin=dict(t=30, b=40, l=60, r=20),
+    )
     return fig
 
 
-def steps_to_threshold(table: pd.DataFrame, threshold: int = 90, by: str = "gamma"
-                       ) -> go.Figure:
+def steps_to_threshold(table: pd.DataFrame, threshold: int = 90, by: str = "gamma") -> go.Figure:
     """Grouped bars: step at which each group first reached the threshold, per value of
     `by` (a column: gamma, or e.g. normalization in a sweep's results table)."""
     fig = go.Figure()
     prefix = f"step_to_{threshold}_"
     for col in [c for c in table.columns if c.startswith(prefix)]:
-        group = col[len(prefix):]
+        group = col[len(prefix) :]
         reached = table[col].notna()
-        fig.add_trace(go.Bar(
-            x=[f"{by} = {value_text(v)}" for v in table[by]],
-            y=table[col].fillna(table.steps),
-            name=group, marker_color=GROUP_COLORS.get(group),
-            marker_pattern_shape=["" if r else "/" for r in reached],
-            text=[str(int(v)) if r else "never" for v, r in zip(table[col].fillna(0), reached)],
-            hovertemplate=f"{group}: %{{text}}<extra></extra>"))
-    fig.update_layout(barmode="group", height=360, yaxis_title=f"step to {threshold}% accuracy",
-                      margin=dict(t=30, b=40, l=60, r=20))
+        fig.add_trace(
+            go.Bar(
+                x=[f"{by} = {value_text(v)}" for v in table[by]],
+                y=table[col].fillna(table.steps),
+                name=group,
+                marker_color=GROUP_COLORS.get(group),
+                marker_pattern_shape=["" if r else "/" for r in reached],
+                text=[str(int(v)) if r else "never" for v, r in zip(table[col].fillna(0), reached)],
+                hovertemplate=f"{group}: %{{text}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        height=360,
+        yaxis_title=f"step to {threshold}% accuracy",
+        margin=dict(t=30, b=40, l=60, r=20),
+    )
     return fig
 
 
@@ -92,13 +118,25 @@ def task_metric_curves(runs: list[Run], metrics: tuple[str, ...]) -> go.Figure:
             if sub.empty:
                 continue
             name = f"{metric} ({sub.group.iloc[0]}), {_label(run)}"
-            fig.add_trace(go.Scatter(
-                x=sub.step, y=sub.value, mode="lines", name=name,
-                line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)],
-                          dash=dashes[j % len(dashes)]),
-                hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.3f}}<extra></extra>"))
-    fig.update_layout(height=360, xaxis_title="step", yaxis_title="fraction",
-                      yaxis_range=[0, 1.02], margin=dict(t=30, b=40, l=60, r=20))
+            fig.add_trace(
+                go.Scatter(
+                    x=sub.step,
+                    y=sub.value,
+                    mode="lines",
+                    name=name,
+                    line=dict(
+                        color=GAMMA_COLORS[i % len(GAMMA_COLORS)], dash=dashes[j % len(dashes)]
+                    ),
+                    hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.3f}}<extra></extra>",
+                )
+            )
+    fig.update_layout(
+        height=360,
+        xaxis_title="step",
+        yaxis_title="fraction",
+        yaxis_range=[0, 1.02],
+        margin=dict(t=30, b=40, l=60, r=20),
+    )
     return fig
 
 
@@ -109,17 +147,28 @@ def sweep_curves(runs: list[Run], labels: list[str], metric: str = "accuracy") -
     for i, (run, label) in enumerate(zip(runs, labels)):
         task = run.config.task
         table = curves(run.metrics(), metric)
-        color = GAMMA_COLORS[i % len(GAMMA_COLORS)] if len(runs) <= len(GAMMA_COLORS) else \
-            f"hsl({int(360 * i / len(runs))},65%,45%)"
+        color = (
+            GAMMA_COLORS[i % len(GAMMA_COLORS)]
+            if len(runs) <= len(GAMMA_COLORS)
+            else f"hsl({int(360 * i / len(runs))},65%,45%)"
+        )
         for group, dash in ((task.reasoning_group, "solid"), (task.memory_group, "dot")):
             if group in table:
-                fig.add_trace(go.Scatter(
-                    x=table.index, y=table[group], mode="lines", name=f"{label}: {group}",
-                    legendgroup=label, line=dict(color=color, dash=dash),
-                    hovertemplate=f"{label}<br>{group}<br>step %{{x}}<br>{metric} "
-                                  f"%{{y:.3f}}<extra></extra>"))
-    fig.update_layout(height=420, xaxis_title="step", yaxis_title=metric,
-                      margin=dict(t=30, b=40, l=60, r=20))
+                fig.add_trace(
+                    go.Scatter(
+                        x=table.index,
+                        y=table[group],
+                        mode="lines",
+                        name=f"{label}: {group}",
+                        legendgroup=label,
+                        line=dict(color=color, dash=dash),
+                        hovertemplate=f"{label}<br>{group}<br>step %{{x}}<br>{metric} "
+                        f"%{{y:.3f}}<extra></extra>",
+                    )
+                )
+    fig.update_layout(
+        height=420, xaxis_title="step", yaxis_title=metric, margin=dict(t=30, b=40, l=60, r=20)
+    )
     if metric == "loss":
         fig.update_yaxes(type="log")
     return fig

@@ -38,10 +38,11 @@ from initlens.models.errors import UserError
 
 STATIC_FORMATS = ("png", "svg", "pdf")
 FORMATS = ("html", *STATIC_FORMATS)
-BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome",
-                 "chrome")
-INSTALL_HINT = ("install Debian's `chromium` package (apt-get install chromium) or Chrome, "
-                "or set BROWSER_PATH to one; HTML export still works")
+BROWSER_NAMES = ("chromium", "chromium-browser", "google-chrome-stable", "google-chrome", "chrome")
+INSTALL_HINT = (
+    "install Debian's `chromium` package (apt-get install chromium) or Chrome, "
+    "or set BROWSER_PATH to one; HTML export still works"
+)
 
 
 class StaticExportWarning(UserWarning):
@@ -64,6 +65,7 @@ def find_browser() -> tuple[str | None, str]:
             return path, ""
     try:
         from choreographer.browsers.chromium import Chromium
+
         path = Chromium.find_browser(skip_local=False)
     except Exception:  # noqa: BLE001 best effort: the lookup is choreographer's internals
         path = None
@@ -78,12 +80,18 @@ def static_export_status() -> tuple[bool, str]:
         from importlib.metadata import version
 
         import kaleido  # noqa: F401
+
         major = int(version("kaleido").split(".")[0])
     except Exception:  # noqa: BLE001 missing or broken install: same advice
-        return False, ("kaleido is not installed: pip install 'kaleido>=1' "
-                       "(then a Chromium); HTML export still works")
+        return False, (
+            "kaleido is not installed: pip install 'kaleido>=1' "
+            "(then a Chromium); HTML export still works"
+        )
     if major < 1:
-        return False, "kaleido < 1 is installed: pip install -U 'kaleido>=1'; HTML export still works"
+        return (
+            False,
+            "kaleido < 1 is installed: pip install -U 'kaleido>=1'; HTML export still works",
+        )
     path, reason = find_browser()
     if path is None:
         return False, reason
@@ -110,8 +118,14 @@ def _normalize_formats(formats: str | Iterable[str]) -> list[str]:
     return out
 
 
-def _render_static(fig: go.Figure, formats: list[str], browser: str, width: int | None,
-                   height: int | None, scale: float) -> dict[str, bytes]:
+def _render_static(
+    fig: go.Figure,
+    formats: list[str],
+    browser: str,
+    width: int | None,
+    height: int | None,
+    scale: float,
+) -> dict[str, bytes]:
     """Render each format in one headless-browser session; returns format -> bytes."""
     import kaleido
     from kaleido.errors import BrowserClosedError, BrowserFailedError, ChromeNotFoundError
@@ -126,10 +140,12 @@ def _render_static(fig: go.Figure, formats: list[str], browser: str, width: int 
     async def render() -> dict[str, bytes]:
         # mathjax=False: kaleido would otherwise load MathJax from a CDN (no network here).
         # plotly.js comes from the installed plotly package, not from a CDN.
-        async with kaleido.Kaleido(n=1, path=browser, mathjax=False, headless=True,
-                                   enable_sandbox=False, enable_gpu=False) as k:
-            return {fmt: await k.calc_fig(fig_dict, opts={**opts, "format": fmt})
-                    for fmt in formats}
+        async with kaleido.Kaleido(
+            n=1, path=browser, mathjax=False, headless=True, enable_sandbox=False, enable_gpu=False
+        ) as k:
+            return {
+                fmt: await k.calc_fig(fig_dict, opts={**opts, "format": fmt}) for fmt in formats
+            }
 
     # A private event loop in a worker thread: works under Jupyter's running loop too.
     try:
@@ -137,14 +153,21 @@ def _render_static(fig: go.Figure, formats: list[str], browser: str, width: int 
             return pool.submit(asyncio.run, render()).result()
     except (ChromeNotFoundError, BrowserFailedError, BrowserClosedError) as e:
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise UserError(f"static figure export with {browser} failed ({reason}); "
-                        f"{INSTALL_HINT}") from None
+        raise UserError(
+            f"static figure export with {browser} failed ({reason}); {INSTALL_HINT}"
+        ) from None
 
 
-def export_figure(fig: go.Figure, path_without_suffix: str | Path,
-                  formats: str | Iterable[str] = ("html",), *, width: int | None = None,
-                  height: int | None = None, scale: float = 1.0,
-                  strict: bool = True) -> list[Path]:
+def export_figure(
+    fig: go.Figure,
+    path_without_suffix: str | Path,
+    formats: str | Iterable[str] = ("html",),
+    *,
+    width: int | None = None,
+    height: int | None = None,
+    scale: float = 1.0,
+    strict: bool = True,
+) -> list[Path]:
     """Write `fig` as PATH.html (always) plus PATH.png/.svg/.pdf as asked; returns the paths."""
     base = _output_base(path_without_suffix)
     wanted = _normalize_formats(formats)
@@ -154,8 +177,11 @@ def export_figure(fig: go.Figure, path_without_suffix: str | Path,
         if not ok:
             if strict:
                 raise UserError(f"cannot export {', '.join(static).upper()}: {reason}")
-            warnings.warn(f"wrote HTML only, not {', '.join(static).upper()}: {reason}",
-                          StaticExportWarning, stacklevel=2)
+            warnings.warn(
+                f"wrote HTML only, not {', '.join(static).upper()}: {reason}",
+                StaticExportWarning,
+                stacklevel=2,
+            )
             static = []
     images = _render_static(fig, static, find_browser()[0], width, height, scale) if static else {}
     written = []
@@ -169,8 +195,9 @@ def export_figure(fig: go.Figure, path_without_suffix: str | Path,
     return written
 
 
-def export_figures(figures: Mapping[str, go.Figure], folder: str | Path,
-                   formats: str | Iterable[str] = ("html",)) -> tuple[list[Path], list[str]]:
+def export_figures(
+    figures: Mapping[str, go.Figure], folder: str | Path, formats: str | Iterable[str] = ("html",)
+) -> tuple[list[Path], list[str]]:
     """Export each figure as FOLDER/NAME.*; returns the files and any notes (e.g. no
     browser for PNG: HTML only)."""
     files: list[Path] = []
@@ -181,13 +208,16 @@ def export_figures(figures: Mapping[str, go.Figure], folder: str | Path,
     return files, sorted({str(w.message) for w in caught})
 
 
-def export_table(table: pd.DataFrame, folder: str | Path, stem: str,
-                 formats: Sequence[str] = ("csv", "parquet")) -> list[Path]:
+def export_table(
+    table: pd.DataFrame, folder: str | Path, stem: str, formats: Sequence[str] = ("csv", "parquet")
+) -> list[Path]:
     """The table as FOLDER/STEM.csv (and .parquet), each written atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = {"csv": lambda: table.to_csv(index=False),
-               "parquet": lambda: table.to_parquet(index=False)}
+    written = {
+        "csv": lambda: table.to_csv(index=False),
+        "parquet": lambda: table.to_parquet(index=False),
+    }
     files = []
     for fmt in formats:
         atomic_write(folder / f"{stem}.{fmt}", written[fmt]())

@@ -7,8 +7,9 @@ import numpy as np
 from initlens.probes.corruptions import PatchPairs
 
 
-def position_labels(pairs: PatchPairs, seq: int,
-                    names: tuple[str, ...] = ("key", "a1", "a2")) -> list[str]:
+def position_labels(
+    pairs: PatchPairs, seq: int, names: tuple[str, ...] = ("key", "a1", "a2")
+) -> list[str]:
     """The task's names of the key, a1 and a2 positions (`Task.position_names`) where
     every pair puts them at the same positions, else numbers."""
     labels = [str(i) for i in range(seq)]
@@ -16,7 +17,7 @@ def position_labels(pairs: PatchPairs, seq: int,
     if len(key_pos) == 1:
         k = int(key_pos[0])
         labels = ["noise"] * seq
-        labels[k:k + 3] = list(names)
+        labels[k : k + 3] = list(names)
     return labels
 
 

@@ -27,10 +27,14 @@ def patching_grid(table: pd.DataFrame, component: str) -> go.Figure:
     rows = last_steps(table)
     rows = rows[rows.component == component]
     gammas, exps = gammas_of(rows), list(dict.fromkeys(rows.experiment))
-    fig = make_subplots(rows=len(gammas), cols=len(exps), shared_yaxes=True,
-                        vertical_spacing=0.12, horizontal_spacing=0.06,
-                        subplot_titles=[f"gamma = {g:g}: {e} prompts"
-                                        for g in gammas for e in exps])
+    fig = make_subplots(
+        rows=len(gammas),
+        cols=len(exps),
+        shared_yaxes=True,
+        vertical_spacing=0.12,
+        horizontal_spacing=0.06,
+        subplot_titles=[f"gamma = {g:g}: {e} prompts" for g in gammas for e in exps],
+    )
     per_head = (rows["head"] >= 0).any() and rows["head"].nunique() > 1
     for i, gamma in enumerate(gammas, start=1):
         for j, exp in enumerate(exps, start=1):
@@ -38,26 +42,47 @@ def patching_grid(table: pd.DataFrame, component: str) -> go.Figure:
             if cell.empty:
                 continue
             if cell.normalized.isna().all():
-                fig.add_annotation(text=f"undefined: clean {cell.clean.iloc[0]:.2f} vs "
-                                   f"corrupted {cell.corrupted.iloc[0]:.2f} logit diff",
-                                   xref="x domain", yref="y domain", x=0.5, y=0.5,
-                                   showarrow=False, row=i, col=j)
-            x = (cell.token.astype(str)
-                 + (" H" + cell["head"].astype(str) if per_head else "")).tolist()
+                fig.add_annotation(
+                    text=f"undefined: clean {cell.clean.iloc[0]:.2f} vs "
+                    f"corrupted {cell.corrupted.iloc[0]:.2f} logit diff",
+                    xref="x domain",
+                    yref="y domain",
+                    x=0.5,
+                    y=0.5,
+                    showarrow=False,
+                    row=i,
+                    col=j,
+                )
+            x = (
+                cell.token.astype(str) + (" H" + cell["head"].astype(str) if per_head else "")
+            ).tolist()
             cell = cell.assign(x=x)
-            grid = cell.pivot_table(index="layer", columns="x", values="normalized",
-                                    sort=False, dropna=False)
-            fig.add_trace(go.Heatmap(
-                z=grid.to_numpy(dtype=float), x=list(grid.columns),
-                y=[f"L{int(v)}" for v in grid.index], coloraxis="coloraxis",
-                texttemplate="%{z:.2f}", xgap=1, ygap=1,
-                hovertemplate="layer %{y}, %{x}<br>normalized effect %{z:.3f}"
-                              "<extra></extra>"), row=i, col=j)
+            grid = cell.pivot_table(
+                index="layer", columns="x", values="normalized", sort=False, dropna=False
+            )
+            fig.add_trace(
+                go.Heatmap(
+                    z=grid.to_numpy(dtype=float),
+                    x=list(grid.columns),
+                    y=[f"L{int(v)}" for v in grid.index],
+                    coloraxis="coloraxis",
+                    texttemplate="%{z:.2f}",
+                    xgap=1,
+                    ygap=1,
+                    hovertemplate="layer %{y}, %{x}<br>normalized effect %{z:.3f}<extra></extra>",
+                ),
+                row=i,
+                col=j,
+            )
             fig.update_yaxes(autorange="reversed", row=i, col=j)
-    fig.update_layout(coloraxis=dict(colorscale="RdBu", cmid=0, cmin=-1, cmax=1,
-                                     colorbar=dict(title=dict(text="normalized"))),
-                      height=150 + 170 * len(gammas), margin=dict(t=60, b=40, l=60, r=20),
-                      plot_bgcolor="#f0f0f0")
+    fig.update_layout(
+        coloraxis=dict(
+            colorscale="RdBu", cmid=0, cmin=-1, cmax=1, colorbar=dict(title=dict(text="normalized"))
+        ),
+        height=150 + 170 * len(gammas),
+        margin=dict(t=60, b=40, l=60, r=20),
+        plot_bgcolor="#f0f0f0",
+    )
     return fig
 
 
@@ -68,24 +93,34 @@ def effect_over_training(table: pd.DataFrame, top: int = 2) -> go.Figure:
     rows = table.assign(patch=[component_label(r) for r in table.itertuples()])
     exps = list(dict.fromkeys(rows.experiment))
     gammas = gammas_of(rows)
-    fig = make_subplots(rows=1, cols=len(exps), shared_yaxes=True,
-                        subplot_titles=[f"{e} prompts" for e in exps])
+    fig = make_subplots(
+        rows=1, cols=len(exps), shared_yaxes=True, subplot_titles=[f"{e} prompts" for e in exps]
+    )
     for j, exp in enumerate(exps, start=1):
         for gamma in gammas:
             picks = ranked[(ranked.gamma == gamma) & (ranked.experiment == exp)]
             for dash, patch in zip(("solid", "dot", "dash"), picks.patch):
-                line = rows[(rows.gamma == gamma) & (rows.experiment == exp)
-                            & (rows.patch == patch)].sort_values("step")
-                fig.add_trace(go.Scatter(
-                    x=line.step, y=line.normalized, mode="lines+markers",
-                    name=f"gamma {gamma:g}: {patch}", line=dict(
-                        color=gamma_color(gammas, gamma), dash=dash),
-                    text=line.stage, hovertemplate="step %{x} (%{text})<br>normalized "
-                                                   "%{y:.3f}<extra></extra>"), row=1, col=j)
+                line = rows[
+                    (rows.gamma == gamma) & (rows.experiment == exp) & (rows.patch == patch)
+                ].sort_values("step")
+                fig.add_trace(
+                    go.Scatter(
+                        x=line.step,
+                        y=line.normalized,
+                        mode="lines+markers",
+                        name=f"gamma {gamma:g}: {patch}",
+                        line=dict(color=gamma_color(gammas, gamma), dash=dash),
+                        text=line.stage,
+                        hovertemplate="step %{x} (%{text})<br>normalized %{y:.3f}<extra></extra>",
+                    ),
+                    row=1,
+                    col=j,
+                )
         fig.update_xaxes(title_text="step", row=1, col=j)
     fig.update_yaxes(title_text="normalized effect", row=1, col=1)
-    fig.update_layout(height=400, margin=dict(t=50, b=40, l=60, r=20),
-                      legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(
+        height=400, margin=dict(t=50, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.25)
+    )
     return fig
 
 
@@ -97,20 +132,42 @@ def attribution_scatter(table: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for gamma in gammas:
         for component, part in rows[rows.gamma == gamma].groupby("component", sort=False):
-            fig.add_trace(go.Scatter(
-                x=part.normalized, y=part.attribution_normalized, mode="markers",
-                name=f"gamma {gamma:g}, {component}",
-                marker=dict(color=gamma_color(gammas, gamma), symbol=SYMBOLS.get(component),
-                            size=8, opacity=0.8),
-                text=[f"{component_label(r)}, {r.experiment}" for r in part.itertuples()],
-                hovertemplate="%{text}<br>exact %{x:.3f}<br>attribution %{y:.3f}"
-                              "<extra></extra>"))
-    values = np.concatenate([rows.normalized, rows.attribution_normalized]) if len(rows) \
+            fig.add_trace(
+                go.Scatter(
+                    x=part.normalized,
+                    y=part.attribution_normalized,
+                    mode="markers",
+                    name=f"gamma {gamma:g}, {component}",
+                    marker=dict(
+                        color=gamma_color(gammas, gamma),
+                        symbol=SYMBOLS.get(component),
+                        size=8,
+                        opacity=0.8,
+                    ),
+                    text=[f"{component_label(r)}, {r.experiment}" for r in part.itertuples()],
+                    hovertemplate="%{text}<br>exact %{x:.3f}<br>attribution %{y:.3f}"
+                    "<extra></extra>",
+                )
+            )
+    values = (
+        np.concatenate([rows.normalized, rows.attribution_normalized])
+        if len(rows)
         else np.array([0.0, 1.0])
+    )
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="exact = estimate",
-                             line=dict(color="#999", dash="dot")))
-    fig.update_layout(height=460, xaxis_title="exact patching (normalized)",
-                      yaxis_title="attribution estimate (normalized)",
-                      margin=dict(t=30, b=40, l=60, r=20))
+    fig.add_trace(
+        go.Scatter(
+            x=[lo, hi],
+            y=[lo, hi],
+            mode="lines",
+            name="exact = estimate",
+            line=dict(color="#999", dash="dot"),
+        )
+    )
+    fig.update_layout(
+        height=460,
+        xaxis_title="exact patching (normalized)",
+        yaxis_title="attribution estimate (normalized)",
+        margin=dict(t=30, b=40, l=60, r=20),
+    )
     return fig

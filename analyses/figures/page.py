@@ -37,14 +37,18 @@ def _cell(value) -> str:
 
 def table_html(df: pd.DataFrame) -> str:
     """A plain HTML table; missing steps read "never", floats get 3 decimals."""
-    return '<div style="overflow-x:auto">' + df.map(_cell).to_html(
-        index=False, border=0, escape=True) + "</div>"
+    return (
+        '<div style="overflow-x:auto">'
+        + df.map(_cell).to_html(index=False, border=0, escape=True)
+        + "</div>"
+    )
 
 
 def paragraphs(sentences: list[str], css: str = "verdict") -> str:
     """Sentences as paragraphs in a highlighted box."""
-    return f'<div class="{css}">' + "".join(f"<p>{html.escape(s)}</p>"
-                                            for s in sentences) + "</div>"
+    return (
+        f'<div class="{css}">' + "".join(f"<p>{html.escape(s)}</p>" for s in sentences) + "</div>"
+    )
 
 
 @dataclass
@@ -61,14 +65,17 @@ class Report:
     def figure(self, name: str, fig: go.Figure, caption: str) -> None:
         """Append `fig` with its caption (also the exported file's subject)."""
         self.figures[name] = fig
-        self.add(fig.to_html(full_html=False, include_plotlyjs=False,
-                             config={"responsive": True}),
-                 f'<p class="caption">{html.escape(caption)}</p>')
+        self.add(
+            fig.to_html(full_html=False, include_plotlyjs=False, config={"responsive": True}),
+            f'<p class="caption">{html.escape(caption)}</p>',
+        )
 
     def html(self, title: str) -> str:
         """The whole page, plotly.js inlined."""
-        return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
-                f"<title>{html.escape(title)}</title><style>{CSS}</style>"
-                f"<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
-                + "\n".join(self.parts) + "</body></html>")
-
+        return (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"<script>{plotly.offline.get_plotlyjs()}</script></head><body>"
+            + "\n".join(self.parts)
+            + "</body></html>"
+        )

@@ -15,15 +15,22 @@ from plotly.subplots import make_subplots
 
 from initlens.analyses.studies.phase import default_value, phase_grid
 
-VALUES = {"signed_area": ("reasoning - memory accuracy area", -1.0, 1.0, "RdBu"),
-          "inferential_fraction": ("inferential fraction on (4,3)", 0.0, 1.0, "Viridis"),
-          "final_acc_reasoning_test": ("held-out reasoning accuracy", 0.0, 1.0, "Viridis"),
-          "rule_extrapolation_at_best": ("rule extrapolation (best validation step)", 0.0,
-                                         1.0, "Viridis")}
+VALUES = {
+    "signed_area": ("reasoning - memory accuracy area", -1.0, 1.0, "RdBu"),
+    "inferential_fraction": ("inferential fraction on (4,3)", 0.0, 1.0, "Viridis"),
+    "final_acc_reasoning_test": ("held-out reasoning accuracy", 0.0, 1.0, "Viridis"),
+    "rule_extrapolation_at_best": (
+        "rule extrapolation (best validation step)",
+        0.0,
+        1.0,
+        "Viridis",
+    ),
+}
 
 
-def phase_diagram(table: pd.DataFrame, value: str | None = None, rows: str = "n_layers"
-                  ) -> go.Figure:
+def phase_diagram(
+    table: pd.DataFrame, value: str | None = None, rows: str = "n_layers"
+) -> go.Figure:
     """Heatmaps of gamma (x) x `rows` (y; default depth) coloured by `value` (default:
     `default_value`), one per seed and one of their mean, from `results_table`."""
     value = value or default_value(table)
@@ -31,24 +38,49 @@ def phase_diagram(table: pd.DataFrame, value: str | None = None, rows: str = "n_
     panels = [(s, f"seed {s}") for s in sorted(table.seed.unique())]
     if len(panels) > 1:
         panels.append((None, f"mean over {len(panels)} seeds"))
-    fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True,
-                        subplot_titles=[label for _, label in panels], horizontal_spacing=0.04)
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        shared_yaxes=True,
+        subplot_titles=[label for _, label in panels],
+        horizontal_spacing=0.04,
+    )
     for col, (seed, label) in enumerate(panels, start=1):
         grid = phase_grid(table, value, seed, rows)
-        fig.add_trace(go.Heatmap(
-            z=grid.to_numpy(dtype=float), x=[f"{g:g}" for g in grid.columns],
-            y=[_row_label(rows, v) for v in grid.index],
-            coloraxis="coloraxis", texttemplate="%{z:.2f}", xgap=1, ygap=1, name=label,
-            hovertemplate=f"gamma %{{x}}, %{{y}}<br>{label}<br>{value} %{{z:.3f}}"
-                          "<extra></extra>"), row=1, col=col)
-        fig.update_xaxes(title_text="init scale gamma (std = d_in^-gamma)", type="category",
-                         row=1, col=col)
-    fig.update_yaxes(title_text="depth" if rows == "n_layers" else rows, type="category",
-                     row=1, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                z=grid.to_numpy(dtype=float),
+                x=[f"{g:g}" for g in grid.columns],
+                y=[_row_label(rows, v) for v in grid.index],
+                coloraxis="coloraxis",
+                texttemplate="%{z:.2f}",
+                xgap=1,
+                ygap=1,
+                name=label,
+                hovertemplate=f"gamma %{{x}}, %{{y}}<br>{label}<br>{value} %{{z:.3f}}"
+                "<extra></extra>",
+            ),
+            row=1,
+            col=col,
+        )
+        fig.update_xaxes(
+            title_text="init scale gamma (std = d_in^-gamma)", type="category", row=1, col=col
+        )
+    fig.update_yaxes(
+        title_text="depth" if rows == "n_layers" else rows, type="category", row=1, col=1
+    )
     fig.update_layout(
-        title=f"Phase diagram: {title}", height=360, width=max(480, 330 * len(panels)),
-        coloraxis=dict(colorscale=scale, cmin=zmin, cmax=zmax, cmid=0 if zmin == -1 else None,
-                       colorbar=dict(title=value)))
+        title=f"Phase diagram: {title}",
+        height=360,
+        width=max(480, 330 * len(panels)),
+        coloraxis=dict(
+            colorscale=scale,
+            cmin=zmin,
+            cmax=zmax,
+            cmid=0 if zmin == -1 else None,
+            colorbar=dict(title=value),
+        ),
+    )
     return fig
 
 

@@ -15,11 +15,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from initlens.analyses.figures.colors import (GAMMA_COLORS, ROLE_COLORS, gamma_color,
-                                              gammas_of)
+from initlens.analyses.figures.colors import GAMMA_COLORS, ROLE_COLORS, gamma_color, gammas_of
 from initlens.analyses.studies.over_training import last_steps
 from initlens.models.errors import UserError
 from initlens.probes.geometry import cosine_matrix, pca, token_embeddings, token_roles
+
 
 def _role_tokens(task) -> tuple[list[int], list[str]]:
     """Anchor roles first (they are few and the point of the figure), then the keys."""
@@ -29,38 +29,65 @@ def _role_tokens(task) -> tuple[list[int], list[str]]:
     return ids, [r for r in order for _ in roles[r]]
 
 
-def cosine_heatmap(model, task, title: str = "Token-embedding cosine similarity"
-                   ) -> go.Figure:
+def cosine_heatmap(model, task, title: str = "Token-embedding cosine similarity") -> go.Figure:
     """Cosine similarity of the task's token embeddings, grouped by role, ordered by value;
     lines separate the roles."""
     ids, roles = _role_tokens(task)
     C = cosine_matrix(token_embeddings(model, ids)).numpy()
     labels = [f"{r}:{t}" for r, t in zip(roles, ids)]
-    fig = go.Figure(go.Heatmap(
-        z=C, x=labels, y=labels, zmin=-1, zmax=1, zmid=0, colorscale="RdBu_r",
-        hovertemplate="%{y} vs %{x}<br>cosine %{z:.3f}<extra></extra>",
-        colorbar=dict(title=dict(text="cosine"))))
+    fig = go.Figure(
+        go.Heatmap(
+            z=C,
+            x=labels,
+            y=labels,
+            zmin=-1,
+            zmax=1,
+            zmid=0,
+            colorscale="RdBu_r",
+            hovertemplate="%{y} vs %{x}<br>cosine %{z:.3f}<extra></extra>",
+            colorbar=dict(title=dict(text="cosine")),
+        )
+    )
     bounds = [i for i in range(1, len(roles)) if roles[i] != roles[i - 1]]
     for b in bounds:
         for axis in ("x", "y"):
-            line = dict(type="line", line=dict(color="black", width=1),
-                        xref="x" if axis == "x" else "paper",
-                        yref="y" if axis == "y" else "paper")
-            line.update(x0=b - 0.5, x1=b - 0.5, y0=0, y1=1) if axis == "x" else \
-                line.update(y0=b - 0.5, y1=b - 0.5, x0=0, x1=1)
+            line = dict(
+                type="line",
+                line=dict(color="black", width=1),
+                xref="x" if axis == "x" else "paper",
+                yref="y" if axis == "y" else "paper",
+            )
+            line.update(x0=b - 0.5, x1=b - 0.5, y0=0, y1=1) if axis == "x" else line.update(
+                y0=b - 0.5, y1=b - 0.5, x0=0, x1=1
+            )
             fig.add_shape(**line)
     ticks = [str(t) for t in ids]
-    fig.update_layout(title=dict(text=title), height=640, width=700,
-                      xaxis=dict(tickmode="array", tickvals=labels, ticktext=ticks,
-                                 tickfont=dict(size=8), title_text="token (grouped by role)"),
-                      yaxis=dict(tickmode="array", tickvals=labels, ticktext=ticks,
-                                 tickfont=dict(size=8), autorange="reversed"),
-                      margin=dict(t=60, b=60, l=60, r=20))
+    fig.update_layout(
+        title=dict(text=title),
+        height=640,
+        width=700,
+        xaxis=dict(
+            tickmode="array",
+            tickvals=labels,
+            ticktext=ticks,
+            tickfont=dict(size=8),
+            title_text="token (grouped by role)",
+        ),
+        yaxis=dict(
+            tickmode="array",
+            tickvals=labels,
+            ticktext=ticks,
+            tickfont=dict(size=8),
+            autorange="reversed",
+        ),
+        margin=dict(t=60, b=60, l=60, r=20),
+    )
     return fig
 
 
-def pca_scatter(model, task, title: str = "Token embeddings: first two principal components"
-                ) -> go.Figure:
+def pca_scatter(
+    model, task, title: str = "Token embeddings: first two principal components"
+) -> go.Figure:
     """The task's token embeddings on their top two principal axes, coloured by role and
     labelled with the token value (ordered anchors show up as an ordered curve)."""
     ids, roles = _role_tokens(task)
@@ -68,34 +95,47 @@ def pca_scatter(model, task, title: str = "Token embeddings: first two principal
     fig = go.Figure()
     for role in dict.fromkeys(roles):
         pick = [i for i, r in enumerate(roles) if r == role]
-        fig.add_trace(go.Scatter(
-            x=coords[pick, 0].numpy(), y=coords[pick, 1].numpy(), mode="markers+text",
-            name=role, text=[str(ids[i]) for i in pick], textposition="top center",
-            marker=dict(color=ROLE_COLORS.get(role), size=9 if role != "key" else 5),
-            hovertemplate=f"{role} %{{text}}<br>PC1 %{{x:.3f}}<br>PC2 %{{y:.3f}}"
-                          "<extra></extra>"))
-    fig.update_layout(title=dict(text=title), height=520,
-                      xaxis_title=f"PC1 ({100 * float(ratio[0]):.0f}% of variance)",
-                      yaxis_title=f"PC2 ({100 * float(ratio[1]):.0f}% of variance)",
-                      margin=dict(t=60, b=50, l=60, r=20))
+        fig.add_trace(
+            go.Scatter(
+                x=coords[pick, 0].numpy(),
+                y=coords[pick, 1].numpy(),
+                mode="markers+text",
+                name=role,
+                text=[str(ids[i]) for i in pick],
+                textposition="top center",
+                marker=dict(color=ROLE_COLORS.get(role), size=9 if role != "key" else 5),
+                hovertemplate=f"{role} %{{text}}<br>PC1 %{{x:.3f}}<br>PC2 %{{y:.3f}}"
+                "<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title=dict(text=title),
+        height=520,
+        xaxis_title=f"PC1 ({100 * float(ratio[0]):.0f}% of variance)",
+        yaxis_title=f"PC2 ({100 * float(ratio[1]):.0f}% of variance)",
+        margin=dict(t=60, b=50, l=60, r=20),
+    )
     return fig
 
 
 def _select(table: pd.DataFrame, where: dict) -> pd.DataFrame:
     for column, value in where.items():
         if column not in table.columns:
-            raise UserError(f"the table has no column {column!r}; it has "
-                            f"{', '.join(map(str, table.columns))}")
+            raise UserError(
+                f"the table has no column {column!r}; it has {', '.join(map(str, table.columns))}"
+            )
         choices = sorted(map(str, table[column].dropna().unique()))
         table = table[table[column].astype(str) == str(value)]
         if table.empty:
-            raise UserError(f"no rows with {column} = {value!r}; choose one of "
-                            f"{', '.join(choices)}")
+            raise UserError(
+                f"no rows with {column} = {value!r}; choose one of {', '.join(choices)}"
+            )
     return table
 
 
-def metric_over_steps(table: pd.DataFrame, value: str = "value", title: str | None = None,
-                      **where) -> go.Figure:
+def metric_over_steps(
+    table: pd.DataFrame, value: str = "value", title: str | None = None, **where
+) -> go.Figure:
     """`value` over training steps, one line per run coloured by gamma, from a tidy
     over-training table (filter with where=..., e.g. metric="within_cosine",
     group="reasoning_anchor"; what remains is averaged per step)."""
@@ -104,21 +144,35 @@ def metric_over_steps(table: pd.DataFrame, value: str = "value", title: str | No
     runs = rows[["run", "gamma"]].drop_duplicates().sort_values("gamma")
     for i, (run, gamma) in enumerate(runs.itertuples(index=False, name=None)):
         line = rows[rows.run == run].groupby("step")[value].mean()
-        fig.add_trace(go.Scatter(
-            x=line.index, y=line.to_numpy(), mode="lines+markers",
-            name=f"gamma = {gamma:g}" + (f" ({run})" if (runs.gamma == gamma).sum() > 1
-                                         else ""),
-            line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
-            hovertemplate=f"{run}<br>step %{{x}}<br>{value} %{{y:.4f}}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=line.index,
+                y=line.to_numpy(),
+                mode="lines+markers",
+                name=f"gamma = {gamma:g}"
+                + (f" ({run})" if (runs.gamma == gamma).sum() > 1 else ""),
+                line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
+                hovertemplate=f"{run}<br>step %{{x}}<br>{value} %{{y:.4f}}<extra></extra>",
+            )
+        )
     what = ", ".join(f"{k} {v}" for k, v in where.items())
-    fig.update_layout(title=dict(text=title or f"{what or value} over training"),
-                      xaxis_title="step", yaxis_title=value, height=380,
-                      margin=dict(t=50, b=40, l=60, r=20))
+    fig.update_layout(
+        title=dict(text=title or f"{what or value} over training"),
+        xaxis_title="step",
+        yaxis_title=value,
+        height=380,
+        margin=dict(t=50, b=40, l=60, r=20),
+    )
     return fig
 
 
-def probe_heatmap(table: pd.DataFrame, value: str = "selectivity", component: str | None = None,
-                  title: str | None = None, **where) -> go.Figure:
+def probe_heatmap(
+    table: pd.DataFrame,
+    value: str = "selectivity",
+    component: str | None = None,
+    title: str | None = None,
+    **where,
+) -> go.Figure:
     """Probe `value` (accuracy, control_accuracy or selectivity) by layer (rows, layer 0
     at top) and position, for one component of one (run, step, target) slice."""
     rows = _select(table, where)
@@ -127,27 +181,42 @@ def probe_heatmap(table: pd.DataFrame, value: str = "selectivity", component: st
     keys = [c for c in ("run", "step", "target", "component") if c in rows.columns]
     slices = rows[keys].drop_duplicates()
     if len(slices) > 1:
-        raise UserError(f"the probe table holds {len(slices)} (" + ", ".join(keys) + ") "
-                        f"slices; pick one with where=... (e.g. target='key', step=...)")
+        raise UserError(
+            f"the probe table holds {len(slices)} (" + ", ".join(keys) + ") "
+            "slices; pick one with where=... (e.g. target='key', step=...)"
+        )
     grid = rows.pivot_table(index="layer", columns="position", values=value)
     z = grid.to_numpy(dtype=float)
-    text = [[f"layer {layer}<br>position {p}<br>{value} {v:.3f}" for p, v in zip(grid.columns,
-                                                                              z[i])]
-            for i, layer in enumerate(grid.index)]
+    text = [
+        [f"layer {layer}<br>position {p}<br>{value} {v:.3f}" for p, v in zip(grid.columns, z[i])]
+        for i, layer in enumerate(grid.index)
+    ]
     signed = value == "selectivity"
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[str(p) for p in grid.columns], y=[str(layer) for layer in grid.index],
-        text=text, hovertemplate="%{text}<extra></extra>", xgap=1, ygap=1,
-        colorscale="RdBu" if signed else "Viridis", zmid=0 if signed else None,
-        zmin=None if signed else 0, zmax=None if signed else 1,
-        colorbar=dict(title=dict(text=value))))
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[str(p) for p in grid.columns],
+            y=[str(layer) for layer in grid.index],
+            text=text,
+            hovertemplate="%{text}<extra></extra>",
+            xgap=1,
+            ygap=1,
+            colorscale="RdBu" if signed else "Viridis",
+            zmid=0 if signed else None,
+            zmin=None if signed else 0,
+            zmax=None if signed else 1,
+            colorbar=dict(title=dict(text=value)),
+        )
+    )
     first = rows.iloc[0]
     label = ", ".join(f"{k} {first[k]}" for k in keys)
-    fig.update_layout(title=dict(text=title or f"probe {value}: {label}"),
-                      xaxis=dict(title_text="position", type="category"),
-                      yaxis=dict(title_text="layer", type="category", autorange="reversed"),
-                      height=max(300, 140 + 40 * len(grid.index)),
-                      margin=dict(t=50, b=50, l=60, r=20))
+    fig.update_layout(
+        title=dict(text=title or f"probe {value}: {label}"),
+        xaxis=dict(title_text="position", type="category"),
+        yaxis=dict(title_text="layer", type="category", autorange="reversed"),
+        height=max(300, 140 + 40 * len(grid.index)),
+        margin=dict(t=50, b=50, l=60, r=20),
+    )
     if not np.isfinite(z).any():
         raise UserError(f"probe table has no finite {value} values for {label}")
     return fig
@@ -158,21 +227,41 @@ def probes_by_layer(probes: pd.DataFrame, target: str = "label") -> go.Figure:
     the label position, hook by hook in forward order, at each run's last step."""
     rows = last_steps(probes[probes.target == target])
     rows = rows[rows.position == rows.position.max()]
-    order = rows.sort_values(["layer", "component"], key=lambda c: c.map(
-        {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4})
-        if c.name == "component" else c).hook.drop_duplicates().tolist()
+    order = (
+        rows.sort_values(
+            ["layer", "component"],
+            key=lambda c: (
+                c.map(
+                    {"resid_pre": 0, "attn_out": 1, "resid_mid": 2, "mlp_out": 3, "resid_post": 4}
+                )
+                if c.name == "component"
+                else c
+            ),
+        )
+        .hook.drop_duplicates()
+        .tolist()
+    )
     gammas = gammas_of(rows)
     fig = go.Figure()
     for gamma in gammas:
         part = rows[rows.gamma == gamma].set_index("hook").loc[order]
         for value, dash in (("accuracy", "solid"), ("control_accuracy", "dot")):
-            fig.add_trace(go.Scatter(
-                x=order, y=part[value], mode="lines+markers", name=f"gamma {gamma:g}: "
-                + value.replace("_", " "), line=dict(color=gamma_color(gammas, gamma), dash=dash),
-                hovertemplate="%{x}<br>" + value + " %{y:.3f}<extra></extra>"))
-    fig.update_layout(height=400, yaxis=dict(title_text="held-out accuracy", range=[0, 1.02]),
-                      xaxis=dict(title_text="hook (label position)", tickangle=-30),
-                      margin=dict(t=30, b=110, l=60, r=20))
+            fig.add_trace(
+                go.Scatter(
+                    x=order,
+                    y=part[value],
+                    mode="lines+markers",
+                    name=f"gamma {gamma:g}: " + value.replace("_", " "),
+                    line=dict(color=gamma_color(gammas, gamma), dash=dash),
+                    hovertemplate="%{x}<br>" + value + " %{y:.3f}<extra></extra>",
+                )
+            )
+    fig.update_layout(
+        height=400,
+        yaxis=dict(title_text="held-out accuracy", range=[0, 1.02]),
+        xaxis=dict(title_text="hook (label position)", tickangle=-30),
+        margin=dict(t=30, b=110, l=60, r=20),
+    )
     return fig
 
 
@@ -184,15 +273,28 @@ def facet_over_steps(table: pd.DataFrame, facet: str, title: str, **where) -> go
         rows = rows[rows[column] == value]
     facets = sorted(rows[facet].dropna().unique())
     gammas = gammas_of(rows)
-    fig = make_subplots(rows=1, cols=max(1, len(facets)), shared_yaxes=True,
-                        subplot_titles=[f"{facet} {f}" for f in facets])
+    fig = make_subplots(
+        rows=1,
+        cols=max(1, len(facets)),
+        shared_yaxes=True,
+        subplot_titles=[f"{facet} {f}" for f in facets],
+    )
     for j, f in enumerate(facets, start=1):
         for gamma in gammas:
             line = rows[(rows[facet] == f) & (rows.gamma == gamma)].groupby("step").value.mean()
-            fig.add_trace(go.Scatter(x=line.index, y=line.to_numpy(), mode="lines+markers",
-                                     name=f"gamma = {gamma:g}", legendgroup=str(gamma),
-                                     showlegend=j == 1,
-                                     line=dict(color=gamma_color(gammas, gamma))), row=1, col=j)
+            fig.add_trace(
+                go.Scatter(
+                    x=line.index,
+                    y=line.to_numpy(),
+                    mode="lines+markers",
+                    name=f"gamma = {gamma:g}",
+                    legendgroup=str(gamma),
+                    showlegend=j == 1,
+                    line=dict(color=gamma_color(gammas, gamma)),
+                ),
+                row=1,
+                col=j,
+            )
         fig.update_xaxes(title_text="step", type="log", row=1, col=j)
     fig.update_layout(title=dict(text=title), height=360, margin=dict(t=70, b=40, l=60, r=20))
     return fig
@@ -206,12 +308,22 @@ def weight_change_bars(geometry: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for gamma in gammas:
         part = rows[rows.gamma == gamma]
-        fig.add_trace(go.Bar(x=part.hook, y=part.value, name=f"gamma = {gamma:g}",
-                             marker_color=gamma_color(gammas, gamma),
-                             hovertemplate="%{x}<br>relative change %{y:.3f}<extra></extra>"))
-    fig.update_layout(barmode="group", height=420, yaxis=dict(title_text="relative change",
-                                                              type="log"),
-                      xaxis=dict(tickangle=-40), margin=dict(t=30, b=140, l=60, r=20))
+        fig.add_trace(
+            go.Bar(
+                x=part.hook,
+                y=part.value,
+                name=f"gamma = {gamma:g}",
+                marker_color=gamma_color(gammas, gamma),
+                hovertemplate="%{x}<br>relative change %{y:.3f}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        height=420,
+        yaxis=dict(title_text="relative change", type="log"),
+        xaxis=dict(tickangle=-40),
+        margin=dict(t=30, b=140, l=60, r=20),
+    )
     return fig
 
 
@@ -225,11 +337,20 @@ def cka_to_final(cka: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     for (run, gamma, layer), line in rows.groupby(["run_a", "gamma_a", "layer_a"]):
         line = line.sort_values("step_a")
-        fig.add_trace(go.Scatter(
-            x=line.step_a, y=line.cka, mode="lines+markers",
-            name=f"gamma = {gamma:g}, layer {layer}",
-            line=dict(color=gamma_color(gammas, gamma), dash=dashes[int(layer) % len(dashes)]),
-            hovertemplate=f"{run}<br>step %{{x}}<br>CKA %{{y:.3f}}<extra></extra>"))
-    fig.update_layout(height=380, xaxis_title="step", yaxis=dict(title_text="CKA with the "
-                      "last step", range=[0, 1.02]), margin=dict(t=30, b=40, l=60, r=20))
+        fig.add_trace(
+            go.Scatter(
+                x=line.step_a,
+                y=line.cka,
+                mode="lines+markers",
+                name=f"gamma = {gamma:g}, layer {layer}",
+                line=dict(color=gamma_color(gammas, gamma), dash=dashes[int(layer) % len(dashes)]),
+                hovertemplate=f"{run}<br>step %{{x}}<br>CKA %{{y:.3f}}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        height=380,
+        xaxis_title="step",
+        yaxis=dict(title_text="CKA with the last step", range=[0, 1.02]),
+        margin=dict(t=30, b=40, l=60, r=20),
+    )
     return fig

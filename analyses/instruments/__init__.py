@@ -5,14 +5,29 @@ below (see CONTRIBUTING.md, "Adding an instrument").
 """
 
 from initlens.analyses.instruments import cka, geometry, localization, probes
-from initlens.analyses.instruments.registry import (INSTRUMENTS, NEEDS, Context, Instrument,
-                                                    Measured, instruments, register,
-                                                    tables_of)
+from initlens.analyses.instruments.registry import (
+    INSTRUMENTS,
+    NEEDS,
+    Context,
+    Instrument,
+    Measured,
+    instruments,
+    register,
+    tables_of,
+)
 
 register(localization.INSTRUMENT)
 register(probes.INSTRUMENT)
 register(geometry.INSTRUMENT)
 register(cka.INSTRUMENT)
 
-__all__ = ["INSTRUMENTS", "NEEDS", "Context", "Instrument", "Measured", "instruments",
-           "register", "tables_of"]
+__all__ = [
+    "INSTRUMENTS",
+    "NEEDS",
+    "Context",
+    "Instrument",
+    "Measured",
+    "instruments",
+    "register",
+    "tables_of",
+]

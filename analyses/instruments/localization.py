@@ -7,20 +7,55 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from initlens.analyses.figures.localization import (attribution_scatter, effect_over_training,
-                                                    patching_grid)
+from initlens.analyses.figures.localization import (
+    attribution_scatter,
+    effect_over_training,
+    patching_grid,
+)
 from initlens.analyses.figures.page import Report, paragraphs, table_html
 from initlens.analyses.instruments.registry import Context, Instrument, Measured
-from initlens.analyses.studies.localization import (compare_tasks, localize_run,
-                                                    rank_components, summary)
+from initlens.analyses.studies.localization import (
+    compare_tasks,
+    localize_run,
+    rank_components,
+    summary,
+)
 from initlens.analyses.studies.over_training import last_steps
 from initlens.models.run import Run
 
-LOCALIZATION_COLUMNS = ("run", "gamma", "step", "stage", "experiment", "corruption",
-                        "component", "layer", "position", "head", "value", "attribution",
-                        "normalized", "attribution_normalized", "clean", "corrupted", "token")
-AGREEMENT_COLUMNS = ("run", "gamma", "step", "stage", "experiment", "component", "pearson",
-                     "spearman", "top_k_overlap", "n_patches", "clean", "corrupted")
+LOCALIZATION_COLUMNS = (
+    "run",
+    "gamma",
+    "step",
+    "stage",
+    "experiment",
+    "corruption",
+    "component",
+    "layer",
+    "position",
+    "head",
+    "value",
+    "attribution",
+    "normalized",
+    "attribution_normalized",
+    "clean",
+    "corrupted",
+    "token",
+)
+AGREEMENT_COLUMNS = (
+    "run",
+    "gamma",
+    "step",
+    "stage",
+    "experiment",
+    "component",
+    "pearson",
+    "spearman",
+    "top_k_overlap",
+    "n_patches",
+    "clean",
+    "corrupted",
+)
 
 
 def measure(context: Context) -> Measured:
@@ -28,9 +63,13 @@ def measure(context: Context) -> Measured:
     run = context.run
     if run.config.model.architecture != "transformer":
         return Measured({}, ("patching skipped: the Emb-MLP has no attention blocks",))
-    localization, agreement = localize_run(run, context.stages, n=context.settings.pairs,
-                                           seed=context.settings.seed,
-                                           progress=context.progress)
+    localization, agreement = localize_run(
+        run,
+        context.stages,
+        n=context.settings.pairs,
+        seed=context.settings.seed,
+        progress=context.progress,
+    )
     return Measured({"localization": localization, "agreement": agreement})
 
 
@@ -45,61 +84,89 @@ PATCH_CAPTIONS = {
 def section(doc: Report, runs: list[Run], tables: Mapping[str, pd.DataFrame]) -> None:
     """Which components carry each task type, when they form, whether attribution finds
     them."""
-    loc, agree = tables.get("localization", pd.DataFrame()), tables.get("agreement",
-                                                                        pd.DataFrame())
+    loc, agree = tables.get("localization", pd.DataFrame()), tables.get("agreement", pd.DataFrame())
     task = runs[0].config.task
     r, m = task.reasoning_group, task.memory_group
     doc.add("<h2>Which components carry each task type?</h2>")
     if loc.empty:
         doc.add("<p>No patching: this task has no clean/corrupted prompt pairs.</p>")
         return
-    doc.add(paragraphs(summary(loc, r, m)),
-            "<p>Method: denoising activation patching at each run's last checkpoint. Clean "
-            "prompts of one task type, corrupted by changing the key token (so the answer "
-            "changes); the corrupted run is patched with one clean activation at a time and "
-            "the logit difference (clean answer minus corrupted answer) is measured. "
-            "Normalized effect: 0 = the corrupted run, 1 = the clean run.</p>",
-            "<h3>Strongest component patches</h3>", table_html(rank_components(loc)),
-            '<p class="caption">The five attention-output, MLP-output and head patches with '
-            'the largest |normalized effect| per init scale and task type, at the last step; '
-            'attribution_normalized is the attribution-patching estimate of the same '
-            'patch.</p>',
-            f"<h3>{html.escape(r)} vs {html.escape(m)} prompts</h3>",
-            table_html(compare_tasks(loc, r, m).groupby("run").head(6)),
-            '<p class="caption">Normalized effect of the same patch on each task type and '
-            'their difference, largest |difference| first (six per init scale).</p>')
+    doc.add(
+        paragraphs(summary(loc, r, m)),
+        "<p>Method: denoising activation patching at each run's last checkpoint. Clean "
+        "prompts of one task type, corrupted by changing the key token (so the answer "
+        "changes); the corrupted run is patched with one clean activation at a time and "
+        "the logit difference (clean answer minus corrupted answer) is measured. "
+        "Normalized effect: 0 = the corrupted run, 1 = the clean run.</p>",
+        "<h3>Strongest component patches</h3>",
+        table_html(rank_components(loc)),
+        '<p class="caption">The five attention-output, MLP-output and head patches with '
+        "the largest |normalized effect| per init scale and task type, at the last step; "
+        "attribution_normalized is the attribution-patching estimate of the same "
+        "patch.</p>",
+        f"<h3>{html.escape(r)} vs {html.escape(m)} prompts</h3>",
+        table_html(compare_tasks(loc, r, m).groupby("run").head(6)),
+        '<p class="caption">Normalized effect of the same patch on each task type and '
+        "their difference, largest |difference| first (six per init scale).</p>",
+    )
     for component in dict.fromkeys(loc.component):
-        doc.figure(f"patching_{component}", patching_grid(loc, component),
-                   f"Normalized effect of patching {PATCH_CAPTIONS.get(component, component)}"
-                   f", by layer (rows) and token position (columns), one panel per init "
-                   f"scale (rows of panels) and task type (columns), at each run's last "
-                   f"step.")
+        doc.figure(
+            f"patching_{component}",
+            patching_grid(loc, component),
+            f"Normalized effect of patching {PATCH_CAPTIONS.get(component, component)}"
+            f", by layer (rows) and token position (columns), one panel per init "
+            f"scale (rows of panels) and task type (columns), at each run's last "
+            f"step.",
+        )
     doc.add("<h2>When do these components form?</h2>")
     stages = loc[["gamma", "step", "stage"]].drop_duplicates().sort_values(["gamma", "step"])
-    doc.add(table_html(stages),
-            '<p class="caption">The checkpoints analysed: init, early (nearest a tenth of '
-            'training), the first checkpoint after each task type reached 90%, and the '
-            'end.</p>')
-    doc.figure("patching_over_training", effect_over_training(loc),
-               "Normalized effect of each init scale's two strongest component patches (at "
-               "the last step) over the analysed checkpoints, one panel per task type.")
+    doc.add(
+        table_html(stages),
+        '<p class="caption">The checkpoints analysed: init, early (nearest a tenth of '
+        "training), the first checkpoint after each task type reached 90%, and the "
+        "end.</p>",
+    )
+    doc.figure(
+        "patching_over_training",
+        effect_over_training(loc),
+        "Normalized effect of each init scale's two strongest component patches (at "
+        "the last step) over the analysed checkpoints, one panel per task type.",
+    )
     doc.add("<h2>Can attribution patching find them?</h2>")
     if not agree.empty:
-        doc.add(table_html(last_steps(agree)[["gamma", "experiment", "component", "pearson",
-                                              "spearman", "top_k_overlap", "n_patches"]]),
-                '<p class="caption">Agreement of attribution patching (one forward and '
-                'backward pass) with exact patching at the last step: Pearson and Spearman '
-                'correlation of the effects, and the share of the top 5 patches (by '
-                '|effect|) both methods pick.</p>')
-    doc.figure("attribution_vs_exact", attribution_scatter(loc),
-               "Attribution estimate against exact effect for every patch at the last step "
-               "(normalized); the dotted diagonal is perfect agreement.")
+        doc.add(
+            table_html(
+                last_steps(agree)[
+                    [
+                        "gamma",
+                        "experiment",
+                        "component",
+                        "pearson",
+                        "spearman",
+                        "top_k_overlap",
+                        "n_patches",
+                    ]
+                ]
+            ),
+            '<p class="caption">Agreement of attribution patching (one forward and '
+            "backward pass) with exact patching at the last step: Pearson and Spearman "
+            "correlation of the effects, and the share of the top 5 patches (by "
+            "|effect|) both methods pick.</p>",
+        )
+    doc.figure(
+        "attribution_vs_exact",
+        attribution_scatter(loc),
+        "Attribution estimate against exact effect for every patch at the last step "
+        "(normalized); the dotted diagonal is perfect agreement.",
+    )
 
 
 INSTRUMENT = Instrument(
     name="localization",
     description="exact and attribution patching of the task's corruptions at the stage "
-                "checkpoints (which components carry each task type)",
+    "checkpoints (which components carry each task type)",
     needs=frozenset({"model", "activations", "checkpoints"}),
     tables={"localization": LOCALIZATION_COLUMNS, "agreement": AGREEMENT_COLUMNS},
-    measure=measure, section=section)
+    measure=measure,
+    section=section,
+)

@@ -64,8 +64,10 @@ class Instrument:
     def __post_init__(self):
         unknown = set(self.needs) - set(NEEDS)
         if unknown:
-            raise ValueError(f"instrument {self.name!r} needs unknown {sorted(unknown)}; "
-                             f"choose from {', '.join(NEEDS)}")
+            raise ValueError(
+                f"instrument {self.name!r} needs unknown {sorted(unknown)}; "
+                f"choose from {', '.join(NEEDS)}"
+            )
 
 
 INSTRUMENTS: dict[str, Instrument] = {}
@@ -76,8 +78,9 @@ def register(instrument: Instrument) -> Instrument:
     for other in INSTRUMENTS.values():
         shared = set(other.tables) & set(instrument.tables)
         if other.name != instrument.name and shared:
-            raise ValueError(f"table(s) {sorted(shared)} of {instrument.name!r} already "
-                             f"belong to {other.name!r}")
+            raise ValueError(
+                f"table(s) {sorted(shared)} of {instrument.name!r} already belong to {other.name!r}"
+            )
     INSTRUMENTS[instrument.name] = instrument
     return instrument
 
@@ -88,8 +91,10 @@ def instruments(names: tuple[str, ...] | None = None) -> list[Instrument]:
         return [i for i in INSTRUMENTS.values() if i.default]
     unknown = [n for n in names if n not in INSTRUMENTS]
     if unknown:
-        raise UserError(f"unknown instrument(s) {', '.join(unknown)}; choose from "
-                        f"{', '.join(INSTRUMENTS)}", option="instruments")
+        raise UserError(
+            f"unknown instrument(s) {', '.join(unknown)}; choose from {', '.join(INSTRUMENTS)}",
+            option="instruments",
+        )
     return [i for i in INSTRUMENTS.values() if i.name in names]
 
 

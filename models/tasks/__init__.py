@@ -8,8 +8,13 @@ from initlens.models.tasks.mixture import MixtureTask
 from initlens.models.tasks.modular import ModularTask
 from initlens.models.tasks.text import TextTask
 
-TASKS: dict[str, type[Task]] = {"mixture": MixtureTask, "composite": CompositeTask,
-                                "modular": ModularTask, "formal": FormalTask, "text": TextTask}
+TASKS: dict[str, type[Task]] = {
+    "mixture": MixtureTask,
+    "composite": CompositeTask,
+    "modular": ModularTask,
+    "formal": FormalTask,
+    "text": TextTask,
+}
 
 
 def task_class(name: str) -> type[Task]:
@@ -20,5 +25,17 @@ def task_class(name: str) -> type[Task]:
         raise UserError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
 
 
-__all__ = ["TASKS", "CompositeTask", "FormalTask", "Group", "MixtureTask", "ModularTask", "Task",
-           "TextTask", "as_tensors", "dataset_arrays", "group_mask", "task_class"]
+__all__ = [
+    "TASKS",
+    "CompositeTask",
+    "FormalTask",
+    "Group",
+    "MixtureTask",
+    "ModularTask",
+    "Task",
+    "TextTask",
+    "as_tensors",
+    "dataset_arrays",
+    "group_mask",
+    "task_class",
+]

@@ -61,7 +61,7 @@ class Task:
     def vocab_size(self) -> int:
         raise NotImplementedError
 
-    def generate(self, seed: int) -> "datasets.Dataset":  # noqa: F821
+    def generate(self, seed: int) -> datasets.Dataset:  # noqa: F821
         raise NotImplementedError
 
     def eval_groups(self) -> tuple[Group, ...]:
@@ -70,8 +70,9 @@ class Task:
     def validate(self, n_ctx: int | None = None) -> None:
         """Raise UserError if these options cannot produce data."""
 
-    def extra_metrics(self, rows: dict[str, np.ndarray],
-                      preds: np.ndarray) -> dict[tuple[str, str], float]:
+    def extra_metrics(
+        self, rows: dict[str, np.ndarray], preds: np.ndarray
+    ) -> dict[tuple[str, str], float]:
         """Task-specific read-outs, {(group, metric): value}, beyond loss and accuracy."""
         return {}
 
@@ -84,8 +85,7 @@ class Task:
         """A generated continuation as text (next-token tasks)."""
         raise NotImplementedError
 
-    def completion_scores(self, completions: dict[str, list[str]]
-                          ) -> dict[tuple[str, str], float]:
+    def completion_scores(self, completions: dict[str, list[str]]) -> dict[tuple[str, str], float]:
         """{(group, metric): value} of decoded prompt + completion strings per prompt set."""
         return {}
 
@@ -108,19 +108,27 @@ class Task:
         group = self.memory_group if source == "memory" else self.reasoning_group
         return group_mask(rows, next(g for g in self.eval_groups() if g.name == group))
 
-    def draw_corruption(self, kind: str, source: str, rng: np.random.Generator,
-                        clean: dict[str, np.ndarray], cor: dict[str, np.ndarray],
-                        i: np.ndarray) -> None:
+    def draw_corruption(
+        self,
+        kind: str,
+        source: str,
+        rng: np.random.Generator,
+        clean: dict[str, np.ndarray],
+        cor: dict[str, np.ndarray],
+        i: np.ndarray,
+    ) -> None:
         """(Re)draw the corrupted key, a1, a2 of rows `i` in place."""
         raise UserError(f"task {self.name!r} has no corruptions")
 
-    def labels_of(self, key: np.ndarray, a1: np.ndarray, a2: np.ndarray,
-                  data_seed: int) -> np.ndarray:
+    def labels_of(
+        self, key: np.ndarray, a1: np.ndarray, a2: np.ndarray, data_seed: int
+    ) -> np.ndarray:
         """The label the generator gives each (key, a1, a2) row."""
         raise NotImplementedError
 
-    def trains_on(self, kind: str, cor: dict[str, np.ndarray],
-                  clean: dict[str, np.ndarray]) -> np.ndarray:
+    def trains_on(
+        self, kind: str, cor: dict[str, np.ndarray], clean: dict[str, np.ndarray]
+    ) -> np.ndarray:
         """Corrupted rows that are training data (never a held-out combination)."""
         return np.ones(len(cor["key"]), dtype=bool)
 
@@ -129,12 +137,12 @@ class Task:
         task type, when the task has that corruption."""
         if "key" not in self.corruptions:
             return ()
-        return ((self.reasoning_group, "key", "reasoning"),
-                (self.memory_group, "key", "memory"))
+        return ((self.reasoning_group, "key", "reasoning"), (self.memory_group, "key", "memory"))
 
 
-def other_value(rng: np.random.Generator, values: np.ndarray, span: tuple[int, int],
-                what: str) -> np.ndarray:
+def other_value(
+    rng: np.random.Generator, values: np.ndarray, span: tuple[int, int], what: str
+) -> np.ndarray:
     """A uniformly drawn value of lo..hi different from each of `values`."""
     lo, hi = span
     size = hi - lo + 1
@@ -178,7 +186,7 @@ def place_sequences(
     return tokens
 
 
-def to_dataset(columns: dict[str, np.ndarray]) -> "datasets.Dataset":  # noqa: F821
+def to_dataset(columns: dict[str, np.ndarray]) -> datasets.Dataset:  # noqa: F821
     """Build the Dataset with the shared column layout."""
     import datasets
 
@@ -190,15 +198,23 @@ def framed(ids: list[int], length: int) -> list[int]:
     return [BOS, *ids, EOS] + [PAD] * (length - len(ids))
 
 
-def sequence_dataset(tokens, task_type, split, key=None) -> "datasets.Dataset":  # noqa: F821
+def sequence_dataset(tokens, task_type, split, key=None) -> datasets.Dataset:  # noqa: F821
     """A next-token task's rows in the shared columns: label EOS, no anchors; `key` e.g.
     the string length."""
     n = len(tokens)
     zeros = np.zeros(n, dtype=int)
-    return to_dataset(dict(tokens=np.asarray(tokens), label=np.full(n, EOS),
-                           task_type=np.asarray(task_type), a1=zeros, a2=zeros,
-                           key=zeros if key is None else np.asarray(key), key_pos=zeros,
-                           split=np.asarray(split)))
+    return to_dataset(
+        dict(
+            tokens=np.asarray(tokens),
+            label=np.full(n, EOS),
+            task_type=np.asarray(task_type),
+            a1=zeros,
+            a2=zeros,
+            key=zeros if key is None else np.asarray(key),
+            key_pos=zeros,
+            split=np.asarray(split),
+        )
+    )
 
 
 def dataset_arrays(ds) -> dict[str, np.ndarray]:

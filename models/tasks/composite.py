@@ -69,26 +69,36 @@ class CompositeTask(Task):
         if not self.shifts:
             raise UserError("composite: shifts is empty; give at least one anchor shift")
         if lo > hi or lo <= len(self.shifts):
-            raise UserError(f"composite: keys={lo}..{hi} must be a non-empty range above "
-                            f"the anchors 1..{len(self.shifts)}")
+            raise UserError(
+                f"composite: keys={lo}..{hi} must be a non-empty range above "
+                f"the anchors 1..{len(self.shifts)}"
+            )
         if lo + min(2 * min(self.shifts), self.twist_shift) < 0:
-            raise UserError(f"composite: key {lo} with shifts {self.shifts} gives negative "
-                            f"labels; raise the lowest key")
+            raise UserError(
+                f"composite: key {lo} with shifts {self.shifts} gives negative "
+                f"labels; raise the lowest key"
+            )
         for name, pair in (("twist", self.twist), ("held_out", self.held_out)):
             if not all(1 <= a <= len(self.shifts) for a in pair):
-                raise UserError(f"composite: {name}={pair} is not a pair of anchors "
-                                f"1..{len(self.shifts)}")
+                raise UserError(
+                    f"composite: {name}={pair} is not a pair of anchors 1..{len(self.shifts)}"
+                )
         if self.seq_len < 3 + self.hold_out_key_positions:
-            raise UserError(f"composite: seq_len={self.seq_len} is too short; use >= 4 "
-                            f"(>= 3 without hold_out_key_positions)")
+            raise UserError(
+                f"composite: seq_len={self.seq_len} is too short; use >= 4 "
+                f"(>= 3 without hold_out_key_positions)"
+            )
         if n_ctx is not None and self.seq_len > n_ctx:
-            raise UserError(f"composite: seq_len={self.seq_len} exceeds the model context "
-                            f"n_ctx={n_ctx}")
+            raise UserError(
+                f"composite: seq_len={self.seq_len} exceeds the model context n_ctx={n_ctx}"
+            )
         if self.samples_per_pair < 1:
             raise UserError("composite: samples_per_pair must be >= 1")
         if self.key_position_mod is not None and self.key_position_mod < 1:
-            raise UserError(f"composite: key_position_mod={self.key_position_mod} must be "
-                            f">= 1 (or none: seq_len - 2)")
+            raise UserError(
+                f"composite: key_position_mod={self.key_position_mod} must be "
+                f">= 1 (or none: seq_len - 2)"
+            )
 
     def generate(self, seed: int):
         """Train rows for the 15 seen pairs and test rows (held-out positions, and (4,3))."""
@@ -101,9 +111,17 @@ class CompositeTask(Task):
 
         def add(k, a1, a2, key_pos, task_type, split):
             m = len(k)
-            parts.append(dict(key=k, a1=np.full(m, a1), a2=np.full(m, a2), key_pos=key_pos,
-                              label=k + self.shift(a1, a2), task_type=np.full(m, task_type),
-                              split=np.full(m, split)))
+            parts.append(
+                dict(
+                    key=k,
+                    a1=np.full(m, a1),
+                    a2=np.full(m, a2),
+                    key_pos=key_pos,
+                    label=k + self.shift(a1, a2),
+                    task_type=np.full(m, task_type),
+                    split=np.full(m, split),
+                )
+            )
 
         for a1 in self.anchors.tolist():
             for a2 in self.anchors.tolist():
@@ -119,12 +137,19 @@ class CompositeTask(Task):
                 banned = k % self.position_mod  # >= n_pos: no position held out
                 others = rng.integers(0, n_pos - 1, size=n)  # any position but `banned`
                 held = banned < n_pos
-                add(k, a1, a2, np.where(held, others + (others >= banned), anywhere),
-                    task_type, "train")
+                add(
+                    k,
+                    a1,
+                    a2,
+                    np.where(held, others + (others >= banned), anywhere),
+                    task_type,
+                    "train",
+                )
                 add(k[held], a1, a2, banned[held], task_type, "test")
         cols = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
-        cols["tokens"] = place_sequences(rng, cols["key"], cols["a1"], cols["a2"], keys,
-                                         self.seq_len, cols["key_pos"])
+        cols["tokens"] = place_sequences(
+            rng, cols["key"], cols["a1"], cols["a2"], keys, self.seq_len, cols["key_pos"]
+        )
         return to_dataset(cols)
 
     def eval_groups(self) -> tuple[Group, ...]:
@@ -143,8 +168,10 @@ class CompositeTask(Task):
         a1, a2 = self.held_out
         inferential = key + self.shifts[a1 - 1] + self.shifts[a2 - 1]
         symmetric = key + self.shift(*self.twist)
-        return {("held_out", "inferential_fraction"): float(np.mean(p == inferential)),
-                ("held_out", "symmetric_fraction"): float(np.mean(p == symmetric))}
+        return {
+            ("held_out", "inferential_fraction"): float(np.mean(p == inferential)),
+            ("held_out", "symmetric_fraction"): float(np.mean(p == symmetric)),
+        }
 
     def token_roles(self) -> dict[str, list[int]]:
         return {"key": span(self.keys), "anchor": [int(a) for a in self.anchors]}
@@ -177,12 +204,15 @@ class CompositeTask(Task):
 
     def trains_on(self, kind, cor, clean):
         """Never the held-out pair, nor (key corruption) a held-out key position."""
-        ok = np.array([(int(x), int(y)) != tuple(self.held_out)
-                       for x, y in zip(cor["a1"], cor["a2"])])
+        ok = np.array(
+            [(int(x), int(y)) != tuple(self.held_out) for x, y in zip(cor["a1"], cor["a2"])]
+        )
         if kind == "key" and self.hold_out_key_positions:
             ok &= cor["key"] % self.position_mod != clean["key_pos"]
         return ok
 
     def patch_experiments(self):
-        return (*super().patch_experiments(),
-                ("held_out_vs_twist", "held_out_vs_twist", "reasoning"))
+        return (
+            *super().patch_experiments(),
+            ("held_out_vs_twist", "held_out_vs_twist", "reasoning"),
+        )

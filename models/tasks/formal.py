@@ -17,13 +17,15 @@ strings that are valid.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from initlens.models.errors import UserError
 from initlens.models.tasks.base import Group, Task, framed, sequence_dataset
+
 SYMBOLS = {"anbn": "ab", "anbncn": "abc", "dyck": "()[]", "regular": "ab"}
 MAX_PROMPTS = 256  # prompts per read-out at most (a seeded subset of longer lists)
 
@@ -47,8 +49,10 @@ def _nested(s: str) -> bool:
 
 RULES: dict[str, tuple[Callable[[str], bool], Callable[[str], bool]]] = {
     "anbn": (lambda s: _ordered(s, "ab"), lambda s: s.count("a") == s.count("b")),
-    "anbncn": (lambda s: _ordered(s, "abc"),
-               lambda s: s.count("a") == s.count("b") == s.count("c")),
+    "anbncn": (
+        lambda s: _ordered(s, "abc"),
+        lambda s: s.count("a") == s.count("b") == s.count("c"),
+    ),
     "dyck": (_nested, lambda s: s.count("(") == s.count(")") and s.count("[") == s.count("]")),
     "regular": (lambda s: s.startswith("b"), lambda s: s.count("a") % 2 == 0),
 }
@@ -64,8 +68,10 @@ class FormalTask(Task):
     next_token: ClassVar[bool] = True
     reasoning_group: ClassVar[str] = "test_strings"
     memory_group: ClassVar[str] = "train_strings"
-    readouts: ClassVar[tuple[tuple[str, str], ...]] = (("ood_prompts", "rule_extrapolation"),
-                                                       ("id_prompts", "accuracy"))
+    readouts: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("ood_prompts", "rule_extrapolation"),
+        ("id_prompts", "accuracy"),
+    )
     language: str = "anbn"
     max_len: int = 16
     prompt_len: int = 4
@@ -90,21 +96,30 @@ class FormalTask(Task):
 
     def validate(self, n_ctx: int | None = None) -> None:
         if self.language not in SYMBOLS:
-            raise UserError(f"formal: unknown language {self.language!r}; choose one of: "
-                            f"{', '.join(SYMBOLS)}")
+            raise UserError(
+                f"formal: unknown language {self.language!r}; choose one of: {', '.join(SYMBOLS)}"
+            )
         shortest = {"anbn": 2, "anbncn": 3, "dyck": 2, "regular": 1}[self.language]
         if self.max_len < 2 * shortest:
-            raise UserError(f"formal: max_len={self.max_len} leaves {self.language} too few "
-                            f"strings; use max_len >= {2 * shortest}")
+            raise UserError(
+                f"formal: max_len={self.max_len} leaves {self.language} too few "
+                f"strings; use max_len >= {2 * shortest}"
+            )
         if not 1 <= self.prompt_len < self.max_len:
-            raise UserError(f"formal: prompt_len={self.prompt_len} must lie in 1..max_len-1 "
-                            f"(max_len={self.max_len})")
+            raise UserError(
+                f"formal: prompt_len={self.prompt_len} must lie in 1..max_len-1 "
+                f"(max_len={self.max_len})"
+            )
         if not 0 < self.test_fraction < 1 or self.samples < 1:
-            raise UserError(f"formal: test_fraction={self.test_fraction} must lie in (0, 1) "
-                            f"and samples={self.samples} be >= 1")
+            raise UserError(
+                f"formal: test_fraction={self.test_fraction} must lie in (0, 1) "
+                f"and samples={self.samples} be >= 1"
+            )
         if n_ctx is not None and self.seq_len > n_ctx:
-            raise UserError(f"formal: max_len={self.max_len} needs {self.seq_len} positions "
-                            f"(BOS, string, EOS) but the model context is n_ctx={n_ctx}")
+            raise UserError(
+                f"formal: max_len={self.max_len} needs {self.seq_len} positions "
+                f"(BOS, string, EOS) but the model context is n_ctx={n_ctx}"
+            )
 
     # ---- strings
 
@@ -152,9 +167,12 @@ class FormalTask(Task):
         n_test = max(round(self.samples * self.test_fraction), 1)
         strings = [self._draw(rng) for _ in range(self.samples + n_test)]
         n = len(strings)
-        return sequence_dataset([self.encode(s) for s in strings], np.full(n, "valid"),
-                                np.where(np.arange(n) < self.samples, "train", "test"),
-                                key=[len(s) for s in strings])
+        return sequence_dataset(
+            [self.encode(s) for s in strings],
+            np.full(n, "valid"),
+            np.where(np.arange(n) < self.samples, "train", "test"),
+            key=[len(s) for s in strings],
+        )
 
     def eval_groups(self) -> tuple[Group, ...]:
         return (Group("train_strings", "valid", "train"), Group("test_strings", "valid", "test"))
@@ -175,25 +193,36 @@ class FormalTask(Task):
         id_prompts, the distinct prefixes of the valid strings in `rows`; ood_prompts,
         every string of that length that breaks rule 1 (seeded subsets when many)."""
         strings = {self.decode(t[1:]) for t in rows["tokens"].tolist()}
-        found = {"id_prompts": sorted({s[:self.prompt_len] for s in strings
-                                       if len(s) > self.prompt_len}),
-                 "ood_prompts": ["".join(p) for p in itertools.product(
-                     self.symbols, repeat=self.prompt_len)
-                     if not RULES[self.language][0]("".join(p))]}
-        return {name: np.array([self.encode(p)[:1 + self.prompt_len]
-                                for p in self._subset(prompts)], dtype=np.int64)
-                for name, prompts in found.items() if prompts}
+        found = {
+            "id_prompts": sorted(
+                {s[: self.prompt_len] for s in strings if len(s) > self.prompt_len}
+            ),
+            "ood_prompts": [
+                "".join(p)
+                for p in itertools.product(self.symbols, repeat=self.prompt_len)
+                if not RULES[self.language][0]("".join(p))
+            ],
+        }
+        return {
+            name: np.array(
+                [self.encode(p)[: 1 + self.prompt_len] for p in self._subset(prompts)],
+                dtype=np.int64,
+            )
+            for name, prompts in found.items()
+            if prompts
+        }
 
-    def completion_scores(self, completions: dict[str, list[str]]
-                          ) -> dict[tuple[str, str], float]:
+    def completion_scores(self, completions: dict[str, list[str]]) -> dict[tuple[str, str], float]:
         """In-distribution accuracy (valid completions of valid prefixes) and the rule-
         extrapolation score (completions of rule-1-breaking prompts that obey rule 2)."""
         rule2 = RULES[self.language][1]
         out = {}
         if completions.get("id_prompts"):
-            out[("id_prompts", "accuracy")] = float(np.mean(
-                [self.valid(s) for s in completions["id_prompts"]]))
+            out[("id_prompts", "accuracy")] = float(
+                np.mean([self.valid(s) for s in completions["id_prompts"]])
+            )
         if completions.get("ood_prompts"):
-            out[("ood_prompts", "rule_extrapolation")] = float(np.mean(
-                [rule2(s) for s in completions["ood_prompts"]]))
+            out[("ood_prompts", "rule_extrapolation")] = float(
+                np.mean([rule2(s) for s in completions["ood_prompts"]])
+            )
         return out

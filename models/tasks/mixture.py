@@ -47,10 +47,15 @@ class MixtureTask(Task):
     samples_per_pair: int = 400
 
     @classmethod
-    def published(cls) -> "MixtureTask":
+    def published(cls) -> MixtureTask:
         """Keys 21..120, memory anchors 1..10, reasoning anchors 11..20, ~200k samples."""
-        return cls(keys=(21, 120), memory_anchors=(1, 10), reasoning_anchors=(11, 20),
-                   seq_len=9, samples_per_pair=1000)
+        return cls(
+            keys=(21, 120),
+            memory_anchors=(1, 10),
+            reasoning_anchors=(11, 20),
+            seq_len=9,
+            samples_per_pair=1000,
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -74,23 +79,34 @@ class MixtureTask(Task):
         for field in ("keys", "memory_anchors", "reasoning_anchors"):
             lo, hi = getattr(self, field)
             if lo > hi or lo < 0:
-                raise UserError(f"mixture: {field}={lo}..{hi} is empty or negative; "
-                                f"give a range lo..hi with 0 <= lo <= hi")
-        spans = [set(_span(getattr(self, f)).tolist())
-                 for f in ("keys", "memory_anchors", "reasoning_anchors")]
+                raise UserError(
+                    f"mixture: {field}={lo}..{hi} is empty or negative; "
+                    f"give a range lo..hi with 0 <= lo <= hi"
+                )
+        spans = [
+            set(_span(getattr(self, f)).tolist())
+            for f in ("keys", "memory_anchors", "reasoning_anchors")
+        ]
         if spans[0] & spans[1] or spans[0] & spans[2] or spans[1] & spans[2]:
-            raise UserError("mixture: keys, memory_anchors and reasoning_anchors overlap; "
-                            "choose disjoint ranges")
+            raise UserError(
+                "mixture: keys, memory_anchors and reasoning_anchors overlap; "
+                "choose disjoint ranges"
+            )
         for pair in self.held_out:
             if not all(a in spans[2] for a in pair):
-                raise UserError(f"mixture: held-out pair {pair} is not a pair of reasoning "
-                                f"anchors {self.reasoning_anchors}")
+                raise UserError(
+                    f"mixture: held-out pair {pair} is not a pair of reasoning "
+                    f"anchors {self.reasoning_anchors}"
+                )
         if self.seq_len < 3:
-            raise UserError(f"mixture: seq_len={self.seq_len} cannot hold a key and two "
-                            f"anchors; use seq_len >= 3")
+            raise UserError(
+                f"mixture: seq_len={self.seq_len} cannot hold a key and two "
+                f"anchors; use seq_len >= 3"
+            )
         if n_ctx is not None and self.seq_len > n_ctx:
-            raise UserError(f"mixture: seq_len={self.seq_len} exceeds the model context "
-                            f"n_ctx={n_ctx}")
+            raise UserError(
+                f"mixture: seq_len={self.seq_len} exceeds the model context n_ctx={n_ctx}"
+            )
         if self.samples_per_pair < 1:
             raise UserError("mixture: samples_per_pair must be >= 1")
 
@@ -103,8 +119,10 @@ class MixtureTask(Task):
         n = self.samples_per_pair
         held = set(self.held_out)
         parts = []
-        for task_type, anchors in (("memory", _span(self.memory_anchors)),
-                                   ("reasoning", _span(self.reasoning_anchors))):
+        for task_type, anchors in (
+            ("memory", _span(self.memory_anchors)),
+            ("reasoning", _span(self.reasoning_anchors)),
+        ):
             for a1 in anchors:
                 for a2 in anchors:
                     k = np.resize(rng.permutation(keys), n)  # every key, equally often
@@ -113,13 +131,21 @@ class MixtureTask(Task):
                     else:
                         label = k + a1 + a2
                     split = "test" if (int(a1), int(a2)) in held else "train"
-                    parts.append(dict(key=k, a1=np.full(n, a1), a2=np.full(n, a2),
-                                      label=label, task_type=np.full(n, task_type),
-                                      split=np.full(n, split)))
+                    parts.append(
+                        dict(
+                            key=k,
+                            a1=np.full(n, a1),
+                            a2=np.full(n, a2),
+                            label=label,
+                            task_type=np.full(n, task_type),
+                            split=np.full(n, split),
+                        )
+                    )
         cols = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
         cols["key_pos"] = rng.integers(0, self.seq_len - 2, size=len(cols["key"]))
-        cols["tokens"] = place_sequences(rng, cols["key"], cols["a1"], cols["a2"], keys,
-                                         self.seq_len, cols["key_pos"])
+        cols["tokens"] = place_sequences(
+            rng, cols["key"], cols["a1"], cols["a2"], keys, self.seq_len, cols["key_pos"]
+        )
         return to_dataset(cols)
 
     def eval_groups(self) -> tuple[Group, ...]:
@@ -130,16 +156,20 @@ class MixtureTask(Task):
         )
 
     def token_roles(self) -> dict[str, list[int]]:
-        return {"key": span(self.keys), "memory_anchor": span(self.memory_anchors),
-                "reasoning_anchor": span(self.reasoning_anchors)}
+        return {
+            "key": span(self.keys),
+            "memory_anchor": span(self.memory_anchors),
+            "reasoning_anchor": span(self.reasoning_anchors),
+        }
 
     def intermediate(self, rows):
         """key + a1 on reasoning rows; undefined on memory rows."""
         return rows["key"] + rows["a1"], rows["task_type"] != "memory"
 
     def clean_rows(self, kind, source, rows):
-        return super().clean_rows(kind, "reasoning" if kind == "reasoning_to_memory" else
-                                  source, rows)
+        return super().clean_rows(
+            kind, "reasoning" if kind == "reasoning_to_memory" else source, rows
+        )
 
     def draw_corruption(self, kind, source, rng, clean, cor, i):
         """key: another key; anchor: another a2 of the same kind; reasoning_to_memory: a
@@ -156,8 +186,13 @@ class MixtureTask(Task):
     def labels_of(self, key, a1, a2, data_seed):
         table = self.memory_table(data_seed)
         lo, hi = self.memory_anchors
-        return np.array([table[(int(k), int(x), int(y))] if lo <= x <= hi else k + x + y
-                         for k, x, y in zip(key, a1, a2)], dtype=np.int64)
+        return np.array(
+            [
+                table[(int(k), int(x), int(y))] if lo <= x <= hi else k + x + y
+                for k, x, y in zip(key, a1, a2)
+            ],
+            dtype=np.int64,
+        )
 
     def trains_on(self, kind, cor, clean):
         held = set(self.held_out)

@@ -34,7 +34,7 @@ class ModularTask(Task):
     train_fraction: float = 0.5
 
     @classmethod
-    def published(cls) -> "ModularTask":
+    def published(cls) -> ModularTask:
         return cls(p=113, train_fraction=0.3)
 
     @property
@@ -47,13 +47,16 @@ class ModularTask(Task):
 
     def validate(self, n_ctx: int | None = None) -> None:
         if self.p < 2:
-            raise UserError(f"modular: p={self.p} leaves nothing to add; use p >= 2 "
-                            f"(published: 113)")
-        n_train = round(self.train_fraction * self.p ** 2)
-        if not 0 < n_train < self.p ** 2:
-            raise UserError(f"modular: train_fraction={self.train_fraction} gives {n_train} of "
-                            f"{self.p ** 2} pairs for training; choose a fraction that leaves "
-                            f"both a training and a test pair (published: 0.3)")
+            raise UserError(
+                f"modular: p={self.p} leaves nothing to add; use p >= 2 (published: 113)"
+            )
+        n_train = round(self.train_fraction * self.p**2)
+        if not 0 < n_train < self.p**2:
+            raise UserError(
+                f"modular: train_fraction={self.train_fraction} gives {n_train} of "
+                f"{self.p**2} pairs for training; choose a fraction that leaves "
+                f"both a training and a test pair (published: 0.3)"
+            )
         if n_ctx is not None and n_ctx < 3:
             raise UserError(f"modular: sequences 'a b =' need n_ctx >= 3, not {n_ctx}")
 
@@ -63,13 +66,24 @@ class ModularTask(Task):
         p = self.p
         a, b = (x.ravel() for x in np.meshgrid(np.arange(p), np.arange(p), indexing="ij"))
         train = np.zeros(p * p, dtype=bool)
-        train[np.random.default_rng([seed, 0]).permutation(p * p)[:round(
-            self.train_fraction * p * p)]] = True
+        train[
+            np.random.default_rng([seed, 0]).permutation(p * p)[
+                : round(self.train_fraction * p * p)
+            ]
+        ] = True
         n = p * p
-        return to_dataset(dict(
-            tokens=np.stack([a, b, np.full(n, p)], 1), label=(a + b) % p,
-            task_type=np.full(n, "sum"), key=a, a1=b, a2=np.full(n, p),
-            key_pos=np.zeros(n, dtype=int), split=np.where(train, "train", "test")))
+        return to_dataset(
+            dict(
+                tokens=np.stack([a, b, np.full(n, p)], 1),
+                label=(a + b) % p,
+                task_type=np.full(n, "sum"),
+                key=a,
+                a1=b,
+                a2=np.full(n, p),
+                key_pos=np.zeros(n, dtype=int),
+                split=np.where(train, "train", "test"),
+            )
+        )
 
     def eval_groups(self) -> tuple[Group, ...]:
         return (Group("train_pairs", "sum", "train"), Group("test_pairs", "sum", "test"))

@@ -55,15 +55,19 @@ def read_files(paths: tuple[str, ...], text_field: str) -> tuple[str, ...]:
     for path in paths:
         p = Path(path)
         if not p.is_file():
-            raise UserError(f"text: file {path} does not exist; give local .txt, .json, "
-                            f".jsonl or .parquet files")
+            raise UserError(
+                f"text: file {path} does not exist; give local .txt, .json, "
+                f".jsonl or .parquet files"
+            )
         builder = FORMATS.get(p.suffix.lower())
         if builder is None:
             raise UserError(f"text: cannot read {path}: use .txt, .json, .jsonl or .parquet")
         ds = datasets.load_dataset(builder, data_files=str(p), split="train")
         if text_field not in ds.column_names:
-            raise UserError(f"text: {path} has no column {text_field!r} (columns: "
-                            f"{', '.join(ds.column_names)}); set text_field")
+            raise UserError(
+                f"text: {path} has no column {text_field!r} (columns: "
+                f"{', '.join(ds.column_names)}); set text_field"
+            )
         docs += [str(t) for t in ds[text_field] if str(t).strip()]
     return tuple(docs)
 
@@ -100,8 +104,11 @@ class TextTask(Task):
 
     @property
     def concepts(self) -> list[str]:
-        return _pool(["wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus"],
-                     self.n_concepts, ("umpus", "orpus", "impus"))
+        return _pool(
+            ["wumpus", "yumpus", "zumpus", "dumpus", "rompus", "numpus"],
+            self.n_concepts,
+            ("umpus", "orpus", "impus"),
+        )
 
     @property
     def entities(self) -> list[str]:
@@ -121,14 +128,20 @@ class TextTask(Task):
     @lru_cache(maxsize=8)  # noqa: B019
     def _vocab(self) -> tuple[str, ...]:
         """Special tokens, the generators' words, then the files' most frequent words."""
-        fixed = [*SPECIAL, *WORDS, *self.concepts, *self.entities,
-                 *ATTRIBUTES[:self.n_attributes], *VALUES[:self.n_values]]
+        fixed = [
+            *SPECIAL,
+            *WORDS,
+            *self.concepts,
+            *self.entities,
+            *ATTRIBUTES[: self.n_attributes],
+            *VALUES[: self.n_values],
+        ]
         counts: dict[str, int] = {}
         for doc in self._file_docs():
             for w in words(doc):
                 counts[w] = counts.get(w, 0) + 1
         extra = sorted((w for w in counts if w not in fixed), key=lambda w: (-counts[w], w))
-        return tuple(dict.fromkeys(fixed + extra[:self.file_vocab]))
+        return tuple(dict.fromkeys(fixed + extra[: self.file_vocab]))
 
     @property
     def vocab_size(self) -> int:
@@ -136,18 +149,25 @@ class TextTask(Task):
 
     def validate(self, n_ctx: int | None = None) -> None:
         if self.max_hops < 1 or self.n_concepts < self.max_hops + 2:
-            raise UserError(f"text: n_concepts={self.n_concepts} cannot hold a chain of "
-                            f"max_hops={self.max_hops} plus a false answer; use max_hops >= 1 "
-                            f"and n_concepts >= max_hops + 2")
-        limits = {"n_entities": (1, len(_pool(_NAMES, 10 ** 6, ("ax", "ella", "o")))),
-                  "n_attributes": (1, len(ATTRIBUTES)), "n_values": (2, len(VALUES))}
+            raise UserError(
+                f"text: n_concepts={self.n_concepts} cannot hold a chain of "
+                f"max_hops={self.max_hops} plus a false answer; use max_hops >= 1 "
+                f"and n_concepts >= max_hops + 2"
+            )
+        limits = {
+            "n_entities": (1, len(_pool(_NAMES, 10**6, ("ax", "ella", "o")))),
+            "n_attributes": (1, len(ATTRIBUTES)),
+            "n_values": (2, len(VALUES)),
+        }
         for field, (lo, hi) in limits.items():
             if not lo <= getattr(self, field) <= hi:
                 raise UserError(f"text: {field}={getattr(self, field)} must lie in {lo}..{hi}")
         longest = 6 * self.max_hops + 6
         if self.max_len < longest:
-            raise UserError(f"text: a {self.max_hops}-hop question has {longest} words but "
-                            f"max_len={self.max_len}; raise max_len or lower max_hops")
+            raise UserError(
+                f"text: a {self.max_hops}-hop question has {longest} words but "
+                f"max_len={self.max_len}; raise max_len or lower max_hops"
+            )
         for field in ("memory_fraction", "test_fraction", "file_fraction"):
             if not 0 <= getattr(self, field) < 1:
                 raise UserError(f"text: {field}={getattr(self, field)} must lie in [0, 1)")
@@ -156,41 +176,52 @@ class TextTask(Task):
         if self.files and not self._file_docs():
             raise UserError(f"text: the files {', '.join(self.files)} hold no text")
         if n_ctx is not None and self.seq_len > n_ctx:
-            raise UserError(f"text: max_len={self.max_len} needs {self.seq_len} positions "
-                            f"but the model context is n_ctx={n_ctx}")
+            raise UserError(
+                f"text: max_len={self.max_len} needs {self.seq_len} positions "
+                f"but the model context is n_ctx={n_ctx}"
+            )
 
     # ---- the sources
 
     def question(self, rng: np.random.Generator) -> str:
         """One PrOntoQA-style question over a fresh chain of made-up concepts."""
         hops = int(rng.integers(1, self.max_hops + 1))
-        chain = [self.concepts[i] for i in rng.permutation(self.n_concepts)[:hops + 2]]
+        chain = [self.concepts[i] for i in rng.permutation(self.n_concepts)[: hops + 2]]
         entity = self.entities[int(rng.integers(self.n_entities))]
-        rules = [f"every {a} is a {b} ." for a, b in zip(chain[:hops], chain[1:hops + 1])]
+        rules = [f"every {a} is a {b} ." for a, b in zip(chain[:hops], chain[1 : hops + 1])]
         rules = [rules[i] for i in rng.permutation(hops)]
         true = bool(rng.integers(2))
         target = chain[hops] if true else chain[hops + 1]  # the last one is off the chain
-        return " ".join([*rules, f"{entity} is a {chain[0]} .",
-                         f"is {entity} a {target} ? {'true' if true else 'false'}"])
+        return " ".join(
+            [
+                *rules,
+                f"{entity} is a {chain[0]} .",
+                f"is {entity} a {target} ? {'true' if true else 'false'}",
+            ]
+        )
 
     def facts(self, seed: int) -> list[str]:
         """Every entity's attribute values, drawn once per data seed."""
         rng = np.random.default_rng([seed, 1])
-        values = VALUES[:self.n_values]
-        return [f"the {a} of {e} is {values[int(rng.integers(len(values)))]} ."
-                for e in self.entities for a in ATTRIBUTES[:self.n_attributes]]
+        values = VALUES[: self.n_values]
+        return [
+            f"the {a} of {e} is {values[int(rng.integers(len(values)))]} ."
+            for e in self.entities
+            for a in ATTRIBUTES[: self.n_attributes]
+        ]
 
     def _windows(self) -> list[str]:
         """File documents cut into windows of max_len words."""
         out = []
         for doc in self._file_docs():
             w = words(doc)
-            out += [" ".join(w[i:i + self.max_len]) for i in range(0, len(w), self.max_len)]
+            out += [" ".join(w[i : i + self.max_len]) for i in range(0, len(w), self.max_len)]
         return out
 
     def encode(self, text: str) -> list[int]:
-        return framed([self._index().get(w, UNK) for w in words(text)][:self.max_len],
-                      self.max_len)
+        return framed(
+            [self._index().get(w, UNK) for w in words(text)][: self.max_len], self.max_len
+        )
 
     def decode(self, ids) -> str:
         out = []
@@ -215,18 +246,23 @@ class TextTask(Task):
         n_questions = self.samples - n_files - n_facts
         facts = self.facts(seed)
         n_test = max(round(self.samples * self.test_fraction), 1)
-        rows = ([("prontoqa", "train", self.question(rng)) for _ in range(n_questions)]
-                + [("fact", "train", facts[i]) for i in rng.integers(len(facts), size=n_facts)]
-                + [("file", "train", kept[i]) for i in rng.integers(len(kept), size=n_files)]
-                + [("prontoqa", "test", self.question(rng)) for _ in range(n_test)]
-                + [("file", "test", w) for w in held])
-        return sequence_dataset([self.encode(t) for _, _, t in rows], [s for s, _, _ in rows],
-                                [sp for _, sp, _ in rows])
+        rows = (
+            [("prontoqa", "train", self.question(rng)) for _ in range(n_questions)]
+            + [("fact", "train", facts[i]) for i in rng.integers(len(facts), size=n_facts)]
+            + [("file", "train", kept[i]) for i in rng.integers(len(kept), size=n_files)]
+            + [("prontoqa", "test", self.question(rng)) for _ in range(n_test)]
+            + [("file", "test", w) for w in held]
+        )
+        return sequence_dataset(
+            [self.encode(t) for _, _, t in rows], [s for s, _, _ in rows], [sp for _, sp, _ in rows]
+        )
 
     def eval_groups(self) -> tuple[Group, ...]:
-        groups = [Group("prontoqa", "prontoqa", "train"), Group("prontoqa_test", "prontoqa",
-                                                                 "test"),
-                  Group("facts", "fact", "train")]
+        groups = [
+            Group("prontoqa", "prontoqa", "train"),
+            Group("prontoqa_test", "prontoqa", "test"),
+            Group("facts", "fact", "train"),
+        ]
         if self.files:
             groups += [Group("files", "file", "train"), Group("files_test", "file", "test")]
         return tuple(groups)
@@ -234,5 +270,7 @@ class TextTask(Task):
     def token_roles(self) -> dict[str, list[int]]:
         """Concept words (reasoning) and attribute values (memorized)."""
         index = self._index()
-        return {"concept": sorted(index[w] for w in self.concepts),
-                "value": sorted(index[w] for w in VALUES[:self.n_values])}
+        return {
+            "concept": sorted(index[w] for w in self.concepts),
+            "value": sorted(index[w] for w in VALUES[: self.n_values]),
+        }
