@@ -1,0 +1,1 @@
+"""Studies: runs and instruments composed (preference, localization, sweeps, reports)."""
