@@ -14,13 +14,15 @@ TINY_TASK = MixtureTask(
 
 
 def tiny_config(**train_fields) -> RunConfig:
+    """The tests' tiny trained run. Its embeddings keep the paper-text fan-in (d_vocab,
+    n_ctx), the convention the tests that read its activations were written against."""
     fields = dict(
         steps=30, batch_size=32, eval_every=10, eval_size=64, n_checkpoints=3, warmup_steps=5
     )
     fields.update(train_fields)
     return RunConfig(
         task=TINY_TASK,
-        model=ModelConfig(gamma=0.5, n_layers=2, d_model=16, n_heads=2),
+        model=ModelConfig(gamma=0.5, n_layers=2, d_model=16, n_heads=2, embed_fan_in="vocab"),
         train=TrainConfig(**fields),
     )
 
@@ -51,6 +53,8 @@ TINY = [
     "3",
     "--warmup-steps",
     "5",
+    "--embed-fan-in",
+    "vocab",
 ]
 SMALL_ANALYSIS = ["--pairs", "32", "--probe-rows", "600", "--probe-targets", "task_type"]
 

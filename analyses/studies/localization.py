@@ -67,21 +67,32 @@ def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:
         if group in acc:
             reached = first_step_reaching(acc[group], threshold)
             if reached is not None:
-                add(next(s for s in steps if s >= reached) if reached <= steps[-1]
-                    else steps[-1], f"{group} {threshold:.0%}")
+                add(
+                    next(s for s in steps if s >= reached) if reached <= steps[-1] else steps[-1],
+                    f"{group} {threshold:.0%}",
+                )
     add(steps[-1], "end")
     return {s: ", ".join(stages[s]) for s in sorted(stages)}
 
 
-def localize(model, task, experiment: Experiment, components: Sequence[str] = LOCALIZED,
-             n: int = 256, seed: int = 0, data_seed: int = 0, top_k: int = 5,
-             **labels) -> tuple[pd.DataFrame, pd.DataFrame]:
+def localize(
+    model,
+    task,
+    experiment: Experiment,
+    components: Sequence[str] = LOCALIZED,
+    n: int = 256,
+    seed: int = 0,
+    data_seed: int = 0,
+    top_k: int = 5,
+    **labels,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exact and attribution patching of `components` for one experiment (denoising, logit
     difference between the clean and the corrupted answer): a tidy table (value,
     normalized, attribution, attribution_normalized) and one agreement row per component."""
     device = next(model.parameters()).device
-    pairs = make_pairs(task, experiment.corruption, n=n, seed=seed, data_seed=data_seed,
-                       source=experiment.source).to(device)
+    pairs = make_pairs(
+        task, experiment.corruption, n=n, seed=seed, data_seed=data_seed, source=experiment.source
+    ).to(device)
     metric = logit_diff(pairs.clean_label, pairs.corrupted_label)
     tokens = position_labels(pairs, pairs.clean.shape[1], task.position_names)
     tables, agreements = [], []
@@ -92,28 +103,40 @@ def localize(model, task, experiment: Experiment, components: Sequence[str] = LO
         estimate = attribution_patch(model, pairs.clean, pairs.corrupted, metric, component)
         gap = exact.clean - exact.corrupted
         ok = abs(gap) >= MIN_GAP
-        table = exact.table(**labels, experiment=experiment.name,
-                            corruption=experiment.corruption)
+        table = exact.table(**labels, experiment=experiment.name, corruption=experiment.corruption)
         table["attribution"] = estimate.values.flatten().tolist()
         table["normalized"] = exact.normalized().flatten().tolist() if ok else float("nan")
-        table["attribution_normalized"] = ((table.attribution - exact.corrupted) / gap
-                                           if ok else float("nan"))
+        table["attribution_normalized"] = (
+            (table.attribution - exact.corrupted) / gap if ok else float("nan")
+        )
         table["clean"], table["corrupted"] = exact.clean, exact.corrupted
         table["token"] = [tokens[p] if p >= 0 else "all" for p in table.position]
         tables.append(table)
         agree = agreement(exact, estimate, k=min(top_k, exact.values.numel()))
-        agreements.append({**labels, "experiment": experiment.name, "component": component,
-                           "pearson": agree["pearson"], "spearman": agree["spearman"],
-                           "top_k_overlap": agree[f"top{min(top_k, exact.values.numel())}"
-                                                  "_overlap"],
-                           "n_patches": agree["n_patches"], "clean": exact.clean,
-                           "corrupted": exact.corrupted})
+        agreements.append(
+            {
+                **labels,
+                "experiment": experiment.name,
+                "component": component,
+                "pearson": agree["pearson"],
+                "spearman": agree["spearman"],
+                "top_k_overlap": agree[f"top{min(top_k, exact.values.numel())}_overlap"],
+                "n_patches": agree["n_patches"],
+                "clean": exact.clean,
+                "corrupted": exact.corrupted,
+            }
+        )
     return pd.concat(tables, ignore_index=True), pd.DataFrame(agreements)
 
 
-def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
-                 components: Sequence[str] = LOCALIZED, n: int = 256, seed: int = 0,
-                 progress: Progress | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def localize_run(
+    run: Run,
+    steps: dict[int, str] | Sequence[int] | None = None,
+    components: Sequence[str] = LOCALIZED,
+    n: int = 256,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`localize` for every experiment of the run's task at each step (default: the
     `stage_steps`; a list of steps gets their stage names where they have one), with run,
     gamma, step and stage columns."""
@@ -121,15 +144,24 @@ def localize_run(run: Run, steps: dict[int, str] | Sequence[int] | None = None,
     if steps is None:
         steps = stages
     elif not isinstance(steps, dict):
-        steps = {run.resolve_step(s): stages.get(run.resolve_step(s), f"step {s}")
-                 for s in steps}
+        steps = {run.resolve_step(s): stages.get(run.resolve_step(s), f"step {s}") for s in steps}
     tables, agreements = [], []
     for step, stage in tracked(steps.items(), progress, len(steps), "localizing"):
         model = run.load_model(step)
         for experiment in experiments(run.config.task):
-            t, a = localize(model, run.config.task, experiment, components, n, seed,
-                            run.config.train.data_seed, run=run.name,
-                            gamma=run.config.model.gamma, step=step, stage=stage)
+            t, a = localize(
+                model,
+                run.config.task,
+                experiment,
+                components,
+                n,
+                seed,
+                run.config.train.data_seed,
+                run=run.name,
+                gamma=run.config.model.gamma,
+                step=step,
+                stage=stage,
+            )
             tables.append(t)
             agreements.append(a)
     if not tables:
@@ -143,15 +175,33 @@ def rank_components(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     residual stream)."""
     rows = last_steps(table)
     rows = rows[rows.component.isin(RANKED) & rows.normalized.notna()]
-    rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()],
-                       effect=rows.normalized.abs())
+    rows = rows.assign(
+        patch=[component_label(r) for r in rows.itertuples()], effect=rows.normalized.abs()
+    )
     keys = ["gamma", "run", "experiment"]
-    ranked = (rows.sort_values("effect", ascending=False).groupby(keys, sort=False).head(top)
-              .sort_values(keys + ["effect"], ascending=[True, True, True, False]))
+    ranked = (
+        rows.sort_values("effect", ascending=False)
+        .groupby(keys, sort=False)
+        .head(top)
+        .sort_values(keys + ["effect"], ascending=[True, True, True, False])
+    )
     ranked["rank"] = ranked.groupby(keys).cumcount() + 1
-    return ranked[["gamma", "run", "step", "experiment", "rank", "patch", "component",
-                   "layer", "position", "head", "normalized", "attribution_normalized"]
-                  ].reset_index(drop=True)
+    return ranked[
+        [
+            "gamma",
+            "run",
+            "step",
+            "experiment",
+            "rank",
+            "patch",
+            "component",
+            "layer",
+            "position",
+            "head",
+            "normalized",
+            "attribution_normalized",
+        ]
+    ].reset_index(drop=True)
 
 
 def compare_tasks(table: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
@@ -160,16 +210,19 @@ def compare_tasks(table: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     rows = last_steps(table)
     rows = rows[rows.component.isin(RANKED) & rows.experiment.isin([first, second])]
     rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()])
-    wide = rows.pivot_table(index=["gamma", "run", "patch"], columns="experiment",
-                            values="normalized").reset_index()
+    wide = rows.pivot_table(
+        index=["gamma", "run", "patch"], columns="experiment", values="normalized"
+    ).reset_index()
     if first not in wide or second not in wide:
         return pd.DataFrame(columns=["gamma", "run", "patch", first, second, "difference"])
     wide["difference"] = wide[first] - wide[second]
     wide = wide.dropna(subset=["difference"])
-    return (wide.assign(size=wide.difference.abs())
-            .sort_values(["gamma", "run", "size"], ascending=[True, True, False])
-            .drop(columns="size").reset_index(drop=True)[["gamma", "run", "patch", first,
-                                                          second, "difference"]])
+    return (
+        wide.assign(size=wide.difference.abs())
+        .sort_values(["gamma", "run", "size"], ascending=[True, True, False])
+        .drop(columns="size")
+        .reset_index(drop=True)[["gamma", "run", "patch", first, second, "difference"]]
+    )
 
 
 def summary(table: pd.DataFrame, first: str, second: str) -> list[str]:
@@ -191,23 +244,30 @@ def summary(table: pd.DataFrame, first: str, second: str) -> list[str]:
             top = ranked[(ranked.run == run) & (ranked.experiment == experiment)]
             gap = rows[rows.experiment == experiment].iloc[0]
             if top.empty:
-                parts.append(f"on {experiment} prompts the clean and corrupted logit "
-                             f"differences ({gap.clean:.2f} vs {gap.corrupted:.2f}) are too "
-                             f"close to localize anything")
+                parts.append(
+                    f"on {experiment} prompts the clean and corrupted logit "
+                    f"differences ({gap.clean:.2f} vs {gap.corrupted:.2f}) are too "
+                    f"close to localize anything"
+                )
                 continue
             t = top.iloc[0]
-            parts.append(f"on {experiment} prompts the strongest single patch is {t.patch} "
-                         f"(restores {t.normalized:.0%} of the clean-corrupted logit "
-                         f"difference gap of {gap.clean - gap.corrupted:.2f})")
+            parts.append(
+                f"on {experiment} prompts the strongest single patch is {t.patch} "
+                f"(restores {t.normalized:.0%} of the clean-corrupted logit "
+                f"difference gap of {gap.clean - gap.corrupted:.2f})"
+            )
         name = f" ({run})" if many else ""
-        sentence = (f"Gamma = {gamma:g}{name}, step {int(rows.step.iloc[0])}: "
-                    + "; ".join(parts) + ".")
+        sentence = (
+            f"Gamma = {gamma:g}{name}, step {int(rows.step.iloc[0])}: " + "; ".join(parts) + "."
+        )
         d = diffs[diffs.run == run]
         if not d.empty:
             r = d.iloc[0]
-            sentence += (f" The patch that differs most between the two task types is "
-                         f"{r.patch}: {r[first]:.0%} on {first} vs {r[second]:.0%} on "
-                         f"{second} prompts.")
+            sentence += (
+                f" The patch that differs most between the two task types is "
+                f"{r.patch}: {r[first]:.0%} on {first} vs {r[second]:.0%} on "
+                f"{second} prompts."
+            )
         out.append(sentence)
     if runs.gamma.nunique() < 2:
         return out
@@ -217,10 +277,13 @@ def summary(table: pd.DataFrame, first: str, second: str) -> list[str]:
         if top.empty:
             continue
         patch = top.iloc[0].patch
-        match = finals[(finals.run == large_run) & (finals.experiment == experiment)
-                       & (finals.patch == patch)].normalized
+        match = finals[
+            (finals.run == large_run) & (finals.experiment == experiment) & (finals.patch == patch)
+        ].normalized
         if len(match) and pd.notna(match.iloc[0]):
-            out.append(f"Across init scales, {experiment} prompts: {patch} restores "
-                       f"{top.iloc[0].normalized:.0%} at small init (gamma = {small:g}) "
-                       f"and {match.iloc[0]:.0%} at large init (gamma = {large:g}).")
+            out.append(
+                f"Across init scales, {experiment} prompts: {patch} restores "
+                f"{top.iloc[0].normalized:.0%} at small init (gamma = {small:g}) "
+                f"and {match.iloc[0]:.0%} at large init (gamma = {large:g})."
+            )
     return out

@@ -29,11 +29,16 @@ def rows_axis(table: pd.DataFrame, swept: Sequence[str] = ()) -> str:
     return "n_layers"
 
 
-def phase_grid(table: pd.DataFrame, value: str, seed=None, rows: str = "n_layers"
-               ) -> pd.DataFrame:
+def phase_grid(table: pd.DataFrame, value: str, seed=None, rows: str = "n_layers") -> pd.DataFrame:
     """`rows` (default n_layers) x gamma (columns) of `value` for one seed (None: mean over
     seeds), averaged over any other swept option; unfinished runs count as missing."""
     sub = table if seed is None else table[table.seed == seed]
     values = pd.to_numeric(sub[value], errors="coerce") if value in sub else float("nan")
-    return (sub.assign(v=values).groupby([rows, "gamma"]).v.mean()
-            .unstack("gamma").sort_index().sort_index(axis=1))
+    return (
+        sub.assign(v=values)
+        .groupby([rows, "gamma"])
+        .v.mean()
+        .unstack("gamma")
+        .sort_index()
+        .sort_index(axis=1)
+    )

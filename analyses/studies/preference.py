@@ -37,8 +37,9 @@ def signed_area(reasoning: pd.Series, memory: pd.Series) -> float:
     return float(np.sum((diff[1:] + diff[:-1]) / 2 * np.diff(t)))
 
 
-def relative_loss_gap(metrics: pd.DataFrame, reasoning: str = "reasoning",
-                      memory: str = "memory") -> pd.Series:
+def relative_loss_gap(
+    metrics: pd.DataFrame, reasoning: str = "reasoning", memory: str = "memory"
+) -> pd.Series:
     """(L_memory - L_reasoning) / L_reasoning per step; > 0 means reasoning is ahead."""
     loss = curves(metrics, "loss")
     return ((loss[memory] - loss[reasoning]) / loss[reasoning]).rename("relative_loss_gap")
@@ -50,18 +51,24 @@ def preference_row(run: Run, threshold: float = 0.9) -> dict:
     r, m = task.reasoning_group, task.memory_group
     metrics = run.metrics()
     acc = curves(metrics)
-    row = {"run": run.name, "gamma": run.config.model.gamma, "task": task.name,
-           "steps": int(acc.index.max()) if len(acc) else 0}
+    row = {
+        "run": run.name,
+        "gamma": run.config.model.gamma,
+        "task": task.name,
+        "steps": int(acc.index.max()) if len(acc) else 0,
+    }
     for group in acc.columns:
-        row[f"step_to_{int(threshold * 100)}_{group}"] = first_step_reaching(acc[group],
-                                                                             threshold)
+        row[f"step_to_{int(threshold * 100)}_{group}"] = first_step_reaching(acc[group], threshold)
         row[f"final_acc_{group}"] = float(acc[group].iloc[-1])
-    t_r, t_m = row.get(f"step_to_{int(threshold * 100)}_{r}"), \
-        row.get(f"step_to_{int(threshold * 100)}_{m}")
+    t_r, t_m = (
+        row.get(f"step_to_{int(threshold * 100)}_{r}"),
+        row.get(f"step_to_{int(threshold * 100)}_{m}"),
+    )
     # Lead of reasoning over memory in steps (a never-reached group counts as the end).
     end = row["steps"]
-    row["reasoning_lead_steps"] = (t_m if t_m is not None else end) - \
-        (t_r if t_r is not None else end)
+    row["reasoning_lead_steps"] = (t_m if t_m is not None else end) - (
+        t_r if t_r is not None else end
+    )
     row["signed_area"] = signed_area(acc[r], acc[m]) if r in acc and m in acc else float("nan")
     gap = relative_loss_gap(metrics, r, m)
     row["mean_relative_loss_gap"] = float(gap.mean()) if len(gap) else float("nan")
@@ -89,8 +96,11 @@ def readout_row(run: Run) -> dict:
     row = {"best_step": best}
     for group, metric in task.readouts:
         column = f"{group}_{metric}" if metric in ("loss", "accuracy") else metric
-        values = metrics[(metrics.group == group) & (metrics.metric == metric)] \
-            .set_index("step").value.sort_index()
+        values = (
+            metrics[(metrics.group == group) & (metrics.metric == metric)]
+            .set_index("step")
+            .value.sort_index()
+        )
         row[column] = float(values.iloc[-1]) if len(values) else float("nan")
         row[f"{column}_at_best"] = float(values.get(best, float("nan")))
     return row

@@ -26,8 +26,9 @@ from initlens.models.run import Run
 
 
 def _reached(step) -> str:
-    return "never reached 90%" if step is None or pd.isna(step) else \
-        f"reached 90% at step {int(step)}"
+    return (
+        "never reached 90%" if step is None or pd.isna(step) else f"reached 90% at step {int(step)}"
+    )
 
 
 def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
@@ -37,15 +38,22 @@ def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
     out = []
     for row in table.itertuples(index=False):
         d = row._asdict()
-        test_txt = (f"; held-out {reasoning} pairs {_reached(d[f'step_to_90_{test}'])}"
-                    f" (final accuracy {d[f'final_acc_{test}']:.0%})") if has_test else ""
+        test_txt = (
+            (
+                f"; held-out {reasoning} pairs {_reached(d[f'step_to_90_{test}'])}"
+                f" (final accuracy {d[f'final_acc_{test}']:.0%})"
+            )
+            if has_test
+            else ""
+        )
         out.append(
             f"gamma = {row.gamma:g}, within {row.steps} steps: {reasoning} "
             f"{_reached(d[f'step_to_90_{reasoning}'])} and {memory} "
             f"{_reached(d[f'step_to_90_{memory}'])} "
             f"(reasoning lead {row.reasoning_lead_steps:+d} steps; signed area "
             f"{row.signed_area:+.3f}; mean relative loss gap "
-            f"{row.mean_relative_loss_gap:+.3f}){test_txt}.")
+            f"{row.mean_relative_loss_gap:+.3f}){test_txt}."
+        )
     if len(table) < 2:
         return out
     small, large = table.iloc[-1], table.iloc[0]  # sorted by gamma: last = smallest init
@@ -55,28 +63,35 @@ def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
             f"Published direction reproduced: at small init (gamma = {small.gamma:g}) "
             f"reasoning leads memorization by {lead_s} steps, at large init "
             f"(gamma = {large.gamma:g}) by {lead_l} steps; the signed area goes from "
-            f"{large.signed_area:+.3f} to {small.signed_area:+.3f}.")
+            f"{large.signed_area:+.3f} to {small.signed_area:+.3f}."
+        )
     else:
         out.append(
             f"Published direction NOT reproduced in these runs: the reasoning lead is "
             f"{lead_s} steps at gamma = {small.gamma:g} and {lead_l} steps at gamma = "
             f"{large.gamma:g} (the paper expects a positive lead that grows as init "
-            f"shrinks). Try more steps, other seeds, or the published settings on a GPU.")
+            f"shrinks). Try more steps, other seeds, or the published settings on a GPU."
+        )
     if has_test:
         a_s, a_l = small[f"final_acc_{test}"], large[f"final_acc_{test}"]
         out.append(
             f"Generalization to held-out {reasoning} pairs: final accuracy {a_s:.0%} at "
             f"gamma = {small.gamma:g} versus {a_l:.0%} at gamma = {large.gamma:g}"
-            + (" (the paper expects it higher at small init)." if a_s <= a_l else "."))
+            + (" (the paper expects it higher at small init)." if a_s <= a_l else ".")
+        )
     return out
 
 
 def _settings(run: Run) -> str:
     cfg = run.config.to_dict()
-    rows = [(section, key, value) for section in ("task", "model", "train")
-            for key, value in cfg[section].items()]
-    return table_html(pd.DataFrame(rows, columns=["section", "field", "value"])
-                       .astype({"value": str}))
+    rows = [
+        (section, key, value)
+        for section in ("task", "model", "train")
+        for key, value in cfg[section].items()
+    ]
+    return table_html(
+        pd.DataFrame(rows, columns=["section", "field", "value"]).astype({"value": str})
+    )
 
 
 def _init_table(run: Run) -> str:
@@ -89,81 +104,115 @@ def _behaviour(doc: Report, runs: list[Run]) -> None:
     task = runs[0].config.task
     table = preference_table(runs)
     r, m = task.reasoning_group, task.memory_group
-    doc.add("<h2>Does small init prefer reasoning?</h2>", paragraphs(verdict(table, r, m)),
-            "<h3>Preference summary</h3>",
-            table_html(table.set_index("run").T.rename_axis(columns=None)
-                        .reset_index(names="")),
-            '<p class="caption">One column per run. step_to_90_G: first evaluated step at '
-            'which group G reached 90% accuracy. reasoning_lead_steps: memory step minus '
-            'reasoning step (a group that never got there counts as the last step). '
-            'signed_area: integral of (reasoning - memory) accuracy over training time '
-            'scaled to [0, 1]. mean_relative_loss_gap: mean over evaluations of '
-            '(L_memory - L_reasoning) / L_reasoning.</p>')
-    doc.figure("steps_to_90", curves.steps_to_threshold(table),
-               "Step at which each group first reached 90% accuracy, per init scale "
-               "(hatched bars: never reached; drawn at the last step).")
+    doc.add(
+        "<h2>Does small init prefer reasoning?</h2>",
+        paragraphs(verdict(table, r, m)),
+        "<h3>Preference summary</h3>",
+        table_html(table.set_index("run").T.rename_axis(columns=None).reset_index(names="")),
+        '<p class="caption">One column per run. step_to_90_G: first evaluated step at '
+        "which group G reached 90% accuracy. reasoning_lead_steps: memory step minus "
+        "reasoning step (a group that never got there counts as the last step). "
+        "signed_area: integral of (reasoning - memory) accuracy over training time "
+        "scaled to [0, 1]. mean_relative_loss_gap: mean over evaluations of "
+        "(L_memory - L_reasoning) / L_reasoning.</p>",
+    )
+    doc.figure(
+        "steps_to_90",
+        curves.steps_to_threshold(table),
+        "Step at which each group first reached 90% accuracy, per init scale "
+        "(hatched bars: never reached; drawn at the last step).",
+    )
     doc.add("<h2>How is each task type learned?</h2>")
-    doc.figure("accuracy", curves.group_curves(runs, "accuracy"),
-               f"Accuracy at the label position per evaluation group, one panel per init "
-               f"scale. {r}: rule-following training pairs; {m}: memorized pairs (recall on "
-               f"training data); *_test / held_out: pairs or positions never seen in "
-               f"training.")
-    doc.figure("loss", curves.group_curves(runs, "loss"),
-               "Cross-entropy loss at the label position per group (log scale); train: "
-               "running mean of the training batches.")
-    doc.figure("loss_gap", curves.loss_gap_curves(runs),
-               "The paper's relative loss gap (L_memory - L_reasoning) / L_reasoning over "
-               "steps, one line per init scale; above zero means reasoning loss is lower.")
-    extra = sorted({m for r in runs for m in r.metrics().metric.unique()}
-                   - {"loss", "accuracy", "lr"})
+    doc.figure(
+        "accuracy",
+        curves.group_curves(runs, "accuracy"),
+        f"Accuracy at the label position per evaluation group, one panel per init "
+        f"scale. {r}: rule-following training pairs; {m}: memorized pairs (recall on "
+        f"training data); *_test / held_out: pairs or positions never seen in "
+        f"training.",
+    )
+    doc.figure(
+        "loss",
+        curves.group_curves(runs, "loss"),
+        "Cross-entropy loss at the label position per group (log scale); train: "
+        "running mean of the training batches.",
+    )
+    doc.figure(
+        "loss_gap",
+        curves.loss_gap_curves(runs),
+        "The paper's relative loss gap (L_memory - L_reasoning) / L_reasoning over "
+        "steps, one line per init scale; above zero means reasoning loss is lower.",
+    )
+    extra = sorted(
+        {m for r in runs for m in r.metrics().metric.unique()} - {"loss", "accuracy", "lr"}
+    )
     if extra:
-        doc.figure("task_readouts", curves.task_metric_curves(runs, tuple(extra)),
-                   "Task-specific read-outs over steps, one colour per init scale. On the "
-                   "composite task: inferential_fraction = answers x - 10 on the held-out "
-                   "pair (4,3) (composing the rules), symmetric_fraction = answers x - 6 "
-                   "(copying the memorized (3,4)).")
+        doc.figure(
+            "task_readouts",
+            curves.task_metric_curves(runs, tuple(extra)),
+            "Task-specific read-outs over steps, one colour per init scale. On the "
+            "composite task: inferential_fraction = answers x - 10 on the held-out "
+            "pair (4,3) (composing the rules), symmetric_fraction = answers x - 6 "
+            "(copying the memorized (3,4)).",
+        )
 
 
-def build_report(runs: list[Run], title: str = "InitLens report",
-                 problems: dict[str, str] | None = None,
-                 analysis: dict[str, pd.DataFrame] | None = None) -> Report:
+def build_report(
+    runs: list[Run],
+    title: str = "InitLens report",
+    problems: dict[str, str] | None = None,
+    analysis: dict[str, pd.DataFrame] | None = None,
+) -> Report:
     """The report of `runs` (sorted by gamma, large init first); `analysis` holds the
     stacked `analyses.studies.run_analysis` tables (sections without them are left out)."""
     runs = sorted(runs, key=lambda r: (r.config.model.gamma, r.name))
     doc = Report()
-    doc.add(f"<h1>{html.escape(title)}</h1>",
-            f"<p>Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by InitLens. Runs: "
-            f"{', '.join(html.escape(r.name) for r in runs) or 'none'}.</p>")
+    doc.add(
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Generated {_dt.datetime.now():%Y-%m-%d %H:%M} by InitLens. Runs: "
+        f"{', '.join(html.escape(r.name) for r in runs) or 'none'}.</p>",
+    )
     if problems:
-        items = "".join(f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>"
-                        for k, v in problems.items())
-        doc.add(f'<div class="warn"><b>Missing or failed runs, and analyses left out</b><ul>{items}</ul></div>')
+        items = "".join(
+            f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in problems.items()
+        )
+        doc.add(
+            f'<div class="warn"><b>Missing or failed runs, and analyses left out</b><ul>{items}</ul></div>'
+        )
     if not runs:
         return doc
     _behaviour(doc, runs)
     for instrument in INSTRUMENTS.values():  # each instrument's section, if it has tables
-        if instrument.section is not None and any(t in (analysis or {})
-                                                  for t in instrument.tables):
+        if instrument.section is not None and any(t in (analysis or {}) for t in instrument.tables):
             instrument.section(doc, runs, analysis)
     doc.add("<h2>Runs</h2>")
     for run in runs:
-        doc.add(f"<details><summary><b>{html.escape(run.name)}</b> (gamma = "
-                f"{run.config.model.gamma:g}, state: {run.status.get('state')}, "
-                f"{html.escape(str(run.path))})</summary>"
-                f"<h4>Settings</h4>{_settings(run)}"
-                f"<h4>Realized initialization</h4>{_init_table(run)}</details>")
+        doc.add(
+            f"<details><summary><b>{html.escape(run.name)}</b> (gamma = "
+            f"{run.config.model.gamma:g}, state: {run.status.get('state')}, "
+            f"{html.escape(str(run.path))})</summary>"
+            f"<h4>Settings</h4>{_settings(run)}"
+            f"<h4>Realized initialization</h4>{_init_table(run)}</details>"
+        )
     return doc
 
 
-def write_report(runs: list[Run], path: str | Path, title: str = "InitLens report",
-                 problems: dict[str, str] | None = None,
-                 analysis: dict[str, pd.DataFrame] | None = None,
-                 formats: tuple[str, ...] = ()) -> dict[str, object]:
+def write_report(
+    runs: list[Run],
+    path: str | Path,
+    title: str = "InitLens report",
+    problems: dict[str, str] | None = None,
+    analysis: dict[str, pd.DataFrame] | None = None,
+    formats: tuple[str, ...] = (),
+) -> dict[str, object]:
     """Write the report atomically to `path`; with `formats` (png, svg, pdf, html) also
     every figure into PATH_figures/. Returns {"report", "files", "warnings"}."""
     path = Path(path)
     doc = build_report(runs, title, problems, analysis)
     export_html(doc.html(title), path)
-    files, notes = (export_figures(doc.figures, path.parent / f"{path.stem}_figures", formats)
-                    if formats else ([], []))
+    files, notes = (
+        export_figures(doc.figures, path.parent / f"{path.stem}_figures", formats)
+        if formats
+        else ([], [])
+    )
     return {"report": path, "files": [str(f) for f in files], "warnings": notes}

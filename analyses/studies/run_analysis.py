@@ -50,8 +50,10 @@ class AnalysisConfig:
     def __post_init__(self):
         bad = [t for t in self.probe_targets if t not in TARGETS]
         if bad:
-            raise UserError(f"unknown probe target(s) {', '.join(bad)}; choose from "
-                            f"{', '.join(TARGETS)}", option="probe_targets")
+            raise UserError(
+                f"unknown probe target(s) {', '.join(bad)}; choose from {', '.join(TARGETS)}",
+                option="probe_targets",
+            )
         if min(self.pairs, self.probe_rows, self.geometry_rows) < 1:
             raise UserError("analysis pairs and rows must be at least 1")
         instruments(self.instruments)  # known names only
@@ -68,8 +70,7 @@ def code_version(extra: tuple[str, ...] = ()) -> str:
     files = sorted(f for folder in TABLE_CODE for f in (ROOT / folder).rglob("*.py"))
     digest = hashlib.sha256()
     for path in [*files, *map(Path, extra)]:
-        digest.update(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
-                      .encode())
+        digest.update(str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -78,17 +79,22 @@ def _outside_code(chosen: list[Instrument]) -> tuple[str, ...]:
     """Source files of chosen instruments that live outside TABLE_CODE."""
     files = {Path(inspect.getsourcefile(i.measure)).resolve() for i in chosen}
     inside = [ROOT / folder for folder in TABLE_CODE]
-    return tuple(sorted(str(f) for f in files
-                        if not any(f.is_relative_to(folder) for folder in inside)))
+    return tuple(
+        sorted(str(f) for f in files if not any(f.is_relative_to(folder) for folder in inside))
+    )
 
 
 def _stamp(run: Run, cfg: AnalysisConfig) -> dict:
     chosen = cfg.chosen()
-    settings = {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(cfg).items()}
+    settings = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()
+    }
     settings["instruments"] = [i.name for i in chosen]
-    return {"last_step": run.checkpoint_steps()[-1], "config": settings,
-            "code": code_version(_outside_code(chosen))}
+    return {
+        "last_step": run.checkpoint_steps()[-1],
+        "config": settings,
+        "code": code_version(_outside_code(chosen)),
+    }
 
 
 def _read(path) -> pd.DataFrame:
@@ -97,16 +103,18 @@ def _read(path) -> pd.DataFrame:
         table = pd.read_csv(path)
     except pd.errors.EmptyDataError:  # e.g. no patching on a task without corruptions
         return pd.DataFrame()
-    return table.astype({c: "Int64" for c in ("step", "layer", "position", "head")
-                         if c in table}).astype({"token": str} if "token" in table else {})
+    return table.astype(
+        {c: "Int64" for c in ("step", "layer", "position", "head") if c in table}
+    ).astype({"token": str} if "token" in table else {})
 
 
 def _same(record: dict, stamp: dict) -> bool:
     return {k: record.get(k) for k in stamp} == stamp
 
 
-def analyze_run(run: Run, cfg: AnalysisConfig = AnalysisConfig(),
-                progress: Progress | None = None) -> dict[str, pd.DataFrame]:
+def analyze_run(
+    run: Run, cfg: AnalysisConfig = AnalysisConfig(), progress: Progress | None = None
+) -> dict[str, pd.DataFrame]:
     """The chosen instruments' tables of `run` (and "notes": parts left out, e.g. a probe
     target with too few rows), read from RUN/analysis/ when up to date, else computed and
     written; `progress` hears of the checkpoints measured."""
@@ -115,16 +123,20 @@ def analyze_run(run: Run, cfg: AnalysisConfig = AnalysisConfig(),
     names = tables_of(chosen)
     stamp = _stamp(run, cfg)
     marker = folder / "analysis.json"
-    if marker.exists() and _same(read_json(marker, "analysis record"), stamp) and all(
-            (folder / f"{name}.csv").exists() for name in names):
+    if (
+        marker.exists()
+        and _same(read_json(marker, "analysis record"), stamp)
+        and all((folder / f"{name}.csv").exists() for name in names)
+    ):
         return _load(folder, names)
     context = Context(run, cfg, stage_steps(run), progress)
     tables: dict[str, pd.DataFrame] = {}
     notes: list[str] = []
     for instrument in chosen:
         measured = instrument.measure(context)
-        tables.update({name: measured.tables.get(name, pd.DataFrame())
-                       for name in instrument.tables})
+        tables.update(
+            {name: measured.tables.get(name, pd.DataFrame()) for name in instrument.tables}
+        )
         notes += measured.notes
     for name, table in tables.items():
         export_table(table, folder, name, formats=("csv",))
@@ -139,9 +151,9 @@ def _load(folder, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
     return {**{name: _read(folder / f"{name}.csv") for name in names}, "notes": notes}
 
 
-def analyze_runs(runs: list[Run], cfg: AnalysisConfig = AnalysisConfig(),
-                 progress: Progress | None = None
-                 ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+def analyze_runs(
+    runs: list[Run], cfg: AnalysisConfig = AnalysisConfig(), progress: Progress | None = None
+) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """The tables of all `runs` stacked, and {run: reason} for any whose analysis failed
     (the report says so and goes on with the others)."""
     names = tables_of(cfg.chosen())

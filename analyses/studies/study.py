@@ -1,21 +1,21 @@
 """A study: the same run trained at several init scales, then one report comparing them.
 
-    STUDY/study.json           the gammas and the shared RunConfig
-    STUDY/gamma_<g>/           one run directory per gamma
-    STUDY/preference.csv       the preference summary, one row per gamma
-    STUDY/metrics.csv          every run's tidy metrics, stacked
-    STUDY/<table>.csv          each analysis table of the runs, stacked (localization,
-                               agreement, probes, geometry; see analyses.studies.run_analysis)
-    STUDY/report.html          the self-contained report
-    STUDY/report_figures/      every figure as PNG/SVG/PDF, when asked for
+STUDY/study.json           the gammas and the shared RunConfig
+STUDY/gamma_<g>/           one run directory per gamma
+STUDY/preference.csv       the preference summary, one row per gamma
+STUDY/metrics.csv          every run's tidy metrics, stacked
+STUDY/<table>.csv          each analysis table of the runs, stacked (localization,
+                           agreement, probes, geometry; see analyses.studies.run_analysis)
+STUDY/report.html          the self-contained report
+STUDY/report_figures/      every figure as PNG/SVG/PDF, when asked for
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
@@ -38,8 +38,13 @@ def run_dir(study: Path, gamma: float) -> Path:
     return Path(study) / f"gamma_{gamma:g}"
 
 
-def check_folder(out: Path, marker: str, spec: dict, overwrite: bool,
-                 normalize: Callable[[dict], dict] = lambda d: d) -> None:
+def check_folder(
+    out: Path,
+    marker: str,
+    spec: dict,
+    overwrite: bool,
+    normalize: Callable[[dict], dict] = lambda d: d,
+) -> None:
     """Refuse to mix work: `out` must be new, empty, or hold the same spec in its `marker`
     file (then it resumes; `normalize` fills in config fields added since it was written);
     `overwrite` replaces only a folder with that marker."""
@@ -47,11 +52,17 @@ def check_folder(out: Path, marker: str, spec: dict, overwrite: bool,
     if overwrite and file.exists():
         shutil.rmtree(out)
     elif overwrite and out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} is not a {kind} folder (no {marker}); refusing to overwrite "
-                        f"it: choose another folder", option="out")
+        raise UserError(
+            f"{out} is not a {kind} folder (no {marker}); refusing to overwrite "
+            f"it: choose another folder",
+            option="out",
+        )
     elif file.exists() and normalize(read_json(file, f"{kind} file")) != spec:
-        raise UserError(f"{out} holds a different {kind}; set overwrite to replace it, "
-                        f"or choose another folder", option="out")
+        raise UserError(
+            f"{out} holds a different {kind}; set overwrite to replace it, "
+            f"or choose another folder",
+            option="out",
+        )
     elif not file.exists() and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new folder", option="out")
 
@@ -61,11 +72,17 @@ def _study_spec(gammas: list[float], base: RunConfig) -> dict:
     return json.loads(json.dumps({"gammas": gammas, "base": base.to_dict()}))
 
 
-def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
-              overwrite: bool = False, progress: bool | None = None,
-              analysis: AnalysisConfig | None = AnalysisConfig(),
-              formats: tuple[str, ...] = (), analysis_progress: Progress | None = None,
-              log: Log | None = None) -> dict[str, object]:
+def run_study(
+    base: RunConfig,
+    gammas: tuple[float, ...],
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    analysis: AnalysisConfig | None = AnalysisConfig(),
+    formats: tuple[str, ...] = (),
+    analysis_progress: Progress | None = None,
+    log: Log | None = None,
+) -> dict[str, object]:
     """Train `base` at each gamma into `out` (resuming unfinished runs), then analyse and
     report (`report_study`). `progress`: training step bars (None: on a terminal);
     `analysis_progress` hears of the analyses' checkpoints; `log` of runs that failed.
@@ -77,8 +94,13 @@ def run_study(base: RunConfig, gammas: tuple[float, ...], out: str | Path,
         raise UserError("a study needs at least one gamma", option="gammas")
     configs = [base.replace(model={"gamma": float(g)}).validate() for g in gammas]
     spec = _study_spec([float(g) for g in gammas], base)
-    check_folder(out, "study.json", spec, overwrite,
-                 lambda d: _study_spec(d.get("gammas"), RunConfig.from_dict(d.get("base", {}))))
+    check_folder(
+        out,
+        "study.json",
+        spec,
+        overwrite,
+        lambda d: _study_spec(d.get("gammas"), RunConfig.from_dict(d.get("base", {}))),
+    )
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "study.json", spec)
     for cfg in configs:
@@ -107,15 +129,20 @@ def collect(study: str | Path) -> tuple[list[Run], dict[str, str]]:
         if status.get("state") == "done":
             runs.append(run)
         else:
-            problems[folder.name] = (f"{status.get('state', 'unknown')} at step "
-                                     f"{status.get('step', '?')}: "
-                                     f"{status.get('reason', 'unfinished; re-run to resume')}")
+            problems[folder.name] = (
+                f"{status.get('state', 'unknown')} at step "
+                f"{status.get('step', '?')}: "
+                f"{status.get('reason', 'unfinished; re-run to resume')}"
+            )
     return runs, problems
 
 
-def report_study(study: str | Path, analysis: AnalysisConfig | None = AnalysisConfig(),
-                 formats: tuple[str, ...] = (), progress: Progress | None = None
-                 ) -> dict[str, object]:
+def report_study(
+    study: str | Path,
+    analysis: AnalysisConfig | None = AnalysisConfig(),
+    formats: tuple[str, ...] = (),
+    progress: Progress | None = None,
+) -> dict[str, object]:
     """(Re)write the tables and report.html of a study folder from what is on disk;
     `analysis=None` leaves out the analysis sections (localization, probes, geometry)."""
     study = Path(study)
@@ -131,7 +158,12 @@ def report_study(study: str | Path, analysis: AnalysisConfig | None = AnalysisCo
             for name, table in tables.items():
                 export_table(table, study, name, formats=("csv",))
     task = runs[0].config.task.name if runs else "?"
-    return write_report(runs, study / "report.html",
-                        title=f"InitLens study: {task} task at init scales "
-                        f"{', '.join(f'{r.config.model.gamma:g}' for r in runs)}",
-                        problems=problems, analysis=tables, formats=formats)
+    return write_report(
+        runs,
+        study / "report.html",
+        title=f"InitLens study: {task} task at init scales "
+        f"{', '.join(f'{r.config.model.gamma:g}' for r in runs)}",
+        problems=problems,
+        analysis=tables,
+        formats=formats,
+    )

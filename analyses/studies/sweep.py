@@ -18,9 +18,10 @@ import dataclasses
 import itertools
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -52,10 +53,13 @@ def section_of(name: str, cfg: RunConfig) -> str:
     for section, obj in (("model", cfg.model), ("train", cfg.train), ("task", cfg.task)):
         if name in {f.name for f in dataclasses.fields(obj)}:
             return section
-    known = sorted({f.name for obj in (cfg.model, cfg.train, cfg.task)
-                    for f in dataclasses.fields(obj)})
-    raise UserError(f"cannot sweep {name!r}: not a field of the {cfg.task.name} config; "
-                    f"choose from {', '.join(known)}")
+    known = sorted(
+        {f.name for obj in (cfg.model, cfg.train, cfg.task) for f in dataclasses.fields(obj)}
+    )
+    raise UserError(
+        f"cannot sweep {name!r}: not a field of the {cfg.task.name} config; "
+        f"choose from {', '.join(known)}"
+    )
 
 
 @dataclass(frozen=True)
@@ -68,8 +72,10 @@ class Sweep:
     def points(self) -> list[tuple[str, dict[str, Any]]]:
         """(run name, {field: value}) for every grid point, in grid order."""
         names = list(self.grid)
-        return [(_run_name(dict(zip(names, values))), dict(zip(names, values)))
-                for values in itertools.product(*self.grid.values())]
+        return [
+            (_run_name(dict(zip(names, values))), dict(zip(names, values)))
+            for values in itertools.product(*self.grid.values())
+        ]
 
     def configs(self) -> list[tuple[str, RunConfig]]:
         """Every grid point's validated config; a UserError lists every invalid one."""
@@ -83,21 +89,28 @@ class Sweep:
             except (UserError, TypeError, ValueError) as e:
                 bad.append(f"{name}: {e}")
         if bad:
-            raise UserError(f"{len(bad)} of {len(out) + len(bad)} grid combinations are "
-                            f"invalid, nothing was trained: " + "; ".join(bad))
+            raise UserError(
+                f"{len(bad)} of {len(out) + len(bad)} grid combinations are "
+                f"invalid, nothing was trained: " + "; ".join(bad)
+            )
         return out
 
     def to_dict(self) -> dict:
         """The base config and the grid, as they read back from a JSON file."""
-        return json.loads(json.dumps({"base": self.base.to_dict(),
-                                      "grid": {k: list(v) for k, v in self.grid.items()}}))
+        return json.loads(
+            json.dumps(
+                {"base": self.base.to_dict(), "grid": {k: list(v) for k, v in self.grid.items()}}
+            )
+        )
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "sweep file") -> "Sweep":
+    def from_dict(cls, data: dict, source: str = "sweep file") -> Sweep:
         if not isinstance(data, dict) or not isinstance(data.get("grid"), dict):
-            raise UserError(f"{source} must be a JSON object with a \"grid\" object "
-                            f"({{\"gamma\": [0.3, 0.8], \"n_layers\": [1, 2]}}) and an "
-                            f"optional \"base\" config")
+            raise UserError(
+                f'{source} must be a JSON object with a "grid" object '
+                f'({{"gamma": [0.3, 0.8], "n_layers": [1, 2]}}) and an '
+                f'optional "base" config'
+            )
         base = RunConfig.from_dict(data.get("base", {}), source)
         grid = {}
         for name, values in data["grid"].items():
@@ -122,8 +135,10 @@ def make_sweep(base: RunConfig, grid: dict[str, Sequence]) -> Sweep:
     for name, values in grid.items():
         section_of(name, base)
         if not len(values) or len(set(values)) != len(values):
-            raise UserError(f"sweep values of {name} must be a non-empty list without "
-                            f"repeats (got {list(values)})")
+            raise UserError(
+                f"sweep values of {name} must be a non-empty list without "
+                f"repeats (got {list(values)})"
+            )
     order = sorted(grid, key=lambda n: list(SHORT).index(n) if n in SHORT else len(SHORT))
     return Sweep(base, {n: tuple(grid[n]) for n in order})
 
@@ -152,8 +167,9 @@ def pending(runs: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
     return todo
 
 
-def plan(runs: list[tuple[RunConfig, Any]], strategy: str = "auto",
-         min_units: int = 1) -> list[list[tuple[RunConfig, Any]]]:
+def plan(
+    runs: list[tuple[RunConfig, Any]], strategy: str = "auto", min_units: int = 1
+) -> list[list[tuple[RunConfig, Any]]]:
     """Group runs into units: ensembles of runs that differ only in init and seed (auto,
     ensemble) or one run each (sequential); groups are split to give at least `min_units`
     units (e.g. one per Ray worker) and at most MAX_MEMBERS runs each."""
@@ -166,8 +182,10 @@ def plan(runs: list[tuple[RunConfig, Any]], strategy: str = "auto",
         if can_ensemble(cfg):
             groups.setdefault(ensemble_key(cfg), []).append((cfg, path))
     for group in groups.values():
-        parts = max(-(-len(group) // MAX_MEMBERS),
-                    min(len(group), -(-min_units * len(group) // max(len(runs), 1))))
+        parts = max(
+            -(-len(group) // MAX_MEMBERS),
+            min(len(group), -(-min_units * len(group) // max(len(runs), 1))),
+        )
         units += [group[i::parts] for i in range(parts)]
     return units
 
@@ -184,8 +202,10 @@ def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str,
         for path in paths:
             if Run(path).status.get("state") not in ("done", "failed"):
                 _failed(path, Run(path).status.get("step", 0), _error(e))
-    return [(str(p), Run(p).status.get("state", "unknown"), Run(p).status.get("reason", ""))
-            for p in paths]
+    return [
+        (str(p), Run(p).status.get("state", "unknown"), Run(p).status.get("reason", ""))
+        for p in paths
+    ]
 
 
 @dataclass
@@ -218,16 +238,24 @@ def connect_ray(address: str | None = None):
     try:
         import ray
     except ImportError:
-        raise UserError("the ray backend needs Ray: pip install 'initlens[ray]' (or "
-                        "ray[default]); or use the local backend", option="backend") from None
+        raise UserError(
+            "the ray backend needs Ray: pip install 'initlens[ray]' (or "
+            "ray[default]); or use the local backend",
+            option="backend",
+        ) from None
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                     configure_logging=False)
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
         except Exception as e:  # e.g. no cluster at that address
             where = f"the Ray cluster at {address}" if address else "a local Ray instance"
-            raise UserError(f"could not start or reach {where}: {_error(e)}",
-                            option="address") from None
+            raise UserError(
+                f"could not start or reach {where}: {_error(e)}", option="address"
+            ) from None
     return ray
 
 
@@ -235,21 +263,32 @@ def ray_slots(resources: dict, cpus_per_task: int, gpus_per_task: float) -> int:
     """How many tasks the cluster runs at once; a clear error if it has no GPU to give."""
     if gpus_per_task > 0:
         if not resources.get("GPU"):
-            raise UserError("GPUs per task were asked for, and the Ray cluster has none; "
-                            "leave it at 0 to train on CPUs", option="gpus_per_task")
+            raise UserError(
+                "GPUs per task were asked for, and the Ray cluster has none; "
+                "leave it at 0 to train on CPUs",
+                option="gpus_per_task",
+            )
         return max(1, int(resources["GPU"] / gpus_per_task))
     return max(1, int(resources.get("CPU", 1)) // cpus_per_task)
 
 
-def run_ray(ray, runs: list[tuple[RunConfig, Path]], strategy: str, tally: Tally, slots: int,
-            cpus_per_task: int = 1, gpus_per_task: float = 0) -> None:
+def run_ray(
+    ray,
+    runs: list[tuple[RunConfig, Path]],
+    strategy: str,
+    tally: Tally,
+    slots: int,
+    cpus_per_task: int = 1,
+    gpus_per_task: float = 0,
+) -> None:
     """Train the runs as Ray tasks (`ray`: from `connect_ray`), one per unit with
     `cpus_per_task` cores (torch threads) and `gpus_per_task` GPUs each (a fraction shares
     one), in at least `slots` units. On a cluster the sweep folder must be on a filesystem
     every node sees."""
     task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_ray_unit)
-    pending_tasks = {task.remote(unit, cpus_per_task): unit
-                     for unit in plan(runs, strategy, min_units=slots)}
+    pending_tasks = {
+        task.remote(unit, cpus_per_task): unit for unit in plan(runs, strategy, min_units=slots)
+    }
     while pending_tasks:
         [ready], _ = ray.wait(list(pending_tasks), num_returns=1)
         unit = pending_tasks.pop(ready)
@@ -262,6 +301,7 @@ def run_ray(ray, runs: list[tuple[RunConfig, Path]], strategy: str, tally: Tally
 
 def _ray_unit(unit: Unit, threads: int) -> list[tuple[str, str, str]]:
     import torch
+
     torch.set_num_threads(threads)
     return train_unit(unit, progress=False)
 
@@ -286,11 +326,19 @@ def _error(e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
 
 
-def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
-              strategy: str = "auto", address: str | None = None, cpus_per_task: int = 1,
-              gpus_per_task: float = 0, overwrite: bool = False,
-              progress: bool | None = None, formats: Sequence[str] = ("html",),
-              log: Log | None = None) -> dict[str, object]:
+def run_sweep(
+    sweep: Sweep,
+    out: str | Path,
+    backend: str = "local",
+    strategy: str = "auto",
+    address: str | None = None,
+    cpus_per_task: int = 1,
+    gpus_per_task: float = 0,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    formats: Sequence[str] = ("html",),
+    log: Log | None = None,
+) -> dict[str, object]:
     """Train every grid point of `sweep` into `out/runs/` (skipping finished runs), then
     gather results.csv/.parquet and the phase diagram (`report_sweep`). `progress`: bars
     for the runs and their steps (None: on a terminal); `log` hears of each failed run."""
@@ -298,16 +346,19 @@ def run_sweep(sweep: Sweep, out: str | Path, backend: str = "local",
     _one_of("backend", backend, BACKENDS)
     _one_of("strategy", strategy, STRATEGIES)
     if cpus_per_task < 1 or gpus_per_task < 0:
-        raise UserError(f"CPUs per task must be at least 1 and GPUs per task at least 0 "
-                        f"(got {cpus_per_task} and {gpus_per_task})",
-                        option="cpus_per_task" if cpus_per_task < 1 else "gpus_per_task")
+        raise UserError(
+            f"CPUs per task must be at least 1 and GPUs per task at least 0 "
+            f"(got {cpus_per_task} and {gpus_per_task})",
+            option="cpus_per_task" if cpus_per_task < 1 else "gpus_per_task",
+        )
     configs = sweep.configs()  # every combination valid before anything trains
     if backend == "ray":  # before anything is written
         ray = connect_ray(address)
         slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
     spec = sweep.to_dict()
-    check_folder(out, "sweep.json", spec, overwrite,
-                 lambda d: Sweep.from_dict(d, str(out)).to_dict())
+    check_folder(
+        out, "sweep.json", spec, overwrite, lambda d: Sweep.from_dict(d, str(out)).to_dict()
+    )
     with FolderLock(out, "sweep"):  # one sweep at a time writes this folder
         (out / "runs").mkdir(parents=True, exist_ok=True)
         write_json(out / "sweep.json", spec)
@@ -329,11 +380,16 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
     sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
     table = results_table(sweep, out)
     files = export_table(table, out, "results")
-    labels = {name: ", ".join(f"{k}={value_text(v)}" for k, v in values.items())
-              for name, values in sweep.points()}
+    labels = {
+        name: ", ".join(f"{k}={value_text(v)}" for k, v in values.items())
+        for name, values in sweep.points()
+    }
     done = table.run[table.state == "done"]
-    figures = {"learning_curves": sweep_curves([Run(out / "runs" / n) for n in done],
-                                               [labels[n] for n in done])}
+    figures = {
+        "learning_curves": sweep_curves(
+            [Run(out / "runs" / n) for n in done], [labels[n] for n in done]
+        )
+    }
     if table.gamma.nunique() > 1:  # gamma x depth (or another swept option)
         figures["phase_diagram"] = phase_diagram(table, rows=rows_axis(table, list(sweep.grid)))
     figures, notes = export_figures(figures, out, formats)
@@ -350,10 +406,15 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
     for (name, cfg), (_, values) in zip(sweep.configs(), sweep.points()):
         run = Run(root / "runs" / name)
         status = run.status if run.path.exists() else {"state": "missing"}
-        row = {"run": name, "gamma": cfg.model.gamma, "n_layers": cfg.model.n_layers,
-               "seed": cfg.train.seed, **{k: value_text(v) if isinstance(v, tuple) else v
-                                          for k, v in values.items()},
-               "state": status.get("state", "unknown"), "error": status.get("reason", "")}
+        row = {
+            "run": name,
+            "gamma": cfg.model.gamma,
+            "n_layers": cfg.model.n_layers,
+            "seed": cfg.train.seed,
+            **{k: value_text(v) if isinstance(v, tuple) else v for k, v in values.items()},
+            "state": status.get("state", "unknown"),
+            "error": status.get("reason", ""),
+        }
         if run.done:
             row.update({k: v for k, v in preference_row(run).items() if k not in row})
             row.update(readout_row(run))
@@ -363,5 +424,16 @@ def results_table(sweep: Sweep, root: Path) -> pd.DataFrame:
     return table.astype({c: "Int64" for c in table if c.startswith("step_to_")})
 
 
-__all__ = ["GRIDS", "Sweep", "load_sweep", "make_sweep", "pending", "plan", "report_sweep",
-           "results_table", "run_sweep", "section_of", "train_unit"]
+__all__ = [
+    "GRIDS",
+    "Sweep",
+    "load_sweep",
+    "make_sweep",
+    "pending",
+    "plan",
+    "report_sweep",
+    "results_table",
+    "run_sweep",
+    "section_of",
+    "train_unit",
+]
