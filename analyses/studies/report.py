@@ -177,7 +177,8 @@ def build_report(
             f"<li><code>{html.escape(k)}</code>: {html.escape(v)}</li>" for k, v in problems.items()
         )
         doc.add(
-            f'<div class="warn"><b>Missing or failed runs, and analyses left out</b><ul>{items}</ul></div>'
+            '<div class="warn"><b>Missing or failed runs, and analyses left out</b>'
+            f"<ul>{items}</ul></div>"
         )
     if not runs:
         return doc
