@@ -25,9 +25,10 @@ $(STAMP): pyproject.toml Makefile
 chromium:
 	@command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || \
 	{ command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  echo "installing Debian's chromium with apt-get (system package, for PNG/SVG/PDF figures)" && \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	echo "note: chromium not installed; figures export as HTML only (PNG/SVG/PDF need it)"
+	echo "note: chromium not installed; figures export as HTML only (PNG/SVG/PDF need it: run 'make chromium' as root, or install Debian's chromium)"
 
 # The demo's CPU setting was calibrated with embeddings drawn at the paper-text fan-in
 # (d_vocab, n_ctx); under the authors' code's d_model fan-in (the default for new runs) it
