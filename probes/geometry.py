@@ -445,28 +445,14 @@ def geometry_metrics(
     for hook in hooks:
         acts = _f64(cache[hook][:, -1].flatten(1))
         layer = int(re.match(r"blocks\.(\d+)\.", hook).group(1))
+        spread = {
+            "effective_rank": effective_rank(acts),
+            "participation_ratio": participation_ratio(acts),
+            "components_90": components_for_variance(acts, 0.9),
+        }
         out += [
-            _rows(
-                metric="effective_rank",
-                hook=hook,
-                layer=layer,
-                group="label",
-                value=effective_rank(acts),
-            ),
-            _rows(
-                metric="participation_ratio",
-                hook=hook,
-                layer=layer,
-                group="label",
-                value=participation_ratio(acts),
-            ),
-            _rows(
-                metric="components_90",
-                hook=hook,
-                layer=layer,
-                group="label",
-                value=components_for_variance(acts, 0.9),
-            ),
+            _rows(metric=metric, hook=hook, layer=layer, group="label", value=value)
+            for metric, value in spread.items()
         ]
     return _table(out)
 

@@ -8,20 +8,13 @@ import torch
 
 from initlens.models import MixtureTask, ModelConfig, RunConfig, build_model
 from initlens.models.forward import Weights, block, embed, run_with_cache, unembed
+from test_patching import SHAPES
 from test_patching_realistic import randomize_vectors
 
 # The published conventions: free d_head, no biases, the final LayerNorm on or off.
 CONVENTION_SHAPES = [
-    ModelConfig(
-        n_layers=2,
-        d_model=32,
-        n_heads=1,
-        d_head=16,
-        normalization="post",
-        biases=False,
-        final_ln=False,
-    ),
-    ModelConfig(n_layers=2, d_model=24, n_heads=3, d_head=12, final_ln=False),
+    SHAPES["2L-postLN-no-bias-wide-head"],
+    SHAPES["2L-LN-no-final-LN-3heads"],
     ModelConfig(
         n_layers=1,
         d_model=32,
