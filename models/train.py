@@ -57,20 +57,22 @@ def train(
     resume: continue the run in `out` from its last checkpoint (cfg may be None).
     stop_at: stop resumably after this step (for training in chunks, and tests).
     """
-    out = Path(out)
-    if resume:
-        saved = Run.open(out)
-        if cfg is not None and cfg != saved.config:
-            raise UserError(
-                f"the given config differs from {out}/config.json; resume "
-                f"without giving a config or options, or train into another "
-                f"output folder"
-            )
-        cfg = saved.config
-        if saved.done:
-            return saved
-    cfg.validate()
+    if cfg is not None:
+        cfg.validate()
+    # The lock comes first: a run that another process is still starting has no
+    # config.json yet, and "in use by another process" is the error that helps.
     with RunWriter(out) as writer:
+        if resume:
+            saved = Run.open(out)
+            if cfg is not None and cfg != saved.config:
+                raise UserError(
+                    f"the given config differs from {out}/config.json; resume "
+                    f"without giving a config or options, or train into another "
+                    f"output folder"
+                )
+            cfg = saved.config
+            if saved.done:
+                return saved
         return _train(cfg, writer, resume, stop_at, progress)
 
 

@@ -116,15 +116,19 @@ def test_duplicate_rows_read_once(tmp_path, tiny_run):
 # --- one writer per run directory ---------------------------------------------------------
 
 
-def _wait_for_lock(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        lock = path / ".lock"
-        if lock.exists() and str(proc.pid) in lock.read_text():
+        if condition():
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.05)
-    raise AssertionError("the first training never took the lock")
+    raise AssertionError("the first training never got there")
+
+
+def _wait_for_lock(path: Path, proc: subprocess.Popen) -> None:
+    lock = path / ".lock"
+    _wait_for(lambda: lock.exists() and str(proc.pid) in lock.read_text(), proc)
 
 
 def test_second_writer_fails_naming_the_holder_and_a_kill_frees_it(tmp_path, capsys):
@@ -145,6 +149,7 @@ def test_second_writer_fails_naming_the_holder_and_a_kill_frees_it(tmp_path, cap
             run_cli(capsys, "train", "--resume", "--out", out),
             rf"in use by another process \(pid {holder.pid} on ",
         )
+        _wait_for(lambda: (out / "config.json").exists(), holder)  # a run to resume
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
