@@ -70,20 +70,24 @@ PATHS = {"files"}  # tuple-of-path fields: comma-separated
 def _parse(name: str, raw, task_cls) -> Any:
     """Turn an option's text into the field's type (tuples from '1,2' or '1,2;3,4')."""
     section, f, _ = FIELDS[name]
+    flag = f"--{name.replace('_', '-')}"
     if section == "task":
         if name not in {g.name for g in dataclasses.fields(task_cls)}:
-            raise UserError(
-                f"option --{name.replace('_', '-')} does not apply to task {task_cls.name!r}"
-            )
+            raise UserError(f"option {flag} does not apply to task {task_cls.name!r}")
         default = _default(next(g for g in dataclasses.fields(task_cls) if g.name == name))
     else:
         default = _default(f)
     if name in INT_OR_NONE:
-        return None if str(raw).lower() == "none" else int(raw)
+        if str(raw).lower() == "none":
+            return None
+        try:
+            return int(raw)
+        except ValueError:
+            raise UserError(f"{flag} {raw!r}: expected an integer or none") from None
     if name in BOOL_OR_NONE:
         text = str(raw).lower()
         if text not in ("true", "false", "none"):
-            raise UserError(f"--{name.replace('_', '-')} {raw!r}: expected true, false or none")
+            raise UserError(f"{flag} {raw!r}: expected true, false or none")
         return None if text == "none" else text == "true"
     if name in PATHS:
         return tuple(p.strip() for p in str(raw).split(",") if p.strip())
@@ -97,8 +101,7 @@ def _parse(name: str, raw, task_cls) -> Any:
         ]
     except ValueError:
         raise UserError(
-            f"--{name.replace('_', '-')} {raw!r}: expected integers like "
-            f"'1,2' or pairs like '11,13;13,11'"
+            f"{flag} {raw!r}: expected integers like '1,2' or pairs like '11,13;13,11'"
         ) from None
     nested = bool(default) and isinstance(default[0], tuple)
     return tuple(groups) if nested else (groups[0] if groups else ())
@@ -109,7 +112,7 @@ def build_config(
 ) -> RunConfig:
     """Defaults (or `base`), then the config file, then the options that were given."""
     cfg = RunConfig.load(config) if config else (base or RunConfig())
-    if task and task != cfg.task.name:
+    if task is not None and task != cfg.task.name:
         cfg = RunConfig(task=task_class(task)(), model=cfg.model, train=cfg.train)
     changes: dict[str, dict] = {"task": {}, "model": {}, "train": {}}
     for name, raw in values.items():
@@ -236,7 +239,7 @@ def train_cmd(
     base = preset_base(preset, config)
     cfg = (
         None
-        if resume and not (given or config or task or preset)
+        if resume and not (given or config or task is not None or preset)
         else build_config(config, task, given, base=base)
     )
     run = train(cfg, out, resume=resume)
@@ -342,7 +345,12 @@ def info_cmd(
 
 
 def _steps(step: str) -> str | int:
-    return int(step) if step.lstrip("-").isdigit() else step
+    """--step of the commands that read many checkpoints: all, last, or a step number."""
+    if step.isdigit():
+        return int(step)
+    if step not in ("all", "last"):
+        raise UserError(f"{step!r} is not all, last or a step number", option="step")
+    return step
 
 
 def _formats(format: str) -> tuple[str, ...]:
@@ -428,7 +436,7 @@ def sweep_cmd(
     task: str | None = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
     backend: str = typer.Option(
         "local",
-        help="local (this process) or ray (Ray tasks; a local Ray instance unless --address).",
+        help="local (a child process) or ray (Ray tasks; a local Ray instance unless --address).",
     ),
     address: str | None = typer.Option(
         None,
@@ -445,6 +453,11 @@ def sweep_cmd(
     cpus_per_task: int = typer.Option(1, help="CPU cores (torch threads) per Ray task."),
     gpus_per_task: float = typer.Option(
         0, help="GPUs per Ray task (0.25: four share one); 0 trains on CPUs."
+    ),
+    retries: int = typer.Option(
+        2,
+        help="Tries more for a unit whose process dies (a lost Ray worker, a killed child); "
+        "each resumes from the runs' last checkpoints.",
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing sweep in --out."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
@@ -482,6 +495,7 @@ def sweep_cmd(
         overwrite=overwrite,
         formats=_formats(format),
         log=typer.echo,
+        retries=retries,
     )
     record_preset(preset, base, given, task, Path(out), values)
     table = info["table"]
@@ -689,10 +703,20 @@ def _echo_report(info: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     try:
-        app(args=argv, standalone_mode=True)
+        code = app(args=argv, standalone_mode=False)
     except UserError as e:
         typer.echo(f"error: {e.for_cli()}", err=True)
         sys.exit(2)
+    except typer.TyperException as e:  # what the parser refused: one line, not a box
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `probe` or a group alone: its help
+            e.show()
+        else:
+            where = ctx.command_path if ctx else "probe"
+            typer.echo(f"error: {e.format_message().rstrip('.')}; see `{where} --help`", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    except typer.Abort:
+        sys.exit(130)
     except KeyboardInterrupt:
         typer.echo(
             "interrupted; finished work is kept: `probe train --resume` continues a "
@@ -700,6 +724,7 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

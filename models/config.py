@@ -108,6 +108,8 @@ class ModelConfig:
             raise UserError(f"d_mlp={self.d_mlp} must be >= 0 (0 = attention-only)")
         if not self.readout_scale > 0:
             raise UserError(f"readout_scale={self.readout_scale} must be > 0")
+        if self.n_ctx is not None and self.n_ctx < 1:
+            raise UserError(f"n_ctx={self.n_ctx} must be >= 1 (or none: the task's length)")
         if self.init_rank is not None and self.init_rank < 1:
             raise UserError(f"init_rank={self.init_rank} must be >= 1 (or none: full rank)")
         _choice("act_fn", self.act_fn, ACT_FN_NAMES)
@@ -195,7 +197,7 @@ class RunConfig:
 
     @property
     def n_ctx(self) -> int:
-        return self.model.n_ctx or self.task.seq_len
+        return self.task.seq_len if self.model.n_ctx is None else self.model.n_ctx
 
     def validate(self) -> RunConfig:
         for section in ("task", "model", "train"):

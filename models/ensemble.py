@@ -6,12 +6,16 @@ leading axis, so one batched matmul does the work of K small ones (on a CPU, in 
 of members small enough to stay in cache). AdamW and weight decay
 are elementwise and gradient clipping is done per member, so every member follows exactly
 the updates it would get trained alone (`train()`, same seed and gamma) up to float32
-rounding, and is written as an ordinary run directory (resumable on its own by `train`).
+rounding, and is written as an ordinary run directory (resumable on its own by `train`;
+`train_ensemble(..., resume=True)` resumes the members together, bit for bit as if never
+stopped).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,13 +24,13 @@ from jaxtyping import Float, Int
 from torch.func import vmap
 
 from initlens.models.build import build_model, n_params, realized_init, resolve_device
-from initlens.models.checkpoint import optimizer_tensors
+from initlens.models.checkpoint import load_optimizer_tensors, optimizer_tensors
 from initlens.models.config import RunConfig
 from initlens.models.errors import UserError
 from initlens.models.evaluate import EvalSet, make_eval_set, score_logits
 from initlens.models.forward import Weights, block, embed, unembed
 from initlens.models.run import Run
-from initlens.models.run_writer import RunWriter
+from initlens.models.run_writer import LOCK, RunWriter
 from initlens.models.train import training_data
 from initlens.models.trainer import adamw, batch_indices, run_training
 
@@ -87,7 +91,11 @@ def members_per_pass(k: int, rows: int, width: int, device: torch.device) -> int
 
 
 def train_ensemble(
-    cfgs: list[RunConfig], outs: list[str | Path], progress: bool | None = None
+    cfgs: list[RunConfig],
+    outs: list[str | Path],
+    progress: bool | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
 ) -> list[Run]:
     """Train every config in `cfgs` into its run directory in `outs`, as one ensemble.
 
@@ -95,6 +103,13 @@ def train_ensemble(
     same `train.batch_seed`, see the same batches). A member that diverges (its loss,
     weights or scores stop being finite) is marked failed and diverged (status.json says
     why) and its files stop changing; the others go on.
+
+    resume: continue what the folders hold (finished runs are left alone), ending with the
+    files of an uninterrupted ensemble: from the members' last checkpoint when they all
+    stopped at the same one, else from the start (a kill between two members' checkpoint
+    saves leaves them a step apart, and only the newest optimizer state is kept; resuming
+    each member alone would differ in the last bits). Empty folders start fresh.
+    stop_at: stop resumably after this step (for training in chunks, and tests).
     """
     outs = [Path(o) for o in outs]
     if not cfgs or len(cfgs) != len(outs) or len(set(outs)) != len(outs):
@@ -116,16 +131,59 @@ def train_ensemble(
     try:
         for writer in writers:
             writer.lock()
-            writer.check_free()
-        _train_members(cfgs, writers, progress)
+        todo = [i for i, out in enumerate(outs) if not (resume and Run(out).done)]
+        cfgs, members = [cfgs[i] for i in todo], [writers[i] for i in todo]
+        points = None
+        if resume and members:
+            points = _resume_points(cfgs, members)
+        elif not resume:
+            for writer in members:
+                writer.check_free()
+        if members:
+            _train_members(cfgs, members, progress, points, stop_at)
     finally:
         for writer in writers:
             writer.unlock()
     return [Run(out) for out in outs]
 
 
-def _train_members(cfgs: list[RunConfig], writers: list[RunWriter], progress: bool | None) -> None:
-    """`train_ensemble` once it holds every member's run directory."""
+def _resume_points(cfgs: list[RunConfig], writers: list[RunWriter]) -> list[tuple] | None:
+    """Each member's (step, weights, optimizer state) when all hold a checkpoint of the
+    same step; else None, with the started members' folders emptied to start afresh."""
+    started = []
+    for cfg, writer in zip(cfgs, writers):
+        if not (writer.path / "config.json").exists():
+            writer.check_free()
+            continue
+        saved = Run(writer.path)
+        if saved.config != cfg:
+            raise UserError(
+                f"the given config differs from {writer.path}/config.json; train "
+                f"into another output folder",
+                option="outs",
+            )
+        saved.metrics()  # readable, or a UserError before anything is written
+        started.append(writer)
+    points = [Run(w.path).resume_point() for w in started]
+    steps = {p[0] if p else None for p in points}
+    if len(started) == len(writers) and len(steps) == 1 and None not in steps:
+        return points
+    for writer in started:  # out of step, or no checkpoint yet: all start again
+        for path in writer.path.iterdir():
+            if path.name != LOCK:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return None
+
+
+def _train_members(
+    cfgs: list[RunConfig],
+    writers: list[RunWriter],
+    progress: bool | None,
+    points: list[tuple] | None = None,
+    stop_at: int | None = None,
+) -> None:
+    """`train_ensemble` once it holds every member's run directory; `points`: each
+    member's checkpoint to resume from (all of one step)."""
     tc = cfgs[0].train
     device = resolve_device(tc.device)
     rows, x_train, y_train = training_data(cfgs[0], device)
@@ -133,11 +191,39 @@ def _train_members(cfgs: list[RunConfig], writers: list[RunWriter], progress: bo
         make_eval_set(cfgs[0].task, rows, tc.eval_size, c.train.seed).to(device) for c in cfgs
     ]
     models = [build_model(cfg, "cpu") for cfg in cfgs]  # exactly the standalone init
-    for cfg, writer, model in zip(cfgs, writers, models):
-        writer.start(cfg, realized_init(model, cfg.model))
+    inits = [realized_init(model, cfg.model) for cfg, model in zip(cfgs, models)]
+    start = points[0][0] if points else 0
+    for writer, model, (_, weights, _) in zip(writers, models, points or []):
+        with _fits(writer, start):
+            model.load_state_dict(weights, strict=True)
     members = StackedMembers(cfgs, models, x_train, y_train, evalsets, device)
     del models
-    run_training(members, writers, tc, desc=f"ensemble of {len(cfgs)}", progress=progress)
+    if points:
+        with _fits(writers[0], start):
+            members.load_optimizer([optimizer for _, _, optimizer in points])
+    for cfg, writer, init in zip(cfgs, writers, inits):
+        if points:
+            writer.resume(init)
+        else:
+            writer.start(cfg, init)
+    run_training(
+        members, writers, tc, start, stop_at, desc=f"ensemble of {len(cfgs)}", progress=progress
+    )
+
+
+@contextmanager
+def _fits(writer: RunWriter, step: int):
+    """A checkpoint that does not fit the model becomes a UserError saying which."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"the checkpoint of step {step} in {writer.path} does not match its "
+            f"config.json ({first}); restore the checkpoint, or delete the run to "
+            f"retrain it",
+            option="outs",
+        ) from None
 
 
 class StackedMembers:
@@ -195,6 +281,17 @@ class StackedMembers:
     def checkpoint(self, member: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         weights = {name: t[member].detach() for name, t in self.stacked.items()}
         return weights, optimizer_tensors(self.optimizer, member)
+
+    def load_optimizer(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Put each member's saved optimizer state (a standalone run's layout) back,
+        stacked; their step counts are equal (saved at one step)."""
+        load_optimizer_tensors(
+            self.optimizer,
+            {
+                key: value if key.endswith(".step") else torch.stack([s[key] for s in states])
+                for key, value in states[0].items()
+            },
+        )
 
     @torch.no_grad()
     def finite(self) -> list[bool]:

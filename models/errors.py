@@ -24,3 +24,15 @@ class UserError(Exception):
         if self.option is None:
             return str(self)
         return f"--{self.option.replace('_', '-')}: {self}"
+
+
+def check_count(value: int, option: str, least: int = 1) -> None:
+    """An integer option that counts something (rows, pairs, a seed): at least `least`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UserError(f"{option}={value!r}: must be an integer >= {least}", option=option)
+
+
+def check_positive(value: float, option: str) -> None:
+    """A real option that must be a finite number > 0 (a strength, a budget)."""
+    if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+        raise UserError(f"{option}={value!r}: must be a finite number > 0", option=option)

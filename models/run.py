@@ -178,6 +178,14 @@ class Run:
         step = self.resolve_step(step)
         path = checkpoint_path(self.path, step)
         tensors, _ = load_tensors(path)
+        damaged = [
+            k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()
+        ]
+        if damaged:
+            raise UserError(
+                f"checkpoint {path} holds non-finite weights ({damaged[0]}); the file "
+                f"is damaged: restore it, choose another step, or retrain"
+            )
         model = build_model(self.config, device="cpu")
         try:
             model.load_state_dict(tensors, strict=True)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from jaxtyping import Int
 
-from initlens.models.errors import UserError
+from initlens.models.errors import UserError, check_count
 from initlens.models.tasks import TASKS, Task, dataset_arrays
 
 SOURCES = ("reasoning", "memory")
@@ -48,6 +48,9 @@ class PatchPairs:
         )
 
 
+MAX_PAIRS = 2**20  # pairs patched in one experiment: far more than a metric's noise needs
+
+
 def make_pairs(
     task: Task,
     kind: str,
@@ -73,8 +76,9 @@ def make_pairs(
         raise UserError(
             f"unknown corruption {kind!r} for task {name}; choose one of: {', '.join(kinds)}"
         )
-    if n < 1:
-        raise UserError(f"n={n}: ask for at least one pair")
+    if not 1 <= n <= MAX_PAIRS:
+        raise UserError(f"n={n}: ask for 1 to {MAX_PAIRS} pairs", option="n")
+    check_count(seed, "seed", least=0)
     if source not in SOURCES:
         raise UserError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
     rows = dataset_arrays(task.generate(data_seed))

@@ -15,6 +15,7 @@ that are a fixed random function of the token at the probed position, and its se
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,6 +354,18 @@ def holdout_mask(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarra
 # ------------------------------------------------------------------ researcher call
 
 
+def check_request(targets: Sequence[str], components: Sequence[str]) -> None:
+    """At least one target and one component, all known, before any work."""
+    for what, given, known in (
+        ("target", targets, TARGETS),
+        ("component", components, PROBE_COMPONENTS),
+    ):
+        bad = [x for x in given if x not in known]
+        if bad or not given:
+            problem = f"unknown probe {what}(s) {bad}" if bad else f"no probe {what} given"
+            raise UserError(f"{problem}; choose from {', '.join(known)}", option=what)
+
+
 def _components(model, components) -> list[str]:
     w = Weights.of(model)
     valid = [c for c in PROBE_COMPONENTS if w.has(c)]
@@ -425,10 +438,8 @@ def probe_model(
     selectivity = accuracy - control_accuracy, train_accuracy, n_train, n_test, n_classes,
     and converged (probe and control reached tol within max_iter)."""
     rows = _rows(rows)
+    check_request(targets, components)
     components = _components(model, components)
-    bad = [t for t in targets if t not in TARGETS]
-    if bad:
-        raise UserError(f"unknown probe target(s) {bad}; choose from {', '.join(TARGETS)}")
     w = Weights.of(model)
     dev = torch.device(device) if device is not None else next(iter(w.params.values())).device
     tokens = torch.as_tensor(rows["tokens"])

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Int
 
-from initlens.models.errors import UserError
+from initlens.models.errors import UserError, check_positive
 from initlens.models.forward import (
     Hook,
     Weights,
@@ -225,6 +225,7 @@ def activation_patch(
     device = w["embed.weight"].device
     clean, corrupted = clean.to(device), corrupted.to(device)
     _check_inputs(w, clean, corrupted, component, direction)
+    check_positive(max_memory_mb, "max_memory_mb")
     batch, seq = clean.shape
     # One forward over clean and corrupted together: both baselines and both caches.
     logits, cache = run_with_cache(
@@ -250,7 +251,7 @@ def activation_patch(
         d_model, w.n_heads * seq, 0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0]
     )
     per_variant = w.n_layers * batch * seq * width * 4 * 12  # bytes, ~12 live tensors
-    chunk = max(1, int(max_memory_mb * 2**20 // per_variant))
+    chunk = max(1, int(min(max_memory_mb * 2**20 // per_variant, len(masks))))
     target, source = ({k: v[i] for k, v in halves.items()} for i in (tgt, src))
     keep = (
         torch.ones(w.n_layers, len(masks), dtype=torch.bool, device=device)

@@ -2,12 +2,19 @@
 to their runs, gathered into one table and a phase diagram."""
 
 import json
+import multiprocessing
+import os
+import signal
 import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import initlens.analyses.studies.sweep as sweep_module
 import initlens.models.ensemble as ensemble
@@ -16,6 +23,8 @@ from initlens.analyses.figures.phase_diagram import phase_diagram
 from initlens.analyses.studies.phase import phase_grid, rows_axis
 from initlens.analyses.studies.preference import curves, preference_row
 from initlens.models import Run, UserError, train
+from initlens.models.run import read_metrics
+from initlens.models.run_writer import FolderLock
 
 GRID = {"seed": [0, 1], "gamma": [0.3, 0.8], "n_layers": [1, 2]}
 
@@ -28,6 +37,11 @@ def _sweep(grid=GRID, **train_fields):
 def done(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "s"
     return out, sweep_module.run_sweep(_sweep(), out, progress=False)
+
+
+def _in_process(bars):
+    """The local backend's units trained in this process, where the test's patches are."""
+    return ThreadPoolExecutor(max_workers=1)
 
 
 def _train_loss(run: Run) -> pd.Series:
@@ -121,7 +135,7 @@ def test_phase_diagram_shows_the_table(done):
 
 
 @pytest.mark.integration
-def test_rerun_skips_finished_runs_and_restarts_half_written_ones(done):
+def test_rerun_skips_finished_runs_and_resumes_started_ones(done):
     out, _ = done
     kept, broken = out / "runs" / "g0.3_L1_s0", out / "runs" / "g0.8_L2_s0"
     before = (kept / "metrics.jsonl").stat().st_mtime_ns
@@ -154,6 +168,7 @@ def test_a_failed_member_is_recorded_and_the_rest_finish(tmp_path, monkeypatch):
         return model
 
     monkeypatch.setattr(ensemble, "build_model", poisoned)
+    monkeypatch.setattr(sweep_module, "local_pool", _in_process)
     info = sweep_module.run_sweep(
         _sweep({"seed": [0, 1], "gamma": [0.3, 0.8]}, steps=12), tmp_path / "s", progress=False
     )
@@ -173,6 +188,7 @@ def test_a_unit_that_raises_fails_alone(tmp_path, monkeypatch):
         return real(cfg, out, **kw)
 
     monkeypatch.setattr(sweep_module, "train", broken)
+    monkeypatch.setattr(sweep_module, "local_pool", _in_process)
     info = sweep_module.run_sweep(
         _sweep({"gamma": [0.3, 0.8]}, steps=12),
         tmp_path / "s",
@@ -314,3 +330,204 @@ def test_phase_diagram_rows_follow_what_was_swept():
     assert grid.loc[0.1, 0.3] == pytest.approx((2 + 6) / 2)
     fig = phase_diagram(table, rows="weight_decay")
     assert list(fig.data[0].y) == ["0", "0.1"] and fig.layout.yaxis.title.text == "weight_decay"
+
+
+# --- lost workers: retry and resume ------------------------------------------------------
+
+
+def _assert_same_run(ours: Path, reference: Path) -> None:
+    """`ours` finished with the checkpoints (weights, optimizer) and metrics rows of
+    `reference`, bit for bit."""
+    assert Run(ours).done, Run(ours).status
+    files = sorted(f.name for f in (reference / "checkpoints").glob("*.safetensors"))
+    assert sorted(f.name for f in (ours / "checkpoints").glob("*.safetensors")) == files
+    for name in files:
+        a, b = load_file(ours / "checkpoints" / name), load_file(reference / "checkpoints" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (ours, name)
+    assert read_metrics(ours / "metrics.jsonl")[0] == read_metrics(reference / "metrics.jsonl")[0]
+
+
+def _stamps(runs: list[Path], upto: int | None = None) -> dict[Path, tuple[int, int]]:
+    """The step checkpoints of `runs` (up to step `upto`), with what changes when one is
+    written again."""
+    files = [f for run in runs for f in (run / "checkpoints").glob("step_*.safetensors")]
+    return {
+        f: (f.stat().st_ino, f.stat().st_mtime_ns)
+        for f in files
+        if upto is None or int(f.stem[len("step_") :]) <= upto
+    }
+
+
+def _resume_step(run: Path) -> int | None:
+    point = Run(run).resume_point() if (run / "checkpoints").exists() else None
+    return point and point[0]
+
+
+def _kill_between_checkpoints(runs: list[Path], after: int, timeout: float = 60) -> int:
+    """SIGKILL the process training `runs` (an ensemble; its pid from a run's lock file)
+    once all of them hold the same checkpoint past step `after`; that step. The process is
+    stopped while the checkpoints are read, so that the kill cannot land mid-save."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(0.05)
+        if Run(runs[0]).status.get("step", 0) <= after:
+            continue
+        pid = json.loads((runs[0] / ".lock").read_text())["pid"]
+        assert pid != os.getpid()  # the child, not this process
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            steps = {_resume_step(r) for r in runs}
+        except BaseException:
+            os.kill(pid, signal.SIGCONT)
+            raise
+        if len(steps) == 1 and steps != {None}:
+            os.kill(pid, signal.SIGKILL)
+            return steps.pop()
+        os.kill(pid, signal.SIGCONT)  # stopped during a save: try again after it
+    raise AssertionError(f"no common checkpoint past step {after} in {timeout} s")
+
+
+@pytest.mark.integration
+def test_a_killed_child_is_retried_and_resumes_bit_identically(tmp_path):
+    sweep = _sweep({"gamma": [0.3, 0.8]}, steps=600, n_checkpoints=5)  # one ensemble
+    reference = sweep_module.run_sweep(sweep, tmp_path / "ref", progress=False)
+    out = tmp_path / "s"
+    with ThreadPoolExecutor(1) as thread:
+        result = thread.submit(sweep_module.run_sweep, sweep, out, progress=False)
+        runs = [out / "runs" / name for name in reference["table"].run]
+        step = _kill_between_checkpoints(runs, after=20)
+        kept = _stamps(runs, upto=step)
+        info = result.result(timeout=120)
+    assert (info["table"].state == "done").all()
+    assert _stamps(runs, upto=step) == kept  # resumed from `step`, not retrained
+    for run in runs:
+        _assert_same_run(run, tmp_path / "ref" / "runs" / run.name)
+
+
+class _Doomed(ProcessPoolExecutor):
+    """A training process that dies as soon as it is given the gamma 0.3 run."""
+
+    def __init__(self, bars):
+        super().__init__(1, mp_context=multiprocessing.get_context("spawn"))
+
+    def submit(self, fn, *args):
+        if args and args[0][0][0].model.gamma == 0.3:
+            return super().submit(os._exit, 9)
+        return super().submit(fn, *args)
+
+
+@pytest.mark.integration
+def test_a_child_that_keeps_dying_fails_its_runs_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep_module, "local_pool", _Doomed)
+    info = sweep_module.run_sweep(
+        _sweep({"gamma": [0.3, 0.8]}, steps=12),
+        tmp_path / "s",
+        strategy="sequential",
+        progress=False,
+        retries=1,
+    )
+    table = info["table"].set_index("run")
+    assert table.loc["g0.3", "state"] == "failed"
+    assert table.loc["g0.3", "error"] == "its training process died (2 times)"
+    assert table.loc["g0.8", "state"] == "done"
+
+
+def test_a_training_process_that_cannot_start_is_an_error_not_a_failed_run(tmp_path, monkeypatch):
+    def unborn(bars):  # e.g. an unguarded script, which the child imports, fails there
+        spawn = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(1, mp_context=spawn, initializer=os._exit, initargs=(1,))
+
+    monkeypatch.setattr(sweep_module, "local_pool", unborn)
+    with pytest.raises(UserError, match=r"could not start .*`if __name__ == \"__main__\""):
+        sweep_module.run_sweep(_sweep({"gamma": [0.3]}), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "runs" / "g0.3").exists()  # not marked failed
+
+
+@pytest.mark.integration
+def test_a_killed_ray_worker_is_retried_and_resumes_bit_identically(tmp_path):
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    # Two nodes of one CPU: two units (ensembles of two), one per node.
+    sweep = _sweep({"gamma": [0.3, 0.8], "seed": [0, 1]}, steps=400, n_checkpoints=5)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+        assert len(ray.nodes()) == 2
+        reference = sweep_module.run_sweep(sweep, tmp_path / "ref", backend="ray", progress=False)
+        out = tmp_path / "s"
+        with ThreadPoolExecutor(1) as thread:
+            result = thread.submit(
+                sweep_module.run_sweep, sweep, out, backend="ray", progress=False
+            )
+            runs = [out / "runs" / name for name in ("g0.3_s0", "g0.8_s0")]  # one unit
+            step = _kill_between_checkpoints(runs, after=20)
+            kept = _stamps(runs, upto=step)
+            info = result.result(timeout=120)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert (info["table"].state == "done").all()
+    assert _stamps(runs, upto=step) == kept  # resumed from `step`, not retrained
+    for name in reference["table"].run:
+        _assert_same_run(out / "runs" / name, tmp_path / "ref" / "runs" / name)
+
+
+def test_a_ray_task_refuses_a_sweep_folder_its_node_cannot_see(tmp_path):
+    unit = [(tiny_config(), tmp_path / "s" / "runs" / "g0.3")]
+    with pytest.raises(UserError, match=r"sweep folder .*/s is not visible on node .*; put it"):
+        sweep_module._ray_unit(unit, 1)
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli_sweep_refuses_negative_retries_and_a_busy_folder(tmp_path, capsys):
+    sweep = ["sweep", "--gammas", "0.3", *TINY]
+    assert_user_error(
+        run_cli(capsys, *sweep, "--out", tmp_path / "s", "--retries", "-1"),
+        r"^error: --retries: retries must be at least 0 \(got -1\)$",
+    )
+    assert not (tmp_path / "s").exists()
+    out = tmp_path / "busy"  # a sweep folder that another sweep holds
+    (out / "runs" / "g0.3").mkdir(parents=True)
+    (out / "sweep.json").write_text("{}")
+    with FolderLock(out, "sweep"):
+        before = sorted(out.rglob("*"))
+        assert_user_error(
+            run_cli(capsys, *sweep, "--out", out, "--overwrite"),
+            rf"in use by another process \(pid {os.getpid()} on ",
+        )
+        assert sorted(out.rglob("*")) == before  # nothing overwritten
+
+
+@pytest.mark.integration
+def test_a_half_trained_sweep_resumes_where_it_stopped(done, tmp_path):
+    reference, _ = done
+    sweep, out = _sweep(), tmp_path / "s"
+    (out / "runs").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps(sweep.to_dict()))
+    runs = [(cfg, out / "runs" / name) for name, cfg in sweep.configs()]
+    for unit in sweep_module.plan(runs):  # as the sweep groups them: two ensembles
+        cfgs, paths = [cfg for cfg, _ in unit], [path for _, path in unit]
+        ensemble.train_ensemble(cfgs, paths, progress=False, stop_at=17)
+    paths = [path for _, path in runs]
+    kept = _stamps(paths)
+    assert len(kept) == 3 * len(paths)  # steps 0, 10 and 17
+    info = sweep_module.run_sweep(sweep, out, progress=False)
+    assert (info["table"].state == "done").all()
+    assert _stamps(paths, upto=17) == kept  # resumed, not retrained
+    for path in paths:
+        _assert_same_run(path, reference / "runs" / path.name)
+
+
+@pytest.mark.integration
+def test_a_half_trained_single_run_resumes(tmp_path):
+    sweep, out = _sweep({"gamma": [0.3]}), tmp_path / "s"  # one run: trained alone
+    (out / "runs").mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps(sweep.to_dict()))
+    [(name, cfg)] = sweep.configs()
+    run = train(cfg, out / "runs" / name, stop_at=17, progress=False).path
+    kept = _stamps([run])
+    sweep_module.run_sweep(sweep, out, progress=False)
+    assert _stamps([run], upto=17) == kept
+    _assert_same_run(run, train(cfg, tmp_path / "alone", progress=False).path)

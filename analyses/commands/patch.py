@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from initlens.analyses.figures.export import export_figures, export_table
+from initlens.analyses.figures.export import export_figures, export_table, figure_formats
 from initlens.analyses.figures.labels import position_labels
 from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
 from initlens.models.errors import UserError
@@ -81,6 +81,7 @@ def patch_command(
 ) -> dict[str, object]:
     """Run one patching experiment on a run directory; returns what was written."""
     o = options
+    figure_formats(o.formats)
     run = Run.open(run_dir)
     step = run.resolve_step(o.step)
     model = run.load_model(step)

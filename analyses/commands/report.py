@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from initlens.analyses.figures.export import figure_formats
 from initlens.analyses.studies.report import write_report
 from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_runs
 from initlens.analyses.studies.study import report_study
@@ -22,6 +23,7 @@ def report_command(
     """A sweep folder: its results table and figures; a study folder (without `out`): its
     tables and report; a run directory: its report (default RUN/report.html)."""
     target = Path(target)
+    figure_formats(formats)
     if (target / "sweep.json").exists():
         return report_sweep(target, formats or ("html",))
     if (target / "study.json").exists() and out is None:

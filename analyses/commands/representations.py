@@ -11,7 +11,7 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from initlens.analyses.figures.export import export_figures, export_table
+from initlens.analyses.figures.export import export_figures, export_table, figure_formats
 from initlens.analyses.figures.representations import (
     cosine_heatmap,
     metric_over_steps,
@@ -26,7 +26,7 @@ from initlens.analyses.studies.over_training import (
     probes_over_training,
     select_steps,
 )
-from initlens.models.errors import UserError
+from initlens.models.errors import UserError, check_count, check_positive
 from initlens.models.progress import Progress
 
 # (file stem, filter) of the geometry lines drawn over training, when the table has them.
@@ -54,6 +54,8 @@ def geometry_command(
     """Geometry over training (and CKA between layers, steps and runs) for `runs`: tables
     geometry.csv/.parquet and cka.csv/.parquet, cosine and PCA figures of each run's last
     selected checkpoint, and metric-over-steps lines (one per gamma)."""
+    check_count(n, "n")
+    figure_formats(formats)
     runs = open_runs(runs)
     out = Path(out)
     table = geometry_over_training(runs, steps, n, progress=progress)
@@ -94,6 +96,9 @@ def linear_command(
     """Probes over training for `runs`: probes.csv/.parquet, accuracy and selectivity
     heatmaps (layer x position) at each run's last selected step per target and component,
     and selectivity over steps (best layer and position, one line per gamma) per target."""
+    check_count(n, "n")
+    check_positive(C, "C")
+    figure_formats(formats)
     runs = open_runs(runs)
     out = Path(out)
     table = probes_over_training(runs, targets, components, steps, n, C=C, progress=progress)

@@ -105,14 +105,19 @@ def _output_base(path_without_suffix: str | Path) -> Path:
     return path
 
 
-def _normalize_formats(formats: str | Iterable[str]) -> list[str]:
+def figure_formats(formats: str | Iterable[str]) -> list[str]:
+    """The formats to write (html always first), or a UserError for an unknown one; the
+    commands call it before any work so that a typo costs nothing."""
     if isinstance(formats, str):
         formats = (formats,)
     out = ["html"]
     for fmt in formats:
         fmt = str(fmt).lower().lstrip(".")
         if fmt not in FORMATS:
-            raise UserError(f"unknown figure format {fmt!r}; choose from {', '.join(FORMATS)}")
+            raise UserError(
+                f"unknown figure format {fmt!r}; choose from {', '.join(FORMATS)}",
+                option="format",
+            )
         if fmt not in out:
             out.append(fmt)
     return out
@@ -170,7 +175,7 @@ def export_figure(
 ) -> list[Path]:
     """Write `fig` as PATH.html (always) plus PATH.png/.svg/.pdf as asked; returns the paths."""
     base = _output_base(path_without_suffix)
-    wanted = _normalize_formats(formats)
+    wanted = figure_formats(formats)
     static = [f for f in wanted if f in STATIC_FORMATS]
     if static:
         ok, reason = static_export_status()

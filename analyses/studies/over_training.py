@@ -191,8 +191,9 @@ def probes_over_training(
 ) -> pd.DataFrame:
     """Linear probes (with control tasks) at every (component, layer, position) for each
     target, at each checkpoint; each fit starts from the previous checkpoint's solution."""
-    from initlens.probes.linear import probe_model
+    from initlens.probes.linear import check_request, probe_model
 
+    check_request(targets, components)
     runs = open_runs(runs)
     rows = {run.name: eval_rows(run, n, seed) for run in runs}
     states: dict[str, dict] = {run.name: {} for run in runs}

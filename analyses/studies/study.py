@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.figures.export import export_table
+from initlens.analyses.figures.export import export_table, figure_formats
 from initlens.analyses.studies.preference import preference_table
 from initlens.analyses.studies.report import write_report
 from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_runs
@@ -90,6 +90,7 @@ def run_study(
     A run that fails is listed in the report with its reason; the others still report.
     """
     out = Path(out)
+    figure_formats(formats)
     if not gammas:
         raise UserError("a study needs at least one gamma", option="gammas")
     configs = [base.replace(model={"gamma": float(g)}).validate() for g in gammas]

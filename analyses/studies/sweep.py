@@ -8,37 +8,50 @@
 
 Every combination is validated before anything trains. Runs that differ only in their init
 (gamma, readout_scale, init_rank) and seed train together as an ensemble
-(`models.ensemble`), locally or as Ray tasks. Finished and failed runs are kept when a
-sweep is run again; half-written ones are retrained.
+(`models.ensemble`), in a child process or as Ray tasks. Finished and failed runs are kept
+when a sweep is run again; started ones resume from their last checkpoint. A unit whose
+process dies (a preempted node, an out-of-memory kill) is tried again, resuming, so it
+ends with the files of an uninterrupted unit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import itertools
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import socket
+import threading
 from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from initlens.analyses.figures.curves import sweep_curves
-from initlens.analyses.figures.export import export_figures, export_table
+from initlens.analyses.figures.export import export_figures, export_table, figure_formats
 from initlens.analyses.figures.labels import value_text
 from initlens.analyses.figures.phase_diagram import phase_diagram
 from initlens.analyses.studies.phase import rows_axis
 from initlens.analyses.studies.preference import preference_row, readout_row
-from initlens.analyses.studies.study import check_folder
 from initlens.models.checkpoint import read_json, write_json
 from initlens.models.config import RunConfig
 from initlens.models.ensemble import can_ensemble, ensemble_key, train_ensemble
 from initlens.models.errors import UserError
 from initlens.models.progress import Bar, Log, Progress, show_progress
 from initlens.models.run import Run
-from initlens.models.run_writer import FolderLock
+from initlens.models.run_writer import LOCK, FolderLock
+from initlens.models.threads import configure_threads
 from initlens.models.train import mark_failed, train
 
 SHORT = {"gamma": "g", "n_layers": "L", "seed": "s"}
@@ -155,16 +168,30 @@ Unit = list[tuple[RunConfig, Path]]  # runs trained together (one ensemble, or o
 
 
 def pending(runs: list[tuple[RunConfig, Path]]) -> list[tuple[RunConfig, Path]]:
-    """The runs still to train: done and failed runs are kept, half-written ones removed."""
+    """The runs still to train. Finished and failed runs are kept; so are started runs of
+    their grid point's config, which resume from their last checkpoint; any other folder
+    (never started, or holding another config) is removed and trained afresh."""
     todo = []
     for cfg, path in runs:
-        state = Run(path).status.get("state") if (path / "config.json").exists() else None
-        if state in ("done", "failed"):
+        started = (path / "config.json").exists()
+        if started and _state(path) in ("done", "failed"):
             continue
-        if path.exists():
+        if path.exists() and not (started and _saved_config(path) == cfg):
             shutil.rmtree(path)
         todo.append((cfg, path))
     return todo
+
+
+def _state(path: Path) -> str:
+    return Run(path).status.get("state", "unknown")
+
+
+def _saved_config(path: Path) -> RunConfig | None:
+    """The config a run folder holds; None if it cannot be read (then it is retrained)."""
+    try:
+        return Run(path).config
+    except UserError:
+        return None
 
 
 def plan(
@@ -191,21 +218,37 @@ def plan(
 
 
 def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str, str]]:
-    """Train one unit; never raises: returns (run path, state, error) per run."""
-    cfgs, paths = [c for c, _ in unit], [p for _, p in unit]
+    """Train one unit, continuing what an earlier try of it left (a lost worker or child),
+    so that a retried unit ends as an uninterrupted one would. Never raises: returns (run
+    path, state, error) per run."""
+    paths = [path for _, path in unit]
     try:
-        if len(unit) == 1:
-            train(cfgs[0], paths[0], progress=progress)
-        else:
-            train_ensemble(cfgs, paths, progress=progress)
+        # Finished runs are left alone. A member that diverged in an earlier try stays in
+        # (pending() kept earlier sweeps' failed runs out), so the ensemble goes on, or
+        # starts again, whole: one member short, the others' last bits could change.
+        todo = [(cfg, path) for cfg, path in unit if _state(path) != "done"]
+        if len(unit) == 1 and todo:
+            [(cfg, path)] = todo
+            train(cfg, path, resume=(path / "config.json").exists(), progress=progress)
+        elif todo:
+            cfgs, outs = [cfg for cfg, _ in todo], [path for _, path in todo]
+            train_ensemble(cfgs, outs, progress=progress, resume=True)
     except Exception as e:  # recorded, so the rest of the sweep goes on
-        for path in paths:
-            if Run(path).status.get("state") not in ("done", "failed"):
-                _failed(path, Run(path).status.get("step", 0), _error(e))
-    return [
-        (str(p), Run(p).status.get("state", "unknown"), Run(p).status.get("reason", ""))
-        for p in paths
-    ]
+        return _lost(paths, _error(e))
+    return _results(paths)
+
+
+def _results(paths: list[Path]) -> list[tuple[str, str, str]]:
+    """(run path, state, error) of each run, from its status.json."""
+    return [(str(p), _state(p), Run(p).status.get("reason", "")) for p in paths]
+
+
+def _lost(paths: list[Path], reason: str) -> list[tuple[str, str, str]]:
+    """Mark the unfinished runs among `paths` failed for `reason`; every run's result."""
+    for path in paths:
+        if _state(path) not in ("done", "failed"):
+            _failed(path, Run(path).status.get("step", 0), reason)
+    return _results(paths)
 
 
 @dataclass
@@ -226,10 +269,77 @@ class Tally:
                 self.log(f"{Path(path).name}: {state}: {error}")
 
 
-def run_local(units: list[Unit], tally: Tally, bars: bool | None = None) -> None:
-    """Train the units one after another in this process (`bars`: a step bar each)."""
-    for unit in units:
-        tally.record(train_unit(unit, progress=bars))
+def run_local(units: list[Unit], tally: Tally, bars: bool | None = None, retries: int = 2) -> None:
+    """Train the units one after another in a child process (`bars`: a step bar each). A
+    child that dies (killed, out of memory) takes only its unit's try down: the unit is
+    tried again in a new child, resuming, up to `retries` times; then its unfinished runs
+    are marked failed and the sweep goes on."""
+    bars = show_progress() if bars is None else bars
+    pool = child = None
+    try:
+        for unit in units:
+            result = None
+            for _ in range(retries + 1):
+                if pool is None:
+                    pool, child = _started(local_pool(bars))
+                try:
+                    result = pool.submit(train_unit, unit, bars).result()
+                    break
+                except BrokenProcessPool:
+                    pool.shutdown()
+                    pool = None
+            if result is None:
+                tries = f"{retries + 1} times" if retries else "once"
+                result = _lost([p for _, p in unit], f"its training process died ({tries})")
+            tally.record(result)
+    except BaseException:  # e.g. interrupted: the child stops now too (its runs resume)
+        if pool is not None and child != os.getpid():  # not an in-process executor
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+        raise
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def local_pool(bars: bool) -> Executor:
+    """The local backend's one child process, reused from unit to unit (its imports take
+    seconds); spawned, not forked, as torch's threads do not survive a fork. Tests that
+    patch what trains swap in an in-process executor."""
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_child,
+        initargs=(bars, torch.get_num_threads()),
+    )
+
+
+def _started(pool: Executor) -> tuple[Executor, int]:
+    """`pool` once its child has started, and the child's pid: a child that cannot start
+    is an error, not a failed unit (e.g. a script that calls run_sweep unguarded, which
+    the child imports)."""
+    try:
+        pid = pool.submit(os.getpid).result()
+    except BrokenProcessPool:
+        pool.shutdown()
+        raise UserError(
+            "the training process could not start (its error is above); a script that "
+            'calls run_sweep must do so under `if __name__ == "__main__":`, as that '
+            "process imports the script first"
+        ) from None
+    return pool, pid
+
+
+_RUN_BAR_LINE: list = []  # in the child: a hidden bar holding the parent's run-bar line
+
+
+def _start_child(bars: bool, threads: int) -> None:
+    """In the child: the parent's thread count (the same numbers, try after try), and the
+    step bars drawn on the line under the parent's run bar, as in one process."""
+    configure_threads(threads)
+    tqdm.set_lock(threading.RLock())  # not tqdm's semaphore, which a killed child would leak
+    if bars:
+        _RUN_BAR_LINE.append(tqdm(total=0, file=io.StringIO(), leave=False))
 
 
 def connect_ray(address: str | None = None):
@@ -280,12 +390,17 @@ def run_ray(
     slots: int,
     cpus_per_task: int = 1,
     gpus_per_task: float = 0,
+    retries: int = 2,
 ) -> None:
-    """Train the runs as Ray tasks (`ray`: from `connect_ray`), one per unit with
-    `cpus_per_task` cores (torch threads) and `gpus_per_task` GPUs each (a fraction shares
-    one), in at least `slots` units. On a cluster the sweep folder must be on a filesystem
-    every node sees."""
-    task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=0)(_ray_unit)
+    """Train the runs (in SWEEP/runs/) as Ray tasks (`ray`: from `connect_ray`), one per
+    unit with `cpus_per_task` cores (torch threads) and `gpus_per_task` GPUs each (a
+    fraction shares one), in at least `slots` units. A task whose worker dies is retried
+    `retries` times, on any node, and resumes from the run folders: on a cluster the sweep
+    folder must be on storage every node reaches, at the same path."""
+    task = ray.remote(num_cpus=cpus_per_task, num_gpus=gpus_per_task, max_retries=retries)(
+        _ray_unit
+    )
+    runs = [(cfg, path.absolute()) for cfg, path in runs]  # workers start in other folders
     pending_tasks = {
         task.remote(unit, cpus_per_task): unit for unit in plan(runs, strategy, min_units=slots)
     }
@@ -294,14 +409,21 @@ def run_ray(
         unit = pending_tasks.pop(ready)
         try:
             result = ray.get(ready)
-        except Exception as e:  # the worker died (e.g. out of memory): the others go on
-            result = [_failed(path, 0, f"Ray task failed: {_error(e)}") for _, path in unit]
+        except Exception as e:  # out of retries, or the task raised: the others go on
+            cause = getattr(e, "cause", None) or e  # a RayTaskError wraps what it raised
+            result = _lost([path for _, path in unit], f"Ray task failed: {_error(cause)}")
         tally.record(result)
 
 
 def _ray_unit(unit: Unit, threads: int) -> list[tuple[str, str, str]]:
-    import torch
-
+    """A Ray task: train a unit, in the shared sweep folder (not in a folder of this node
+    that nobody reads)."""
+    folder = Path(unit[0][1]).parents[1]  # SWEEP/runs/<name>
+    if not (folder / "sweep.json").exists():
+        raise UserError(
+            f"the sweep folder {folder} is not visible on node {socket.gethostname()}; "
+            f"put it on storage every node reaches, at the same path"
+        )
     torch.set_num_threads(threads)
     return train_unit(unit, progress=False)
 
@@ -338,10 +460,12 @@ def run_sweep(
     progress: bool | None = None,
     formats: Sequence[str] = ("html",),
     log: Log | None = None,
+    retries: int = 2,
 ) -> dict[str, object]:
-    """Train every grid point of `sweep` into `out/runs/` (skipping finished runs), then
-    gather results.csv/.parquet and the phase diagram (`report_sweep`). `progress`: bars
-    for the runs and their steps (None: on a terminal); `log` hears of each failed run."""
+    """Train every grid point of `sweep` into `out/runs/` (skipping finished runs, resuming
+    started ones), then gather results.csv/.parquet and the phase diagram (`report_sweep`).
+    `progress`: bars for the runs and their steps (None: on a terminal); `log` hears of each
+    failed run; `retries`: tries more for a unit whose process dies, each resuming."""
     out = Path(out)
     _one_of("backend", backend, BACKENDS)
     _one_of("strategy", strategy, STRATEGIES)
@@ -351,25 +475,52 @@ def run_sweep(
             f"(got {cpus_per_task} and {gpus_per_task})",
             option="cpus_per_task" if cpus_per_task < 1 else "gpus_per_task",
         )
+    if retries < 0:
+        raise UserError(f"retries must be at least 0 (got {retries})", option="retries")
+    figure_formats(formats)
     configs = sweep.configs()  # every combination valid before anything trains
-    if backend == "ray":  # before anything is written
-        ray = connect_ray(address)
-        slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
     spec = sweep.to_dict()
-    check_folder(
-        out, "sweep.json", spec, overwrite, lambda d: Sweep.from_dict(d, str(out)).to_dict()
-    )
-    with FolderLock(out, "sweep"):  # one sweep at a time writes this folder
+    with FolderLock(out, "sweep"):  # one sweep at a time checks and writes this folder
+        if backend == "ray":  # before anything is written
+            ray = connect_ray(address)
+            slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
+        _claim_folder(out, spec, overwrite)
         (out / "runs").mkdir(parents=True, exist_ok=True)
         write_json(out / "sweep.json", spec)
         todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])
         bars = show_progress() if progress is None else progress
         tally = Tally(len(configs) - len(todo), len(configs), Bar(bars, unit="run"), log)
         if backend == "ray":
-            run_ray(ray, todo, strategy, tally, slots, cpus_per_task, gpus_per_task)
+            run_ray(ray, todo, strategy, tally, slots, cpus_per_task, gpus_per_task, retries)
         else:
-            run_local(plan(todo, strategy), tally, bars)
+            run_local(plan(todo, strategy), tally, bars, retries)
         return report_sweep(out, formats)
+
+
+def _claim_folder(out: Path, spec: dict, overwrite: bool) -> None:
+    """`out` must be new, empty, or hold this sweep (then it resumes); `overwrite` empties
+    one holding a sweep. Called with the folder's lock held: its lock file stays."""
+    marker = out / "sweep.json"
+    content = [p for p in out.iterdir() if p.name != LOCK]
+    if overwrite and marker.exists():
+        for path in content:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif overwrite and content:
+        raise UserError(
+            f"{out} is not a sweep folder (no sweep.json); refusing to overwrite it: "
+            f"choose another folder",
+            option="out",
+        )
+    elif (
+        marker.exists()
+        and Sweep.from_dict(read_json(marker, "sweep file"), str(out)).to_dict() != spec
+    ):
+        raise UserError(
+            f"{out} holds a different sweep; set overwrite to replace it, or choose another folder",
+            option="out",
+        )
+    elif content and not marker.exists():
+        raise UserError(f"{out} exists and is not empty; choose a new folder", option="out")
 
 
 def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[str, object]:
