@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +207,10 @@ ANALYSIS_HELP = (
 )
 PAIRS_HELP = "Prompt pairs per patching experiment in the analysis."
 ROWS_HELP = "Task rows for the analysis probes (80% fit, 20% held out)."
-TARGETS_HELP = "Probe targets in the analysis: key, a1, a2, intermediate, label, task_type."
+# probes.linear.TARGETS, spelled out so that `probe --help` need not import scikit-learn
+# (tests/test_cli.py checks that the two agree).
+PROBE_TARGETS = ("key", "a1", "a2", "intermediate", "label", "task_type", "memorized")
+TARGETS_HELP = "Probe targets in the analysis, comma-separated: " + ", ".join(PROBE_TARGETS) + "."
 INSTRUMENTS_HELP = (
     "Analysis instruments, comma-separated (default: "
     + ", ".join(name for name, i in INSTRUMENTS.items() if i.default)
@@ -215,8 +219,8 @@ INSTRUMENTS_HELP = (
     + ". See `probe instruments`."
 )
 REPORT_FORMAT_HELP = (
-    "Also export every report figure into REPORT_figures/: png,svg,pdf,html "
-    "(PNG/SVG/PDF need Chromium)."
+    "Also export every report figure into REPORT_figures/, in these formats (comma-separated): "
+    "html, png, svg, pdf. report.html itself is always written. PNG/SVG/PDF need Chromium."
 )
 
 
@@ -293,7 +297,7 @@ def study_cmd(
 @app.command("info")
 def info_cmd(
     run: Path = typer.Argument(..., help="Run directory."),
-    step: int | None = typer.Option(None, help="Checkpoint to load and check (default: the last)."),
+    step: str = typer.Option("last", help="Checkpoint to load and check: last or a step number."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Config, realized init, status, checkpoints and final metrics of a run."""
@@ -302,7 +306,7 @@ def info_cmd(
 
     r = Run.open(run)
     cfg = r.config
-    loaded = r.resolve_step(step)
+    loaded = r.resolve_step(_step(step))
     model = r.load_model(loaded, device="cpu")  # proves the checkpoint loads
     preset_file = r.path / "preset.json"
     preset = json.loads(preset_file.read_text()) if preset_file.exists() else None
@@ -320,37 +324,103 @@ def info_cmd(
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
-    typer.echo(f"run        {r.path}\nstatus     {r.status}")
-    if preset:
-        typer.echo(
-            f"preset     {preset['preset']} (overrides: "
-            + (", ".join(f"{k}={v}" for k, v in preset["overrides"].items()) or "none")
-            + ")"
-        )
-    for section, values in cfg.to_dict().items():
-        typer.echo(f"{section:<10} " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    typer.echo(
-        f"checkpoints {', '.join(map(str, info['checkpoints']))} (step {loaded} "
-        f"loads: {info['n_params']} parameters)"
+    typer.echo(info_table(info))
+
+
+INFO_KEY = 13  # width of the key column of `probe info`
+
+
+def _info_value(value) -> str:
+    """A config value as its option takes it: 21,30 for a tuple, 11,13;13,11 for pairs."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        if value and isinstance(value[0], (tuple, list)):
+            return ";".join(",".join(map(str, v)) for v in value)
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _info_line(key: str, text: str) -> list[str]:
+    """KEY, padded, then TEXT wrapped at 100 columns under itself."""
+    width = 100 - INFO_KEY
+    lines = textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)
+    lines = lines or [""]
+    return [f"{key if i == 0 else '':<{INFO_KEY}}{line}" for i, line in enumerate(lines)]
+
+
+def info_table(info: dict) -> str:
+    """`probe info` as aligned key/value lines (what `--json` prints, for a reader)."""
+    out = _info_line("run", info["run"])
+    status = info["status"]
+    out += _info_line(
+        "status",
+        ", ".join(f"{k} {v}" for k, v in status.items())
+        if isinstance(status, dict)
+        else str(status),
     )
-    typer.echo("init       param                                   d_in   target    realized")
-    for row in r.init:
-        if row["d_in"]:
-            typer.echo(
-                f"           {row['param']:<38} {row['d_in']:>5}  {row['target_std']:.5f}"
-                f"   {row['realized_std']:.5f}"
+    if preset := info.get("preset"):
+        overrides = preset.get("overrides") or {}
+        out += _info_line(
+            "preset",
+            f"{preset.get('preset')} (overrides: "
+            + (", ".join(f"{k}={_info_value(v)}" for k, v in overrides.items()) or "none")
+            + ")",
+        )
+    for section, values in info["config"].items():
+        out += _info_line(section, ", ".join(f"{k}={_info_value(v)}" for k, v in values.items()))
+    out += _info_line("checkpoints", ", ".join(map(str, info["checkpoints"])))
+    out += _info_line("loaded", f"step {info['loaded_step']}: {info['n_params']} parameters")
+    rows = [row for row in info["init"] or [] if row.get("d_in")]
+    if rows:
+        width = max(len("param"), *(len(row["param"]) for row in rows))
+        out.append(f"{'init':<{INFO_KEY}}{'param':<{width}}  {'d_in':>6}  {'target':>8}  realized")
+        for row in rows:
+            out.append(
+                f"{'':<{INFO_KEY}}{row['param']:<{width}}  {row['d_in']:>6}  "
+                f"{row['target_std']:>8.5f}  {row['realized_std']:>8.5f}"
             )
-    for key, value in info["final"].items():
-        typer.echo(f"final      {key:<28} {value:.4f}")
+    final = info["final"] or {}
+    width = max((len(k) for k in final), default=0)
+    for i, (key, value) in enumerate(final.items()):
+        shown = f"{value:.4f}" if isinstance(value, (int, float)) else str(value)
+        out.append(f"{'final' if i == 0 else '':<{INFO_KEY}}{key:<{width}}  {shown}")
+    return "\n".join(out)
 
 
-def _steps(step: str) -> str | int:
-    """--step of the commands that read many checkpoints: all, last, or a step number."""
-    if step.isdigit():
-        return int(step)
-    if step not in ("all", "last"):
-        raise UserError(f"{step!r} is not all, last or a step number", option="step")
-    return step
+def _step(text: str) -> str | int:
+    """--step: one checkpoint, `last` or a step number (every command that loads one)."""
+    text = str(text).strip()
+    if text.isdigit():
+        return int(text)
+    if text != "last":
+        raise UserError(f"{text!r} is not last or a step number", option="step")
+    return text
+
+
+def _steps(text: str) -> str | list[int]:
+    """--steps: the checkpoints of the commands that read several: all, last, or step
+    numbers, comma-separated (10,20,30)."""
+    text = str(text).strip()
+    if text in ("all", "last"):
+        return text
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UserError(f"{text!r} is not all, last or step numbers like 10,20,30", option="steps")
+    return list(dict.fromkeys(int(p) for p in parts))
+
+
+def _renamed(name: str, value, default, old_name: str, old_value):
+    """An option's value, or that of its old name (--n, --C, and --step of linear and
+    geometry: hidden from --help, kept so that scripts do not break)."""
+    if old_value is None:
+        return value
+    if value != default:
+        flag = name.replace("_", "-")
+        raise UserError(f"--{old_name} is the old name of --{flag}: give one", option=name)
+    return old_value
 
 
 def _formats(format: str) -> tuple[str, ...]:
@@ -364,8 +434,15 @@ def _echo_written(info: dict) -> None:
         typer.echo(f"wrote {f}")
 
 
-STEP_HELP = "Checkpoints: all, last, or one step number."
-FORMAT_HELP = "Figure formats: html,png,svg,pdf (PNG/SVG/PDF need Chromium)."
+STEP_HELP = "Checkpoint: last or a step number."
+STEPS_HELP = "Checkpoints: all, last, or step numbers, comma-separated (10,20,30)."
+FORMAT_HELP = (
+    "Figure formats, comma-separated: html, png, svg, pdf; only those asked are written "
+    "(HTML figures share the folder's plotly.min.js). PNG/SVG/PDF need Chromium; "
+    "without it, HTML instead."
+)
+ROWS_OPTION_HELP = "Task rows for the activation-based metrics."
+INVERSE_L2_HELP = "scikit-learn's C: inverse L2 strength (smaller: stronger regularization)."
 
 
 SWEEP_AXES = {"gammas": "gamma", "layers": "n_layers", "seeds": "seed"}
@@ -524,8 +601,9 @@ def patch_cmd(
         + ".",
     ),
     out: Path = typer.Option(Path("patching"), "--out", "-o", help="Output folder."),
-    step: int | None = typer.Option(None, help="Checkpoint step (default: the last)."),
-    n: int = typer.Option(256, help="Number of prompt pairs."),
+    step: str = typer.Option("last", help=STEP_HELP),
+    pairs: int = typer.Option(256, help="Number of prompt pairs."),
+    old_n: int | None = typer.Option(None, "--n", hidden=True),
     metric: str = typer.Option("logit_diff", help="logit_diff, logprob or accuracy."),
     direction: str = typer.Option(
         "denoising", help="denoising (clean into corrupted) or noising (corrupted into clean)."
@@ -548,8 +626,8 @@ def patch_cmd(
     options = PatchOptions(
         component=component,
         corruption=corruption,
-        step=step,
-        n=n,
+        step=_step(step),
+        pairs=_renamed("pairs", pairs, 256, "n", old_n),
         metric=metric,
         direction=direction,
         source=source,
@@ -576,8 +654,10 @@ def patch_cmd(
 def geometry_cmd(
     runs: list[Path] = typer.Argument(..., help="One or more run directories."),
     out: Path = typer.Option(Path("geometry"), "--out", "-o", help="Output folder."),
-    step: str = typer.Option("all", help=STEP_HELP),
-    n: int = typer.Option(512, help="Task rows for activation-based metrics."),
+    steps: str = typer.Option("all", help=STEPS_HELP),
+    rows: int = typer.Option(512, help=ROWS_OPTION_HELP),
+    old_step: str | None = typer.Option(None, "--step", hidden=True),
+    old_n: int | None = typer.Option(None, "--n", hidden=True),
     cka: bool = typer.Option(True, help="Also CKA between layers, checkpoints and runs."),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
 ):
@@ -585,7 +665,13 @@ def geometry_cmd(
     from initlens.analyses.commands.representations import geometry_command
 
     info = geometry_command(
-        runs, out, _steps(step), n, cka, _formats(format), progress=Bar(unit="ckpt")
+        runs,
+        out,
+        _steps(_renamed("steps", steps, "all", "step", old_step)),
+        _renamed("rows", rows, 512, "n", old_n),
+        cka,
+        _formats(format),
+        progress=Bar(unit="ckpt"),
     )
     table = info["table"]
     typer.echo(
@@ -598,22 +684,23 @@ def geometry_cmd(
 @app.command("linear")
 def linear_cmd(
     runs: list[Path] = typer.Argument(..., help="One or more run directories."),
-    target: str = typer.Option(
-        "key", help="Comma-separated: key, a1, a2, intermediate, label, task_type, memorized."
-    ),
+    target: str = typer.Option("key", help="Comma-separated: " + ", ".join(PROBE_TARGETS) + "."),
     component: str = typer.Option(
         "resid_pre,resid_mid,resid_post",
         help="Comma-separated hooks to probe at every layer and position.",
     ),
     out: Path = typer.Option(Path("linear"), "--out", "-o", help="Output folder."),
-    step: str = typer.Option("all", help=STEP_HELP),
-    n: int = typer.Option(
+    steps: str = typer.Option("all", help=STEPS_HELP),
+    rows: int = typer.Option(
         20000,
         help="Task rows, at most (80% train, 20% held out); "
         "fewer can leave rare labels out of the training split.",
     ),
-    c: float = typer.Option(1.0, "--C", help="Inverse L2 strength, as in scikit-learn."),
+    inverse_l2: float = typer.Option(1.0, help=INVERSE_L2_HELP),
     format: str = typer.Option("html", "--format", help=FORMAT_HELP),
+    old_step: str | None = typer.Option(None, "--step", hidden=True),
+    old_n: int | None = typer.Option(None, "--n", hidden=True),
+    old_c: float | None = typer.Option(None, "--C", hidden=True),
 ):
     """Linear probes with control tasks at every layer and position, over training."""
     from initlens.analyses.commands.representations import linear_command
@@ -624,16 +711,16 @@ def linear_cmd(
         out,
         _formats(target),
         _formats(component),
-        _steps(step),
-        n,
-        c,
+        _steps(_renamed("steps", steps, "all", "step", old_step)),
+        _renamed("rows", rows, 20000, "n", old_n),
+        _renamed("inverse_l2", inverse_l2, 1.0, "C", old_c),
         _formats(format),
         progress=Bar(unit="ckpt"),
     )
     table = info["table"]
     last = last_steps(table)
-    for (run, target), rows in last.groupby(["run", "target"]):
-        top = rows.loc[rows.selectivity.idxmax()]
+    for (run, target), group in last.groupby(["run", "target"]):
+        top = group.loc[group.selectivity.idxmax()]
         typer.echo(
             f"{run} {target}: best selectivity {top.selectivity:.3f} (accuracy "
             f"{top.accuracy:.3f}, control {top.control_accuracy:.3f}) at {top.hook} "

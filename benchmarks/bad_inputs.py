@@ -124,6 +124,10 @@ def cases(tmp: Path, run: Path) -> dict[str, list]:
         "geometry --n -1": ["geometry", "{run}", "--out", o("g"), "--n", "-1"],
         "geometry --step abc": ["geometry", "{run}", "--out", o("g"), "--step", "abc"],
         "geometry --out under a file": ["geometry", "{run}", "--out", str(file / "g")],
+        "linear --out under a file": ["linear", "{run}", "--out", str(file / "l")],
+        "study --out under a file": ["study", "--out", str(file / "s"), *TINY],
+        "sweep --out under a file": ["sweep", "--out", str(file / "w"), *TINY, "--gammas", "0.3"],
+        "report --out under a file": ["report", "{run}", "--out", str(file / "r.html")],
         "study --format bmp": ["study", "--out", o("s"), *TINY, "--format", "bmp"],
         "sweep --format bmp": [
             "sweep",
@@ -161,8 +165,12 @@ def cases(tmp: Path, run: Path) -> dict[str, list]:
             for cmd, args in (
                 ("info", ["info"]),
                 ("patch", ["patch", "--out", o("p"), "--n", "4"]),
-                ("report", ["report", "--no-analysis"]),
             )
+            if "metrics" not in kind and "status" not in kind  # they read neither
+        },
+        **{
+            f"report on {kind}": ["report", f"{{damaged:{kind}}}", "--no-analysis"]
+            for kind in ("truncated metrics line", "non-UTF-8 config", "status.json a list")
         },
         **{
             f"train --resume on {kind}": ["train", "--resume", "--out", f"{{damaged:{kind}}}"]
@@ -204,6 +212,8 @@ def check(probe: list[str], tmp: Path, run: Path, name: str, argv: list[str]) ->
             target = tmp / "damaged"
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(run, target)
+            if "--resume" in argv:  # as if killed mid-run, so that resuming reads it all
+                (target / "status.json").write_text('{"state": "running", "step": 20}')
             damage(target, a[len("{damaged:") : -1])
             argv[i] = str(target)
     before = snapshot(target)
@@ -243,7 +253,7 @@ def main() -> None:
     for name, argv in table.items():
         problems = check(probe, tmp, run, name, argv)
         for p in problems:
-            tally[p.split()[0]] += 1
+            tally[p.split()[0].rstrip(":")] += 1
         if problems:
             failing += 1
             print(f"{name}: {', '.join(problems)}")

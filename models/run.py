@@ -64,6 +64,19 @@ def read_metrics(path: Path) -> tuple[list[dict], int]:
     return rows, size
 
 
+def _finite_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors; a UserError if any is NaN or infinite (training never saves
+    such a step, so the file is damaged)."""
+    tensors, _ = load_tensors(path)
+    damaged = [k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if damaged:
+        raise UserError(
+            f"checkpoint {path} holds non-finite weights ({damaged[0]}); the file is "
+            f"damaged: restore it, choose another step, or retrain"
+        )
+    return tensors
+
+
 @dataclass(frozen=True)
 class Run:
     """A run directory on disk; everything is read lazily from its files."""
@@ -150,8 +163,7 @@ class Run:
                 f"optimizer state {state_file} does not say its step; restore it, "
                 f"or delete it to retrain the run from the start"
             )
-        weights, _ = load_tensors(checkpoint_path(self.path, int(step)))
-        return int(step), weights, optimizer
+        return int(step), _finite_weights(checkpoint_path(self.path, int(step))), optimizer
 
     def resolve_step(self, step: int | str | None = None) -> int:
         """`None`/"last" is the last checkpoint; an int must be one of the checkpoints."""
@@ -177,15 +189,7 @@ class Run:
         """The model at a checkpoint (default: the last), ready for TransformerLens tools."""
         step = self.resolve_step(step)
         path = checkpoint_path(self.path, step)
-        tensors, _ = load_tensors(path)
-        damaged = [
-            k for k, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()
-        ]
-        if damaged:
-            raise UserError(
-                f"checkpoint {path} holds non-finite weights ({damaged[0]}); the file "
-                f"is damaged: restore it, choose another step, or retrain"
-            )
+        tensors = _finite_weights(path)
         model = build_model(self.config, device="cpu")
         try:
             model.load_state_dict(tensors, strict=True)

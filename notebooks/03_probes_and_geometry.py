@@ -126,7 +126,8 @@ metric_over_steps(
 # ## Linear probes with control tasks, at every checkpoint
 #
 # One probe per (component, layer, position, target), each with its control task (the
-# same probe on labels that are a fixed random function of the token at that position).
+# same probe on labels that are a fixed random function of the input type at that position:
+# the token there with the key and anchor tokens seen up to it).
 
 # %%
 probes = probes_over_training(runs, targets=TARGETS, components=COMPONENTS, n=N_ROWS)

@@ -9,8 +9,12 @@ one optimization, on CPU or CUDA. Two exact savings make a sweep cheap:
 - a sweep over checkpoints starts each fit from the previous checkpoint's solution.
 
 Every probe comes with a control task (Hewitt & Liang 2019): the same probe on labels
-that are a fixed random function of the token at the probed position, and its selectivity
-= accuracy - control accuracy. `probe_model` is the researcher-facing call.
+that are a fixed random function of the input type at the probed position, and its
+selectivity = accuracy - control accuracy. The type is the token there together with the
+task's key and anchor tokens at or before it (`control_types`): the token alone takes a
+handful of values at the label position (the anchors), and any probe memorizes a handful
+of random labels, so a control on it sits at 100% everywhere. `probe_model` is the
+researcher-facing call.
 """
 
 from __future__ import annotations
@@ -327,11 +331,33 @@ def target_values(rows, task, name: str) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"unknown probe target {name!r}; choose from {', '.join(TARGETS)}")
 
 
+def control_types(rows, pos: int) -> Int[np.ndarray, " n"]:
+    """The input type of each row at position `pos`, for its control task: the token at
+    `pos` with the task's key and two anchor tokens (at key_pos, key_pos + 1, key_pos + 2)
+    that lie at or before `pos` (a causal model has seen them there), as one id per
+    distinct combination. Rows of one type always get the same control label, so a probe
+    can reach the control only by memorizing a random type -> label map: easy over the
+    handful of anchor tokens alone, hard over (key, a1, a2) combinations. Rows without a
+    key position (`key_pos`) fall back to the token at `pos`."""
+    rows = _rows(rows)
+    tokens = np.asarray(rows["tokens"])
+    n, seq = tokens.shape
+    parts = [tokens[:, pos]]
+    if "key_pos" in rows:
+        where = np.asarray(rows["key_pos"], dtype=np.int64)[:, None] + np.arange(3)
+        seen = where <= pos
+        content = tokens[np.arange(n)[:, None], np.clip(where, 0, seq - 1)]
+        parts += list(np.where(seen, content, -1).T)
+    _, types = np.unique(np.stack(parts, 1), axis=0, return_inverse=True)
+    return types.ravel().astype(np.int64)
+
+
 def control_labels(
     tokens: Int[np.ndarray, " n"], values: np.ndarray, defined: np.ndarray, seed: int = 0
 ) -> np.ndarray:
-    """Control task (Hewitt & Liang 2019): each token type gets one fixed random label,
-    drawn from the empirical distribution of the real target's values."""
+    """Control task (Hewitt & Liang 2019): each type (a token id, or a `control_types`
+    id) gets one fixed random label, drawn from the empirical distribution of the real
+    target's values."""
     rng = np.random.default_rng([seed, 7])
     table = rng.choice(values[defined], size=int(tokens.max()) + 1)
     return table[tokens]
@@ -434,9 +460,11 @@ def probe_model(
     (`dedupe=False` fits every row: the same result, slower).
     state: pass the same dict for successive checkpoints of a run; each fit then starts
     from the previous checkpoint's solution (it is updated in place).
-    One row per (hook, position, target): accuracy (held-out), control_accuracy,
-    selectivity = accuracy - control_accuracy, train_accuracy, n_train, n_test, n_classes,
-    and converged (probe and control reached tol within max_iter)."""
+    One row per (hook, position, target): accuracy (held-out), control_accuracy (labels
+    drawn per `control_types` type), selectivity = accuracy - control_accuracy,
+    train_accuracy, n_train, n_test, n_classes, control_types (how many input types the
+    control's labels are drawn over: a probe memorizes a few), and converged (probe and
+    control reached tol within max_iter)."""
     rows = _rows(rows)
     check_request(targets, components)
     components = _components(model, components)
@@ -474,9 +502,9 @@ def probe_model(
             classes = np.unique(values[defined])
             for pos in [p for p in positions if p >= first]:
                 _, prefix = np.unique(rows["tokens"][:, : pos + 1], axis=0, return_inverse=True)
-                ctrl = np.searchsorted(
-                    classes, control_labels(rows["tokens"][:, pos], values, defined, seed)
-                )
+                types = control_types(rows, pos)
+                n_types = len(np.unique(types[defined]))
+                ctrl = np.searchsorted(classes, control_labels(types, values, defined, seed))
                 y_both = torch.as_tensor(
                     np.stack([y] * len(hooks) + [np.where(y >= 0, ctrl, -1)] * len(hooks)),
                     device=dev,
@@ -516,6 +544,7 @@ def probe_model(
                             n_train=int((defined & train).sum()),
                             n_test=int((defined & ~train).sum()),
                             n_classes=k,
+                            control_types=n_types,
                             converged=bool(fit.converged[i] & fit.converged[h + i]),
                         )
                     )

@@ -11,11 +11,12 @@ rejections, console.error) and console.warn messages; after the page's `load` ev
 a short pause for plotly's asynchronous drawing) it measures every plotly div (class
 `plotly-graph-div`): its bounding box, how many marks it drew (trace paths / images with
 a non-empty extent), and per cartesian panel its marks and whether any of its traces has
-a finite value to draw (a panel of all-NaN data is rightly empty). It stores all that as JSON in the
-`data-render-probe` attribute of <html>. Chromium runs headless with `--dump-dom` and a
-virtual time budget (timers run instantly, no real waiting), and we read the attribute
-back from the dumped DOM. No extra dependencies: the system Chromium, found the same way
-figure export finds it (`analyses.figures.export.find_browser`).
+a finite value to draw (a panel of all-NaN data is rightly empty), and the axis titles
+it drew; and every HTML table's cells, under the nearest heading above it. It stores all
+that as JSON in the `data-render-probe` attribute of <html>. Chromium runs headless with
+`--dump-dom` and a virtual time budget (timers run instantly, no real waiting), and we
+read the attribute back from the dumped DOM. No extra dependencies: the system Chromium,
+found the same way figure export finds it (`analyses.figures.export.find_browser`).
 """
 
 from __future__ import annotations
@@ -87,12 +88,35 @@ PROBE = """<script>(function () {
           return t.xaxis + t.yaxis === id && hasData(t); })};
       });
   }
+  function titles(div, axis) {  // the drawn axis titles (x, x2, ... or y, y2, ...)
+    var re = new RegExp('^' + axis + '[0-9]*title$');
+    return Array.prototype.filter.call(div.querySelectorAll('.infolayer text'),
+      function (t) { return re.test(t.getAttribute('class') || ''); }
+    ).map(function (t) { return t.textContent.trim(); }).filter(Boolean);
+  }
+  function heading(el) {  // the nearest heading above an element
+    for (var n = el; n; n = n.previousElementSibling || n.parentElement) {
+      if (/^H[1-4]$/.test(n.tagName)) return n.textContent.trim();
+    }
+    return '';
+  }
+  function cells(row, tag) {
+    return Array.prototype.map.call(row.querySelectorAll(tag),
+      function (c) { return c.textContent.trim(); });
+  }
   function measure() {
     probe.plots = Array.prototype.map.call(
       document.querySelectorAll('div.plotly-graph-div'), function (div) {
         var box = div.getBoundingClientRect();
         return {id: div.id, width: box.width, height: box.height, marks: marks(div),
-                traces: (div.data || []).length, panels: panels(div)};
+                traces: (div.data || []).length, panels: panels(div),
+                xtitles: titles(div, 'x'), ytitles: titles(div, 'y')};
+      });
+    probe.tables = Array.prototype.map.call(document.querySelectorAll('table'),
+      function (t) {
+        return {heading: heading(t), columns: cells(t, 'thead th'),
+                rows: Array.prototype.map.call(t.querySelectorAll('tbody tr'),
+                  function (r) { return cells(r, 'td'); })};
       });
     save();
   }
@@ -119,7 +143,10 @@ def render(html_path: str | Path, budget_ms: int = 10_000, timeout_s: float = 12
 
     {"errors": [str], "warnings": [str],
      "plots": [{"id", "width", "height", "marks", "traces",
-                "panels": [{"id": "x2y2", "marks", "data": any finite value to draw}]}]}
+                "panels": [{"id": "x2y2", "marks", "data": any finite value to draw}],
+                "xtitles": [drawn x-axis titles], "ytitles": [drawn y-axis titles]}],
+     "tables": [{"heading": the nearest heading above, "columns": [str],
+                 "rows": [[str]]}]}
     Raises RuntimeError when no browser is found or the page never finished loading.
     """
     exe = browser()

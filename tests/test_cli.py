@@ -1,6 +1,7 @@
 """The `probe` CLI: bad input gives one clear line and exit code 2; a tiny study reports."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -108,9 +109,28 @@ def test_info_prints_config_init_and_final_metrics(capsys, tiny_run):
     code, out, _ = run_cli(capsys, "info", tiny_run.path)
     assert code == 0
     assert "gamma=0.5" in out and "embed.weight" in out and "memory/accuracy" in out
+    lines = out.splitlines()
+    # A table: a key column of 13 characters, then the value; no Python dicts or tuples.
+    assert lines[1] == "status       state done, step 30"
+    assert "keys=21,30" in out and "held_out=11,13;13,11" in out and "d_head=none" in out
+    assert "{" not in out and "(21, 30)" not in out
+    assert all(len(line) <= 100 for line in lines)
+    assert all(re.match(r"[a-z]{1,12} +\S|^ {13}\S", line) for line in lines), out
+    keys = [line.split()[0] for line in lines if not line.startswith(" ")]
+    assert keys == [
+        "run", "status", "task", "model", "train", "checkpoints", "loaded", "init", "final"
+    ]  # fmt: skip
+    assert "loaded       step 30: " in out
     code, out, _ = run_cli(capsys, "info", tiny_run.path, "--json")
     info = json.loads(out)
     assert info["status"]["state"] == "done" and info["checkpoints"][0] == 0
+    assert info["loaded_step"] == 30 and info["config"]["task"]["keys"] == [21, 30]
+    code, out, _ = run_cli(capsys, "info", tiny_run.path, "--step", "last")
+    assert code == 0 and "loaded       step 30: " in out
+    assert_user_error(
+        run_cli(capsys, "info", tiny_run.path, "--step", "all"),
+        r"^error: --step: 'all' is not last or a step number$",
+    )
 
 
 @pytest.mark.integration
@@ -187,7 +207,7 @@ def test_patch_writes_tables_and_figures(capsys, tmp_path, tiny_run):
         "z",
         "--corruption",
         "key",
-        "--n",
+        "--pairs",
         16,
         "--out",
         out,
@@ -210,9 +230,42 @@ def test_patch_writes_tables_and_figures(capsys, tmp_path, tiny_run):
     }
     assert len(table) == 2 * 5 * 2 and table.step.eq(30).all()
     assert pd.read_csv(out / "patch_z_key.csv").shape == table.shape
-    html = list(out.glob("patch_z_key_z_pos*.html"))
-    assert len(html) == 5 and "<script src=" not in html[0].read_text()
+    # One heatmap per position, named without repeating the component; one plotly.js.
+    assert sorted(p.name for p in out.glob("*.html")) == [
+        f"patch_z_key_pos{p}.html" for p in range(5)
+    ]
+    assert (out / "plotly.min.js").exists() and len(list(out.iterdir())) == 2 + 5 + 1
+    html = (out / "patch_z_key_pos3.html").read_text()
+    assert 'src="plotly.min.js"' in html and len(html) < 100_000
+    title = re.search(r'"title":\{"text":"(z, position 3[^"]*)"', html).group(1)
+    assert title.startswith("z, position 3: key corruption, logit_diff, denoising")
+    assert title.count("gamma") == 1 and "tiny, gamma 0.5, step 30, 16 pairs" in title
     assert "attribution vs exact: pearson" in stdout
+
+
+def test_patch_figure_names_and_titles(capsys, tmp_path, tiny_run):
+    """A residual component is one figure, PATCH_<component>_<corruption>; a run named
+    after its gamma (a study's) does not get the gamma twice in the subtitle."""
+    run = tmp_path / "gamma_0.5"
+    shutil.copytree(tiny_run.path, run)
+    out = tmp_path / "patch"
+    code, _, err = run_cli(
+        capsys, "patch", run, "--pairs", 8, "--out", out, "--step", "10", "--format", "html"
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == [
+        "patch_resid_pre_key.csv",
+        "patch_resid_pre_key.html",
+        "patch_resid_pre_key.parquet",
+        "plotly.min.js",
+    ]
+    html = (out / "patch_resid_pre_key.html").read_text()
+    title = re.search(r'"title":\{"text":"(resid_pre[^"]*)"', html).group(1)
+    assert "gamma_0.5, step 10, 8 pairs" in title and "gamma 0.5" not in title
+    from initlens.analyses.commands import run_label
+
+    assert run_label("gamma_0.8", 0.8) == "gamma_0.8"
+    assert run_label("seed1", 0.3) == "seed1, gamma 0.3"
 
 
 @pytest.mark.parametrize(
@@ -221,10 +274,107 @@ def test_patch_writes_tables_and_figures(capsys, tmp_path, tiny_run):
         (["--component", "resid"], "unknown component 'resid'.*resid_pre"),
         (["--corruption", "swap"], "swap.*key.*anchor"),
         (["--step", "7"], "no checkpoint at step 7; available: 0"),
+        (["--step", "all"], "--step: 'all' is not last or a step number"),
+        (["--step", "10,30"], "--step: '10,30' is not last or a step number"),
         (["--metric", "kl"], "unknown metric 'kl'.*logit_diff"),
+        (["--pairs", "0"], "--pairs: pairs=0: ask for 1 to"),
+        (["--n", "0"], "--pairs: pairs=0: ask for 1 to"),  # the old name of --pairs
+        (["--pairs", "4", "--n", "4"], "--n is the old name of --pairs: give one"),
+        (["--format", "png,gif"], "--format: unknown figure format 'gif'"),
     ],
 )
 def test_patch_bad_input(capsys, tmp_path, tiny_run, args, pattern):
+    pairs = [] if "--n" in args else ["--pairs", 8]
     assert_user_error(
-        run_cli(capsys, "patch", tiny_run.path, "--n", 8, "--out", tmp_path / "p", *args), pattern
+        run_cli(capsys, "patch", tiny_run.path, *pairs, "--out", tmp_path / "p", *args), pattern
     )
+    assert not (tmp_path / "p").exists()
+
+
+def test_step_and_steps_parsing():
+    from initlens.analyses.cli import _step, _steps
+    from initlens.models import UserError
+
+    assert _step("last") == "last" and _step("30") == 30 and _step(" 7 ") == 7
+    assert _steps("all") == "all" and _steps("last") == "last"
+    assert _steps("30") == [30] and _steps("0, 10,30,10") == [0, 10, 30]
+    for bad in ("all", "-1", "3.5", "10,20", ""):
+        with pytest.raises(UserError, match="is not last or a step number"):
+            _step(bad)
+    for bad in ("", ",", "1,x", "every", "-5", "last,10"):
+        with pytest.raises(UserError, match="is not all, last or step numbers"):
+            _steps(bad)
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["geometry", "--steps", "1,x"], "--steps: '1,x' is not all, last or step numbers"),
+        (["geometry", "--step", "abc"], "--steps: 'abc' is not all, last"),  # old name
+        (["geometry", "--steps", "0,7"], "no checkpoint at step 7; available: 0"),
+        (["geometry", "--rows", "0"], "--rows: rows=0: must be an integer >= 1"),
+        (["geometry", "--n", "-1"], "--rows: rows=-1: must be an integer >= 1"),
+        (["geometry", "--rows", "5", "--n", "5"], "--n is the old name of --rows: give one"),
+        (["linear", "--inverse-l2", "0"], "--inverse-l2: inverse_l2=0.0: must be a finite"),
+        (["linear", "--C", "nan"], "--inverse-l2: inverse_l2=nan: must be a finite"),
+        (["linear", "--C", "1", "--inverse-l2", "2"], "--C is the old name of --inverse-l2"),
+        (["linear", "--rows", "0"], "--rows: rows=0: must be an integer >= 1"),
+        (["linear", "--steps", "last,all"], "--steps: 'last,all' is not all, last"),
+    ],
+)
+def test_checkpoint_commands_bad_input(capsys, tmp_path, tiny_run, args, pattern):
+    command, *rest = args
+    out = tmp_path / "o"
+    assert_user_error(run_cli(capsys, command, tiny_run.path, "--out", out, *rest), pattern)
+    assert not out.exists()
+
+
+def test_linear_steps_and_old_option_names(capsys, tmp_path, tiny_run):
+    common = ["--target", "key", "--component", "resid_post", "--format", "png"]
+    code, _, err = run_cli(
+        capsys, "linear", tiny_run.path, "--out", tmp_path / "a", "--steps", "0,30",
+        "--rows", 200, "--inverse-l2", 0.5, *common,
+    )  # fmt: skip
+    assert code == 0, err
+    import pandas as pd
+
+    table = pd.read_parquet(tmp_path / "a" / "probes.parquet")
+    assert set(table.step) == {0, 30}
+    # The old spellings still work: --step (one checkpoint), --n, --C.
+    code, _, err = run_cli(
+        capsys, "linear", tiny_run.path, "--out", tmp_path / "b", "--step", "10",
+        "--n", 200, "--C", 0.5, *common,
+    )  # fmt: skip
+    assert code == 0, err
+    assert set(pd.read_parquet(tmp_path / "b" / "probes.parquet").step) == {10}
+    # --format png: no HTML figures (PNG, or HTML instead with a note where no Chromium)
+    names = [p.name for p in (tmp_path / "b").iterdir()]
+    assert not [n for n in names if n.endswith(".html")] or "note: wrote HTML instead" in err
+
+
+def test_help_shows_the_current_names(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setenv("TERMINAL_WIDTH", "250")
+    from initlens.analyses.cli import PROBE_TARGETS
+    from initlens.probes.linear import TARGETS
+
+    assert PROBE_TARGETS == TARGETS  # the help's list is the probes' list
+    help_of = {}
+    for command in ("patch", "linear", "geometry", "study", "report", "info"):
+        code, out, _ = run_cli(capsys, command, "--help")
+        assert code == 0
+        help_of[command] = out
+    for command, flags in {
+        "patch": ["--pairs", "--step"],
+        "linear": ["--rows", "--steps", "--inverse-l2"],
+        "geometry": ["--rows", "--steps"],
+        "info": ["--step", "--json"],
+    }.items():
+        for flag in flags:
+            assert re.search(rf"{flag}\b", help_of[command]), (command, flag)
+        assert not re.search(r"--n\b|--C\b", help_of[command]), command  # old names: hidden
+    assert not re.search(r"--step\b", help_of["linear"] + help_of["geometry"])
+    for command in ("study", "report"):
+        text = " ".join(re.sub("[│╭╮╰╯─]", " ", help_of[command]).split())
+        assert all(t in text for t in TARGETS), command  # --probe-targets lists every one
+        assert "report.html itself is always written" in text

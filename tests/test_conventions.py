@@ -3,6 +3,7 @@ LayerNorm, weight decay on all parameters, the authors' schedule), old config fi
 composite task's key-position modulus, and the presets of models/presets.py."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -270,11 +271,11 @@ def test_cli_preset_records_the_overrides(capsys, tmp_path):
     assert saved.train.schedule == "gradual_warmup" and saved.train.decay == "all"
     assert saved.model.final_ln is False and saved.model.d_model == 16
     code, stdout, _ = run_cli(capsys, "info", out)
-    assert "preset     icml2025-mixture (overrides: " in stdout
+    assert re.search(r"^preset +icml2025-mixture \(overrides: ", stdout, re.M)
     for shown in (
         "embed_fan_in=d_model",
-        "biases=True",
-        "final_ln=False",
+        "biases=true",
+        "final_ln=false",
         "schedule=gradual_warmup",
         "decay=all",
         "grad_clip=1.0",

@@ -22,6 +22,7 @@ from initlens.probes.linear import (
     TARGETS,
     LinearProbe,
     control_labels,
+    control_types,
     fit_probes,
     holdout_mask,
     probe_model,
@@ -41,6 +42,7 @@ COLUMNS = [
     "n_train",
     "n_test",
     "n_classes",
+    "control_types",
     "converged",
 ]
 
@@ -140,6 +142,36 @@ def test_control_labels_depend_on_the_token_only():
         assert len(set(ctrl[tokens == tok])) == 1
     assert set(ctrl) <= set(values)
     assert np.array_equal(ctrl, control_labels(tokens, values, np.ones(5000, bool), seed=3))
+
+
+def test_control_types_are_the_token_with_the_key_and_anchors_before_it():
+    rows = dict(
+        tokens=np.array([[21, 11, 12, 40], [21, 11, 12, 41], [30, 11, 12, 40], [50, 21, 2, 1]]),
+        key_pos=np.array([0, 0, 0, 1]),
+    )
+    # At position 2 (a2 of the first three rows): (token, key, a1, a2) = the first two
+    # rows alike, the third (another key) not; the last row has only its key seen.
+    types = control_types(rows, 2)
+    assert types[0] == types[1] and len(set(types.tolist())) == 3
+    # At position 0 only the token (and, where the key is there, the key itself).
+    assert control_types(rows, 0)[0] == control_types(rows, 0)[1] != control_types(rows, 0)[2]
+    # Without a key position: the token alone, as Hewitt & Liang's control.
+    assert np.array_equal(
+        control_types({"tokens": rows["tokens"]}, 3),
+        np.unique(rows["tokens"][:, 3], return_inverse=True)[1],
+    )
+
+
+def test_the_control_task_falls_below_ceiling_at_the_label_position(tiny_run):
+    """At the label position the token is one of a few anchors: a control per token sits at
+    100% (a probe memorizes a handful of labels). Per (key, anchors) combination it cannot."""
+    model, task = tiny_run.load_model(), tiny_run.config.task
+    rows = dataset_arrays(tiny_run.dataset())
+    df = probe_model(model, rows, task, targets=("task_type",), positions=(-1,))
+    seq = rows["tokens"].shape[1]
+    assert (df.control_types > len(np.unique(rows["tokens"][:, seq - 1]))).all()
+    assert df.control_accuracy.max() < 0.9
+    assert (df.selectivity == df.accuracy - df.control_accuracy).all()
 
 
 def test_selectivity_is_near_zero_on_random_activations():

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from helpers import tiny_config
+from initlens.analyses.figures.localization import attribution_scatter, effect_over_training
 from initlens.analyses.studies.localization import (
     Experiment,
     compare_tasks,
@@ -12,6 +13,7 @@ from initlens.analyses.studies.localization import (
     rank_components,
     stage_steps,
     summary,
+    undefined_steps,
 )
 from initlens.analyses.studies.run_analysis import TABLES, AnalysisConfig, analyze_run
 from initlens.models import UserError, build_model
@@ -130,6 +132,73 @@ def test_summary_states_the_numbers():
 def test_summary_refuses_to_localize_without_a_gap():
     table = synthetic(EFFECTS).assign(normalized=float("nan"), clean=1.0, corrupted=1.0)
     assert "too close to localize" in " ".join(summary(table, "reasoning", "memory"))
+
+
+def one_head(heads: int = 1) -> pd.DataFrame:
+    """A one-run table whose head patches repeat its attention outputs (one head per layer:
+    `heads` = 1), or split them (two heads)."""
+    effects = {
+        (0.3, e, c, layer): v
+        for e in ("reasoning", "memory")
+        for (c, layer), v in {
+            ("attn_out", 0): 0.6,
+            ("attn_out", 1): 0.4,
+            ("mlp_out", 0): 0.5,
+            ("mlp_out", 1): 0.1,
+        }.items()
+    }
+    table = synthetic(effects)
+    attn = table[table.component == "attn_out"]
+    heads = [
+        attn.assign(component="z", head=h, normalized=attn.normalized / heads) for h in range(heads)
+    ]
+    return pd.concat([table, *heads], ignore_index=True)
+
+
+def test_a_single_head_is_ranked_once_as_its_attention_output():
+    ranked = rank_components(one_head(), top=4)
+    assert not (ranked.component == "z").any()
+    assert not ranked.duplicated(["run", "experiment", "layer", "position", "normalized"]).any()
+    top = ranked[ranked.experiment == "reasoning"].patch.tolist()
+    assert top == [
+        "attn_out L0 @a2 (= its only head)",
+        "mlp_out L0 @a2",
+        "attn_out L1 @a2 (= its only head)",
+        "mlp_out L1 @a2",
+    ]
+    diff = compare_tasks(one_head(), "reasoning", "memory")
+    assert not diff.patch.str.startswith("head").any() and diff.columns.name is None
+    assert "attn_out L0 @a2 (= its only head)" in " ".join(
+        summary(one_head(), "reasoning", "memory")
+    )
+    lines = {t.name for t in effect_over_training(one_head()).data}
+    assert lines == {"gamma 0.3: attn_out L0 @a2 (= its only head)", "gamma 0.3: mlp_out L0 @a2"}
+    assert "z" not in {t.name.split(", ")[-1] for t in attribution_scatter(one_head()).data}
+    # Two heads per layer: each head is its own patch, and attn_out has no suffix.
+    two = rank_components(one_head(heads=2), top=8)
+    assert (two.component == "z").sum() == 2 * 2 * 2  # layers x heads x experiments
+    assert "attn_out L0 @a2" in set(two.patch)
+
+
+def test_undefined_steps_say_where_and_why_lines_are_missing():
+    table = pd.concat(
+        [
+            synthetic(EFFECTS).assign(step=0, stage="init", clean=1.02, corrupted=1.0),
+            synthetic(EFFECTS).assign(step=10, stage="early"),
+        ],
+        ignore_index=True,
+    )
+    table.loc[table.step == 0, "normalized"] = float("nan")
+    late = table[(table.gamma == 0.8) | (table.step == 10)]  # gamma 0.3 starts late
+    notes = undefined_steps(late)
+    assert len(notes) == 2  # gamma 0.8 at init, both experiments; gamma 0.3 has no init
+    assert notes[0].startswith(
+        "gamma = 0.8, reasoning prompts: no normalized effect at step 0 (init)"
+    )
+    assert "clean minus corrupted: +0.02" in notes[0] and "does not yet tell" in notes[0]
+    never = undefined_steps(late.assign(clean=1.0, corrupted=1.0))
+    assert "at any analysed step (no line)" in never[0] and "does not tell" in never[0]
+    assert undefined_steps(synthetic(EFFECTS)) == []
 
 
 @pytest.mark.integration

@@ -119,17 +119,22 @@ def test_heatmap_errors(table, call, message):
 # ---------------------------------------------------------------- HTML export
 
 
-def test_export_html_is_self_contained(table, tmp_path):
+def test_export_html(table, tmp_path):
     fig = layer_position_heatmap(table, "resid_pre")
     paths = export_figure(fig, tmp_path / "sub" / "fig.v1")
-    assert paths == [tmp_path / "sub" / "fig.v1.html"]
-    html = paths[0].read_text()
+    assert paths == [tmp_path / "sub" / "plotly.min.js", tmp_path / "sub" / "fig.v1.html"]
+    html = paths[1].read_text()
     assert "Plotly.newPlot" in html and "resid_pre: layer x position" in html
     assert f"{value('resid_pre', 1, 2, -1):.4f}" in html  # hover text carries the data
-    assert re.search(r"<script[^>]*\bsrc\s*=", html) is None  # plotly.js is inlined
+    assert re.search(r'<script[^>]*\bsrc="plotly\.min\.js"', html)  # the folder's plotly.js
     assert not [p for p in (tmp_path / "sub").iterdir() if p.name.endswith(".tmp")]
+    inline = export_figure(fig, tmp_path / "self", plotlyjs="inline")[0].read_text()
+    assert re.search(r"<script[^>]*\bsrc\s*=", inline) is None  # self-contained
     # a known suffix is not doubled; a single format string is one format
-    assert export_figure(fig, tmp_path / "g.html", "html") == [tmp_path / "g.html"]
+    assert export_figure(fig, tmp_path / "g.html", "html") == [
+        tmp_path / "plotly.min.js",
+        tmp_path / "g.html",
+    ]
     with pytest.raises(UserError, match="choose from html, png, svg, pdf"):
         export_figure(fig, tmp_path / "h", ("jpeg",))
 
@@ -141,9 +146,12 @@ def test_static_unavailable_strict_and_lenient(table, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="cannot export PNG, SVG: no Chromium found"):
         export_figure(fig, tmp_path / "f", ("png", "svg"))
     assert list(tmp_path.iterdir()) == []  # nothing written
-    with pytest.warns(StaticExportWarning, match="apt-get install chromium"):
+    with pytest.warns(StaticExportWarning, match="wrote HTML only, not PNG: .*apt-get install"):
         paths = export_figure(fig, tmp_path / "f", ("html", "png"), strict=False)
-    assert paths == [tmp_path / "f.html"] and paths[0].exists()
+    assert paths[-1] == tmp_path / "f.html" and paths[-1].exists()
+    with pytest.warns(StaticExportWarning, match="wrote HTML instead of SVG"):
+        paths = export_figure(fig, tmp_path / "g", "svg", strict=False)
+    assert paths == [tmp_path / "g.html"]
 
 
 def test_static_export_status_reasons(monkeypatch):
@@ -168,7 +176,7 @@ WIDTH, HEIGHT = 320, 240
 
 @pytest.fixture(scope="module")
 def static_files(table, tmp_path_factory):
-    """One export of PNG, SVG and PDF (one browser session, about 3-5 s)."""
+    """One export of PNG, SVG and PDF (one browser session, about 3-5 s): no HTML."""
     fig = layer_position_heatmap(table, "resid_pre", tokens=["key", "a1", "a2", "noise"])
     out = tmp_path_factory.mktemp("static") / "heat"
     return {
@@ -195,4 +203,4 @@ def test_svg_and_pdf_export(static_files):
     assert (root.get("width"), root.get("height")) == (str(WIDTH), str(HEIGHT))
     assert "a2" in static_files["svg"].read_text()  # token labels are drawn
     assert static_files["pdf"].read_bytes()[:5] == b"%PDF-"
-    assert set(static_files) == {"html", "png", "svg", "pdf"}
+    assert set(static_files) == {"png", "svg", "pdf"}

@@ -6,7 +6,9 @@ import torch
 
 from helpers import assert_user_error, run_cli
 from initlens.analyses.figures.representations import (
+    TICK_FONT,
     cosine_heatmap,
+    facet_over_steps,
     metric_over_steps,
     pca_scatter,
     probe_heatmap,
@@ -76,6 +78,49 @@ def test_cosine_heatmap_and_pca_follow_roles(tiny_run):
     scatter = pca_scatter(model, task)
     assert [t.name for t in scatter.data] == ["memory_anchor", "reasoning_anchor", "key"]
     assert sum(len(t.x) for t in scatter.data) == len(order)
+
+
+def test_pca_labels_do_not_pile_up_and_every_point_hovers(tiny_run):
+    model, task = tiny_run.load_model(), tiny_run.config.task
+    scatter = pca_scatter(model, task)
+    points = [
+        (x, y, text, hover)
+        for t in scatter.data
+        for x, y, text, hover in zip(t.x, t.y, t.text, t.customdata)
+    ]
+    assert all(hover for *_, hover in points)  # every token named on hover
+    shown = [(x, y) for x, y, text, _ in points if text]
+    assert 0 < len(shown) <= len(points)
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    dx, dy = max(xs) - min(xs), max(ys) - min(ys)
+    for i, (x1, y1) in enumerate(shown):  # no two text labels on top of each other
+        for x2, y2 in shown[:i]:
+            assert abs(x1 - x2) > 0.06 * dx or abs(y1 - y2) > 0.05 * dy
+    heat = cosine_heatmap(model, task)
+    for axis in (heat.layout.xaxis, heat.layout.yaxis):
+        assert axis.tickfont.size >= TICK_FONT >= 11 and axis.title.text
+
+
+def test_steps_are_log_with_init_on_every_checkpoint_figure():
+    steps = pd.DataFrame(
+        {"run": "a", "gamma": 0.3, "step": [0, 10, 100, 1000], "position": 0, "value": 0.5}
+    )
+    table = pd.concat(
+        [steps.assign(metric="m"), steps.assign(metric="n"), steps.assign(metric="n", position=1)]
+    )
+    line = metric_over_steps(table, metric="m", y_title="entropy")
+    facets = facet_over_steps(table, "position", "flow", y_title="share", metric="n")
+    for axis in (line.layout.xaxis, facets.layout.xaxis, facets.layout.xaxis2):
+        assert axis.type == "log" and axis.title.text == "step (log scale)"
+        assert axis.ticktext[0] == "init" and axis.tickvals[0] == 5  # init: left of step 10
+    assert list(line.data[0].x) == [5, 10, 100, 1000] and list(line.data[0].customdata) == [
+        0,
+        10,
+        100,
+        1000,
+    ]
+    assert line.layout.yaxis.title.text == "entropy" and facets.layout.yaxis.title.text == "share"
+    assert metric_over_steps(table, metric="m").layout.yaxis.title.text == "m"  # not "value"
 
 
 def test_metric_over_steps_and_probe_heatmap():

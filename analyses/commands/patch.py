@@ -2,7 +2,8 @@
 
 Load the model at a step, build clean/corrupted pairs for the task, run exact (and
 optionally attribution) patching, and write `patch_<component>_<corruption>.csv/.parquet`
-plus one figure per heatmap.
+plus one figure per heatmap: `patch_<component>_<corruption>` (layer x position, or layer x
+head with --all-positions), or `..._pos<P>` (layer x head at each position P).
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from initlens.analyses.figures.export import export_figures, export_table, figure_formats
+from initlens.analyses.commands import run_label
+from initlens.analyses.figures.export import (
+    check_folder_path,
+    export_figures,
+    export_table,
+    figure_formats,
+)
 from initlens.analyses.figures.labels import position_labels
 from initlens.analyses.figures.patching import layer_head_heatmap, layer_position_heatmap
 from initlens.models.errors import UserError
 from initlens.models.progress import Progress
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement, attribution_patch
-from initlens.probes.corruptions import PatchPairs, make_pairs
+from initlens.probes.corruptions import MAX_PAIRS, PatchPairs, make_pairs
 from initlens.probes.patching import METRICS, activation_patch
 
 
@@ -31,7 +38,7 @@ class PatchOptions:
     component: str = "resid_pre"
     corruption: str = "key"
     step: int | str | None = None  # checkpoint (default: the last)
-    n: int = 256  # prompt pairs
+    pairs: int = 256  # prompt pairs
     metric: str = "logit_diff"
     direction: str = "denoising"
     source: str = "reasoning"  # clean rows from the reasoning or the memory group
@@ -54,15 +61,15 @@ def make_metric(name: str, pairs: PatchPairs):
 
 
 def figures_for(table: pd.DataFrame, component: str, labels: list[str]) -> dict[str, go.Figure]:
-    """Layer x position for residual-type components; layer x head per position for heads."""
-    name = f"{component}"
+    """Layer x position for residual-type components; layer x head per position for heads.
+    Keyed by what tells the figures apart: "" for the one figure, "pos<P>" per position."""
     if (table["head"] < 0).all():
         if (table.position < 0).all():
             return {}
-        return {name: layer_position_heatmap(table, component, tokens=labels)}
+        return {"": layer_position_heatmap(table, component, tokens=labels)}
     positions = sorted(table.position.unique())
     return {
-        f"{name}_pos{p}" if p >= 0 else name: layer_head_heatmap(
+        f"pos{p}" if p >= 0 else "": layer_head_heatmap(
             table,
             component,
             position=None if p < 0 else int(p),
@@ -82,12 +89,20 @@ def patch_command(
     """Run one patching experiment on a run directory; returns what was written."""
     o = options
     figure_formats(o.formats)
+    check_folder_path(out)
+    if isinstance(o.pairs, bool) or not isinstance(o.pairs, int) or not 1 <= o.pairs <= MAX_PAIRS:
+        raise UserError(f"pairs={o.pairs!r}: ask for 1 to {MAX_PAIRS} pairs", option="pairs")
     run = Run.open(run_dir)
     step = run.resolve_step(o.step)
     model = run.load_model(step)
     cfg = run.config
     pairs = make_pairs(
-        cfg.task, o.corruption, n=o.n, seed=o.seed, data_seed=cfg.train.data_seed, source=o.source
+        cfg.task,
+        o.corruption,
+        n=o.pairs,
+        seed=o.seed,
+        data_seed=cfg.train.data_seed,
+        source=o.source,
     ).to(next(model.parameters()).device)
     fn = make_metric(o.metric, pairs)
     result = activation_patch(
@@ -118,13 +133,17 @@ def patch_command(
     files = export_table(table, out, stem)
     labels = position_labels(pairs, pairs.clean.shape[1], cfg.task.position_names)
     figures = {}
-    for name, fig in figures_for(table, o.component, labels).items():
+    for key, fig in figures_for(table, o.component, labels).items():
+        where = ""
+        if key:  # pos<P>: the position, and its name where it has one
+            label = labels[int(key[3:])]
+            where = f", position {key[3:]}" + (f" ({label})" if label != key[3:] else "")
         fig.update_layout(
-            title=f"{name}: {o.corruption} corruption, {o.metric}, "
-            f"{o.direction}<br><sup>{run.name}, step {step}, gamma "
-            f"{cfg.model.gamma:g}, {len(pairs)} pairs</sup>"
+            title=f"{o.component}{where}: {o.corruption} corruption, {o.metric}, "
+            f"{o.direction}<br><sup>{run_label(run.name, cfg.model.gamma)}, step {step}, "
+            f"{len(pairs)} pairs</sup>"
         )
-        figures[f"{stem}_{name}"] = fig
+        figures[f"{stem}_{key}" if key else stem] = fig
     more, notes = export_figures(figures, out, o.formats)
     info["warnings"] = notes
     info["files"] = [str(f) for f in files + more]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from initlens.analyses.figures.export import figure_formats
+from initlens.analyses.figures.export import check_folder_path, figure_formats
 from initlens.analyses.studies.report import write_report
 from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_runs
 from initlens.analyses.studies.study import report_study
@@ -24,6 +24,8 @@ def report_command(
     tables and report; a run directory: its report (default RUN/report.html)."""
     target = Path(target)
     figure_formats(formats)
+    if out is not None:
+        check_folder_path(Path(out).parent)
     if (target / "sweep.json").exists():
         return report_sweep(target, formats or ("html",))
     if (target / "study.json").exists() and out is None:

@@ -1,7 +1,8 @@
 """`probe geometry` and `probe linear`: read-outs over a run's checkpoints, written to disk.
 
 Each writes a tidy table (CSV and parquet) with run, gamma and step columns, and plotly
-figures (HTML always; PNG/SVG/PDF when Chromium is there).
+figures (HTML by default; PNG/SVG/PDF as asked, when Chromium is there). `steps`: "all",
+"last", a step number or a list of them; `rows`: task rows; `inverse_l2`: scikit-learn's C.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-from initlens.analyses.figures.export import export_figures, export_table, figure_formats
+from initlens.analyses.commands import run_label
+from initlens.analyses.figures.export import (
+    check_folder_path,
+    export_figures,
+    export_table,
+    figure_formats,
+)
 from initlens.analyses.figures.representations import (
     cosine_heatmap,
     metric_over_steps,
@@ -46,7 +53,7 @@ def geometry_command(
     runs: Sequence[str | Path],
     out: str | Path,
     steps="all",
-    n: int = 512,
+    rows: int = 512,
     cka: bool = True,
     formats: Sequence[str] = ("html",),
     progress: Progress | None = None,
@@ -54,19 +61,20 @@ def geometry_command(
     """Geometry over training (and CKA between layers, steps and runs) for `runs`: tables
     geometry.csv/.parquet and cka.csv/.parquet, cosine and PCA figures of each run's last
     selected checkpoint, and metric-over-steps lines (one per gamma)."""
-    check_count(n, "n")
+    check_count(rows, "rows")
     figure_formats(formats)
+    check_folder_path(out)
     runs = open_runs(runs)
     out = Path(out)
-    table = geometry_over_training(runs, steps, n, progress=progress)
+    table = geometry_over_training(runs, steps, rows, progress=progress)
     files = export_table(table, out, "geometry")
     if cka:
-        files += export_table(cka_over_training(runs, steps, n=n, progress=progress), out, "cka")
+        files += export_table(cka_over_training(runs, steps, n=rows, progress=progress), out, "cka")
     figures: dict[str, go.Figure] = {}
     for run in runs:
         step = select_steps(run, steps)[-1]
         model = run.load_model(step)
-        where = f"{run.name}, step {step}, gamma {run.config.model.gamma:g}"
+        where = f"{run_label(run.name, run.config.model.gamma)}, step {step}"
         figures[f"cosine_{run.name}"] = cosine_heatmap(
             model, run.config.task, title=f"Token-embedding cosine similarity ({where})"
         )
@@ -88,20 +96,23 @@ def linear_command(
     targets=("key",),
     components=("resid_pre", "resid_mid", "resid_post"),
     steps="all",
-    n: int = 20000,
-    C: float = 1.0,
+    rows: int = 20000,
+    inverse_l2: float = 1.0,
     formats: Sequence[str] = ("html",),
     progress: Progress | None = None,
 ) -> dict[str, object]:
     """Probes over training for `runs`: probes.csv/.parquet, accuracy and selectivity
     heatmaps (layer x position) at each run's last selected step per target and component,
     and selectivity over steps (best layer and position, one line per gamma) per target."""
-    check_count(n, "n")
-    check_positive(C, "C")
+    check_count(rows, "rows")
+    check_positive(inverse_l2, "inverse_l2")
     figure_formats(formats)
+    check_folder_path(out)
     runs = open_runs(runs)
     out = Path(out)
-    table = probes_over_training(runs, targets, components, steps, n, C=C, progress=progress)
+    table = probes_over_training(
+        runs, targets, components, steps, rows, C=inverse_l2, progress=progress
+    )
     files = export_table(table, out, "probes")
     figures: dict[str, go.Figure] = {}
     for run in runs:

@@ -101,7 +101,8 @@ def steps_to_threshold(table: pd.DataFrame, threshold: int = 90, by: str = "gamm
         barmode="group",
         height=360,
         yaxis_title=f"step to {threshold}% accuracy",
-        margin=dict(t=30, b=40, l=60, r=20),
+        xaxis_title="init scale (gamma)" if by == "gamma" else by,
+        margin=dict(t=30, b=50, l=60, r=20),
     )
     return fig
 

@@ -13,8 +13,12 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from initlens.analyses.figures.colors import gamma_color, gammas_of
-from initlens.analyses.figures.labels import component_label
-from initlens.analyses.studies.localization import rank_components
+from initlens.analyses.figures.labels import step_axis, step_positions
+from initlens.analyses.studies.localization import (
+    patch_names,
+    rank_components,
+    single_head_runs,
+)
 from initlens.analyses.studies.over_training import last_steps
 
 SYMBOLS = {"attn_out": "circle", "mlp_out": "square", "z": "diamond", "resid_pre": "x"}
@@ -75,12 +79,20 @@ def patching_grid(table: pd.DataFrame, component: str) -> go.Figure:
                 col=j,
             )
             fig.update_yaxes(autorange="reversed", row=i, col=j)
+    for j in range(1, len(exps) + 1):
+        fig.update_xaxes(
+            title_text="token position" + (" and head" if per_head else ""),
+            row=len(gammas),
+            col=j,
+        )
+    for i in range(1, len(gammas) + 1):
+        fig.update_yaxes(title_text="layer", row=i, col=1)
     fig.update_layout(
         coloraxis=dict(
             colorscale="RdBu", cmid=0, cmin=-1, cmax=1, colorbar=dict(title=dict(text="normalized"))
         ),
-        height=150 + 170 * len(gammas),
-        margin=dict(t=60, b=40, l=60, r=20),
+        height=170 + 170 * len(gammas),
+        margin=dict(t=60, b=60, l=70, r=20),
         plot_bgcolor="#f0f0f0",
     )
     return fig
@@ -90,9 +102,10 @@ def effect_over_training(table: pd.DataFrame, top: int = 2) -> go.Figure:
     """Normalized effect, over the stage checkpoints, of the `top` strongest component
     patches of each init scale at its last step; one panel per experiment."""
     ranked = rank_components(table, top=top)
-    rows = table.assign(patch=[component_label(r) for r in table.itertuples()])
+    rows = table.assign(patch=patch_names(table))
     exps = list(dict.fromkeys(rows.experiment))
     gammas = gammas_of(rows)
+    where = step_positions(rows.step)
     fig = make_subplots(
         rows=1, cols=len(exps), shared_yaxes=True, subplot_titles=[f"{e} prompts" for e in exps]
     )
@@ -105,19 +118,21 @@ def effect_over_training(table: pd.DataFrame, top: int = 2) -> go.Figure:
                 ].sort_values("step")
                 fig.add_trace(
                     go.Scatter(
-                        x=line.step,
+                        x=line.step.map(where),
                         y=line.normalized,
                         mode="lines+markers",
                         name=f"gamma {gamma:g}: {patch}",
                         line=dict(color=gamma_color(gammas, gamma), dash=dash),
                         text=line.stage,
-                        hovertemplate="step %{x} (%{text})<br>normalized %{y:.3f}<extra></extra>",
+                        customdata=line.step,
+                        hovertemplate="step %{customdata} (%{text})<br>normalized %{y:.3f}"
+                        "<extra></extra>",
                     ),
                     row=1,
                     col=j,
                 )
-        fig.update_xaxes(title_text="step", row=1, col=j)
-    fig.update_yaxes(title_text="normalized effect", row=1, col=1)
+        fig.update_xaxes(**step_axis(rows.step), row=1, col=j)
+    fig.update_yaxes(title_text="normalized effect (1 = restores the clean run)", row=1, col=1)
     fig.update_layout(
         height=400, margin=dict(t=50, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.25)
     )
@@ -128,6 +143,8 @@ def attribution_scatter(table: pd.DataFrame) -> go.Figure:
     """Attribution estimate against the exact effect of every patch at the last step
     (both normalized); points on the diagonal are estimated exactly."""
     rows = last_steps(table).dropna(subset=["normalized", "attribution_normalized"])
+    rows = rows[~((rows.component == "z") & rows.run.isin(single_head_runs(rows)))]
+    rows = rows.assign(patch=patch_names(rows) if len(rows) else [])  # a head once: as attn_out
     gammas = gammas_of(rows)
     fig = go.Figure()
     for gamma in gammas:
@@ -144,7 +161,7 @@ def attribution_scatter(table: pd.DataFrame) -> go.Figure:
                         size=8,
                         opacity=0.8,
                     ),
-                    text=[f"{component_label(r)}, {r.experiment}" for r in part.itertuples()],
+                    text=[f"{r.patch}, {r.experiment}" for r in part.itertuples()],
                     hovertemplate="%{text}<br>exact %{x:.3f}<br>attribution %{y:.3f}"
                     "<extra></extra>",
                 )

@@ -27,19 +27,41 @@ code { background: #f4f4f4; padding: 0 3px; }
 """
 
 
-def _cell(value) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and pd.isna(value)):
-        return "never"
+def _missing(value) -> bool:
+    return (
+        value is None
+        or value is pd.NA
+        or (isinstance(value, float) and pd.isna(value))
+        or (isinstance(value, str) and not value.strip())
+    )
+
+
+def _cell(value, steps: bool = False) -> str:
+    """A cell's text: a missing step reads "never", any other missing value "-"."""
+    if _missing(value):
+        return "never" if steps else "-"
     if isinstance(value, float) and not value.is_integer():
         return f"{value:.3f}"
     return str(int(value)) if isinstance(value, float) else str(value)
 
 
+def _is_step(column) -> bool:
+    return "step" in str(column)
+
+
 def table_html(df: pd.DataFrame) -> str:
-    """A plain HTML table; missing steps read "never", floats get 3 decimals."""
+    """A plain HTML table; missing steps read "never", other missing values "-", floats
+    get 3 decimals. Columns with nothing in any row are left out (a missing step is
+    something: "never"), and so is the name of the column index (pandas would draw it as a
+    column of empty cells)."""
+    empty = [c for c in df.columns if not _is_step(c) and df[c].map(_missing).all()]
+    df = df.drop(columns=empty if len(df) else []).rename_axis(columns=None)
+    cells = pd.DataFrame(
+        {c: [_cell(v, _is_step(c)) for v in df[c]] for c in df.columns}, columns=df.columns
+    )
     return (
         '<div style="overflow-x:auto">'
-        + df.map(_cell).to_html(index=False, border=0, escape=True)
+        + cells.to_html(index=False, border=0, escape=True)
         + "</div>"
     )
 

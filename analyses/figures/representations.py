@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from initlens.analyses.figures.colors import GAMMA_COLORS, ROLE_COLORS, gamma_color, gammas_of
+from initlens.analyses.figures.labels import step_axis, step_positions
 from initlens.analyses.studies.over_training import last_steps
 from initlens.models.errors import UserError
 from initlens.probes.geometry import cosine_matrix, pca, token_embeddings, token_roles
@@ -61,28 +64,48 @@ def cosine_heatmap(model, task, title: str = "Token-embedding cosine similarity"
                 y0=b - 0.5, y1=b - 0.5, x0=0, x1=1
             )
             fig.add_shape(**line)
-    ticks = [str(t) for t in ids]
+    side = min(max(TICK_PX["y"] * len(ids), 480), 720)  # the plot's side in pixels
+    axes = {}
+    for axis in ("x", "y"):
+        shown = _tick_subset(roles, side / len(ids), TICK_PX[axis])
+        axes[axis] = dict(
+            tickmode="array",
+            tickvals=[labels[i] for i in shown],
+            ticktext=[str(ids[i]) for i in shown],
+            tickfont=dict(size=TICK_FONT),
+            tickangle=0,
+            title_text="token: " + " | ".join(dict.fromkeys(roles)) + " (lines separate them)",
+        )
+    margin = dict(t=60, b=70, l=80, r=110)  # r: the colour bar
     fig.update_layout(
         title=dict(text=title),
-        height=640,
-        width=700,
-        xaxis=dict(
-            tickmode="array",
-            tickvals=labels,
-            ticktext=ticks,
-            tickfont=dict(size=8),
-            title_text="token (grouped by role)",
-        ),
-        yaxis=dict(
-            tickmode="array",
-            tickvals=labels,
-            ticktext=ticks,
-            tickfont=dict(size=8),
-            autorange="reversed",
-        ),
-        margin=dict(t=60, b=60, l=60, r=20),
+        height=side + margin["t"] + margin["b"],
+        width=side + margin["l"] + margin["r"],
+        xaxis=axes["x"],
+        yaxis=dict(axes["y"], autorange="reversed"),
+        margin=margin,
     )
     return fig
+
+
+TICK_FONT = 11  # the smallest tick label a report figure uses
+# Pixels between tick labels (two digits at TICK_FONT): side by side on the x axis, one
+# above the other on the y axis.
+TICK_PX = {"x": 20, "y": 13}
+
+
+def _tick_subset(roles: list[str], cell_px: float, need_px: float) -> list[int]:
+    """Which tokens get a tick label when each takes `cell_px` pixels and a label
+    `need_px`: all of them when their labels fit, else every k-th of each role, its
+    first included (hover names every token)."""
+    every = max(1, math.ceil(need_px / cell_px - 1e-9))
+    out: list[int] = []
+    for role in dict.fromkeys(roles):
+        for i in [i for i, r in enumerate(roles) if r == role][::every]:
+            if out and i - out[-1] < every:  # a role's first crowding the last one's tick
+                out.pop()
+            out.append(i)
+    return out
 
 
 def pca_scatter(
@@ -92,6 +115,7 @@ def pca_scatter(
     labelled with the token value (ordered anchors show up as an ordered curve)."""
     ids, roles = _role_tokens(task)
     coords, ratio = pca(token_embeddings(model, ids), k=2)
+    labelled = _spread_out(coords.numpy())
     fig = go.Figure()
     for role in dict.fromkeys(roles):
         pick = [i for i, r in enumerate(roles) if r == role]
@@ -101,10 +125,12 @@ def pca_scatter(
                 y=coords[pick, 1].numpy(),
                 mode="markers+text",
                 name=role,
-                text=[str(ids[i]) for i in pick],
+                text=[str(ids[i]) if i in labelled else "" for i in pick],
+                customdata=[str(ids[i]) for i in pick],
                 textposition="top center",
-                marker=dict(color=ROLE_COLORS.get(role), size=9 if role != "key" else 5),
-                hovertemplate=f"{role} %{{text}}<br>PC1 %{{x:.3f}}<br>PC2 %{{y:.3f}}"
+                textfont=dict(size=TICK_FONT),
+                marker=dict(color=ROLE_COLORS.get(role), size=9 if role != "key" else 6),
+                hovertemplate=f"{role} %{{customdata}}<br>PC1 %{{x:.3f}}<br>PC2 %{{y:.3f}}"
                 "<extra></extra>",
             )
         )
@@ -116,6 +142,21 @@ def pca_scatter(
         margin=dict(t=60, b=50, l=60, r=20),
     )
     return fig
+
+
+def _spread_out(xy: np.ndarray, gap: tuple[float, float] = (0.06, 0.05)) -> set[int]:
+    """Points (in order: anchors first) whose text label clears every label already placed
+    by `gap` (a share of each axis's range): labels never pile up; the rest show on hover."""
+    span = np.ptp(xy, axis=0)
+    unit = xy / np.where(span > 0, span, 1)
+    placed: list[int] = []
+    for i in range(len(xy)):
+        if all(
+            abs(unit[i, 0] - unit[j, 0]) > gap[0] or abs(unit[i, 1] - unit[j, 1]) > gap[1]
+            for j in placed
+        ):
+            placed.append(i)
+    return set(placed)
 
 
 def _select(table: pd.DataFrame, where: dict) -> pd.DataFrame:
@@ -134,34 +175,45 @@ def _select(table: pd.DataFrame, where: dict) -> pd.DataFrame:
 
 
 def metric_over_steps(
-    table: pd.DataFrame, value: str = "value", title: str | None = None, **where
+    table: pd.DataFrame,
+    value: str = "value",
+    title: str | None = None,
+    y_title: str | None = None,
+    log_steps: bool = True,
+    **where,
 ) -> go.Figure:
     """`value` over training steps, one line per run coloured by gamma, from a tidy
     over-training table (filter with where=..., e.g. metric="within_cosine",
-    group="reasoning_anchor"; what remains is averaged per step)."""
+    group="reasoning_anchor"; what remains is averaged per step). The y axis is titled
+    `y_title`, else the metric filtered on (or `value`); checkpoints are log-spaced, so
+    the step axis is too (`step_axis`: init drawn left of the first step), unless
+    `log_steps=False`."""
     rows = _select(table, where)
     fig = go.Figure()
     runs = rows[["run", "gamma"]].drop_duplicates().sort_values("gamma")
+    where_x = step_positions(rows.step) if log_steps else None
     for i, (run, gamma) in enumerate(runs.itertuples(index=False, name=None)):
         line = rows[rows.run == run].groupby("step")[value].mean()
         fig.add_trace(
             go.Scatter(
-                x=line.index,
+                x=[where_x[int(s)] for s in line.index] if log_steps else line.index,
                 y=line.to_numpy(),
+                customdata=list(line.index),
                 mode="lines+markers",
                 name=f"gamma = {gamma:g}"
                 + (f" ({run})" if (runs.gamma == gamma).sum() > 1 else ""),
                 line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
-                hovertemplate=f"{run}<br>step %{{x}}<br>{value} %{{y:.4f}}<extra></extra>",
+                hovertemplate=f"{run}<br>step %{{customdata}}<br>{value} %{{y:.4f}}<extra></extra>",
             )
         )
     what = ", ".join(f"{k} {v}" for k, v in where.items())
+    metric = where.get("metric") if value == "value" else None
     fig.update_layout(
         title=dict(text=title or f"{what or value} over training"),
-        xaxis_title="step",
-        yaxis_title=value,
+        xaxis=step_axis(rows.step) if log_steps else dict(title_text="step"),
+        yaxis_title=y_title or str(metric or value).replace("_", " "),
         height=380,
-        margin=dict(t=50, b=40, l=60, r=20),
+        margin=dict(t=50, b=50, l=70, r=20),
     )
     return fig
 
@@ -258,21 +310,26 @@ def probes_by_layer(probes: pd.DataFrame, target: str = "label") -> go.Figure:
             )
     fig.update_layout(
         height=400,
-        yaxis=dict(title_text="held-out accuracy", range=[0, 1.02]),
+        yaxis=dict(title_text="held-out accuracy (probe, control task)", range=[0, 1.02]),
         xaxis=dict(title_text="hook (label position)", tickangle=-30),
         margin=dict(t=30, b=110, l=60, r=20),
     )
     return fig
 
 
-def facet_over_steps(table: pd.DataFrame, facet: str, title: str, **where) -> go.Figure:
+def facet_over_steps(
+    table: pd.DataFrame, facet: str, title: str, y_title: str | None = None, **where
+) -> go.Figure:
     """A tidy metric over steps, one panel per value of `facet` (e.g. source position),
-    one line per init scale; rows are filtered by `where` and averaged per step."""
+    one line per init scale; rows are filtered by `where` and averaged per step. The step
+    axis is `step_axis` (log, init at its left), as in `metric_over_steps`; the y axis is
+    titled `y_title`, else the metric."""
     rows = table
     for column, value in where.items():
         rows = rows[rows[column] == value]
     facets = sorted(rows[facet].dropna().unique())
     gammas = gammas_of(rows)
+    where_x = step_positions(rows.step)
     fig = make_subplots(
         rows=1,
         cols=max(1, len(facets)),
@@ -284,19 +341,24 @@ def facet_over_steps(table: pd.DataFrame, facet: str, title: str, **where) -> go
             line = rows[(rows[facet] == f) & (rows.gamma == gamma)].groupby("step").value.mean()
             fig.add_trace(
                 go.Scatter(
-                    x=line.index,
+                    x=[where_x[int(s)] for s in line.index],
                     y=line.to_numpy(),
+                    customdata=list(line.index),
                     mode="lines+markers",
                     name=f"gamma = {gamma:g}",
                     legendgroup=str(gamma),
                     showlegend=j == 1,
                     line=dict(color=gamma_color(gammas, gamma)),
+                    hovertemplate=f"gamma {gamma:g}<br>step %{{customdata}}<br>%{{y:.3f}}"
+                    "<extra></extra>",
                 ),
                 row=1,
                 col=j,
             )
-        fig.update_xaxes(title_text="step", type="log", row=1, col=j)
-    fig.update_layout(title=dict(text=title), height=360, margin=dict(t=70, b=40, l=60, r=20))
+        fig.update_xaxes(**step_axis(rows.step), row=1, col=j)
+    metric = where.get("metric", "value")
+    fig.update_yaxes(title_text=y_title or str(metric).replace("_", " "), row=1, col=1)
+    fig.update_layout(title=dict(text=title), height=380, margin=dict(t=70, b=50, l=70, r=20))
     return fig
 
 
@@ -320,8 +382,8 @@ def weight_change_bars(geometry: pd.DataFrame) -> go.Figure:
     fig.update_layout(
         barmode="group",
         height=420,
-        yaxis=dict(title_text="relative change", type="log"),
-        xaxis=dict(tickangle=-40),
+        yaxis=dict(title_text="||W_T - W_0|| / ||W_0|| (log scale)", type="log"),
+        xaxis=dict(tickangle=-40, title_text="weight matrix"),
         margin=dict(t=30, b=140, l=60, r=20),
     )
     return fig
@@ -334,22 +396,24 @@ def cka_to_final(cka: pd.DataFrame) -> go.Figure:
     rows = rows[rows.step_b == rows.groupby("run_b").step_b.transform("max")]
     gammas = sorted(rows.gamma_a.unique())
     dashes = ["solid", "dot", "dash", "dashdot"]
+    where = step_positions(rows.step_a)
     fig = go.Figure()
     for (run, gamma, layer), line in rows.groupby(["run_a", "gamma_a", "layer_a"]):
         line = line.sort_values("step_a")
         fig.add_trace(
             go.Scatter(
-                x=line.step_a,
+                x=[where[int(s)] for s in line.step_a],
                 y=line.cka,
+                customdata=list(line.step_a),
                 mode="lines+markers",
                 name=f"gamma = {gamma:g}, layer {layer}",
                 line=dict(color=gamma_color(gammas, gamma), dash=dashes[int(layer) % len(dashes)]),
-                hovertemplate=f"{run}<br>step %{{x}}<br>CKA %{{y:.3f}}<extra></extra>",
+                hovertemplate=f"{run}<br>step %{{customdata}}<br>CKA %{{y:.3f}}<extra></extra>",
             )
         )
     fig.update_layout(
         height=380,
-        xaxis_title="step",
+        xaxis=step_axis(rows.step_a),
         yaxis=dict(title_text="CKA with the last step", range=[0, 1.02]),
         margin=dict(t=30, b=40, l=60, r=20),
     )

@@ -99,9 +99,12 @@ def _attention_figures(doc: Report, geometry: pd.DataFrame) -> None:
             metric="attention_entropy",
             layer=0,
             title="First-layer attention entropy at the label position",
+            y_title="attention entropy (nats)",
         ),
         "Entropy of the first layer's attention from the label position, averaged "
-        "over heads and prompts (uniform attention = log of the sequence length).",
+        "over heads and prompts (uniform attention = log of the sequence length), at "
+        "every checkpoint (log step axis, init at its left, as in every figure over "
+        "checkpoints).",
     )
     doc.figure(
         "information_flow_layer0",
@@ -109,11 +112,13 @@ def _attention_figures(doc: Report, geometry: pd.DataFrame) -> None:
             geometry,
             "position",
             "First-layer attention from the label position, by source position",
+            y_title="share of attention",
             metric="information_flow",
             layer=0,
         ),
         "Share of the first layer's attention that the label position pays to each "
-        "source position over training (log step axis), averaged over heads.",
+        "source position, averaged over heads, at every checkpoint (the same log step "
+        "axis as the entropy above).",
     )
 
 

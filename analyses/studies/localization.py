@@ -31,6 +31,13 @@ RANKED = ("attn_out", "mlp_out", "z")
 LOCALIZED = ("resid_pre",) + RANKED
 # Below this clean-corrupted gap (in logits) the normalized score is noise over noise.
 MIN_GAP = 0.1
+# The top-k overlap is reported only over at least TOP_K_MIN * k patches: over fewer, the
+# top k are most of the patches and any two rankings overlap (chance alone gives k / n).
+TOP_K_MIN = 4
+# In a model whose attention layers have one head, that head's patch is the attention
+# output's (the head's output through W_O, plus a bias both runs share): rankings list it
+# once, as the attention output, named with this suffix.
+ONLY_HEAD = " (= its only head)"
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,11 @@ def localize(
         table["clean"], table["corrupted"] = exact.clean, exact.corrupted
         table["token"] = [tokens[p] if p >= 0 else "all" for p in table.position]
         tables.append(table)
-        agree = agreement(exact, estimate, k=min(top_k, exact.values.numel()))
+        k = min(top_k, exact.values.numel())
+        agree = agreement(exact, estimate, k=k)
+        effect = (exact.values - exact.corrupted).flatten().abs()
+        guess = (estimate.values - exact.corrupted).flatten().abs()
+        error = (table.attribution_normalized - table.normalized).abs().mean()
         agreements.append(
             {
                 **labels,
@@ -120,7 +131,12 @@ def localize(
                 "component": component,
                 "pearson": agree["pearson"],
                 "spearman": agree["spearman"],
-                "top_k_overlap": agree[f"top{min(top_k, exact.values.numel())}_overlap"],
+                # With few patches the top k are most of them (chance alone: k / n).
+                "top_k_overlap": agree[f"top{k}_overlap"]
+                if agree["n_patches"] >= TOP_K_MIN * k
+                else float("nan"),
+                "top_patch_match": float(int(effect.argmax()) == int(guess.argmax())),
+                "mean_abs_error": float(error) if ok else float("nan"),
                 "n_patches": agree["n_patches"],
                 "clean": exact.clean,
                 "corrupted": exact.corrupted,
@@ -169,15 +185,40 @@ def localize_run(
     return pd.concat(tables, ignore_index=True), pd.concat(agreements, ignore_index=True)
 
 
+def single_head_runs(table: pd.DataFrame) -> set[str]:
+    """The runs whose every attention layer has one head (head patches: head 0 only)."""
+    heads = table[table.component == "z"].groupby("run")["head"].max()
+    return set(heads[heads == 0].index)
+
+
+def patch_names(table: pd.DataFrame, single: set[str] | None = None) -> list[str]:
+    """Each row's patch name ('mlp_out L1 @a2'); in a single-head run (`single`, default
+    `single_head_runs(table)`) the attention output is named as its only head too
+    ('attn_out L0 @a2 (= its only head)')."""
+    single = single_head_runs(table) if single is None else single
+    return [
+        component_label(r) + (ONLY_HEAD if r.component == "attn_out" and r.run in single else "")
+        for r in table.itertuples()
+    ]
+
+
+def ranked_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the ranked components (attention/MLP outputs and heads, not the residual
+    stream) with their `patch` name, a single-head run's head rows left out: they repeat
+    its attention output (`ONLY_HEAD`)."""
+    single = single_head_runs(table)
+    rows = table[table.component.isin(RANKED)]
+    rows = rows[~((rows.component == "z") & rows.run.isin(single))]
+    return rows.assign(patch=patch_names(rows, single) if len(rows) else [])
+
+
 def rank_components(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     """The `top` component patches by |normalized effect| per run (gamma) and experiment,
     at each run's last analysed step, among attention/MLP outputs and heads (not the
-    residual stream)."""
-    rows = last_steps(table)
-    rows = rows[rows.component.isin(RANKED) & rows.normalized.notna()]
-    rows = rows.assign(
-        patch=[component_label(r) for r in rows.itertuples()], effect=rows.normalized.abs()
-    )
+    residual stream; a single-head run's head once, as its attention output)."""
+    rows = ranked_rows(last_steps(table))
+    rows = rows[rows.normalized.notna()]
+    rows = rows.assign(effect=rows.normalized.abs())
     keys = ["gamma", "run", "experiment"]
     ranked = (
         rows.sort_values("effect", ascending=False)
@@ -204,15 +245,46 @@ def rank_components(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:
     ].reset_index(drop=True)
 
 
+def undefined_steps(table: pd.DataFrame) -> list[str]:
+    """Why lines over training have gaps: per run and experiment, the analysed steps where
+    the clean and corrupted logit differences lie within MIN_GAP of each other (the
+    normalized effect is undefined there), with their gaps; [] when there are none."""
+    out = []
+    rows = table.drop_duplicates(["run", "step", "experiment"]).sort_values(["gamma", "step"])
+    for (gamma, run, experiment), part in rows.groupby(["gamma", "run", "experiment"], sort=False):
+        gap = part.clean - part.corrupted
+        missing = part[gap.abs() < MIN_GAP]
+        if missing.empty:
+            continue
+        steps = ", ".join(f"{int(r.step)} ({r.stage})" for r in missing.itertuples())
+        gaps = ", ".join(f"{g:+.2f}" for g in (missing.clean - missing.corrupted))
+        name = f" ({run})" if (rows.drop_duplicates("run").gamma == gamma).sum() > 1 else ""
+        where = (
+            "at any analysed step (no line)"
+            if len(missing) == len(part)
+            else f"at step{'s' if len(missing) > 1 else ''} {steps}"
+        )
+        yet = "yet " if missing.step.max() < part.step.max() else ""
+        out.append(
+            f"gamma = {gamma:g}{name}, {experiment} prompts: no normalized effect {where}. "
+            f"There the clean and corrupted logit differences are within {MIN_GAP:g} of "
+            f"each other (clean minus corrupted: {gaps}): the model does not {yet}tell "
+            f"the clean answer from the corrupted one, so there is no gap for a patch to "
+            f"restore and the normalized effect is undefined."
+        )
+    return out
+
+
 def compare_tasks(table: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
     """Per run (gamma) and ranked patch at the last step: normalized effect on `first` and
     on `second` prompts and their difference, largest |difference| first."""
-    rows = last_steps(table)
-    rows = rows[rows.component.isin(RANKED) & rows.experiment.isin([first, second])]
-    rows = rows.assign(patch=[component_label(r) for r in rows.itertuples()])
-    wide = rows.pivot_table(
-        index=["gamma", "run", "patch"], columns="experiment", values="normalized"
-    ).reset_index()
+    rows = ranked_rows(last_steps(table))
+    rows = rows[rows.experiment.isin([first, second])]
+    wide = (
+        rows.pivot_table(index=["gamma", "run", "patch"], columns="experiment", values="normalized")
+        .reset_index()
+        .rename_axis(columns=None)
+    )
     if first not in wide or second not in wide:
         return pd.DataFrame(columns=["gamma", "run", "patch", first, second, "difference"])
     wide["difference"] = wide[first] - wide[second]
@@ -233,7 +305,7 @@ def summary(table: pd.DataFrame, first: str, second: str) -> list[str]:
     ranked = rank_components(table, top=1)
     diffs = compare_tasks(table, first, second)
     finals = last_steps(table)
-    finals = finals.assign(patch=[component_label(r) for r in finals.itertuples()])
+    finals = finals.assign(patch=patch_names(finals))
     runs = finals[["gamma", "run"]].drop_duplicates().sort_values(["gamma", "run"])
     many = runs.gamma.duplicated().any()  # several runs per gamma: name them
     out = []

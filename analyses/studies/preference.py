@@ -42,6 +42,8 @@ def relative_loss_gap(
 ) -> pd.Series:
     """(L_memory - L_reasoning) / L_reasoning per step; > 0 means reasoning is ahead."""
     loss = curves(metrics, "loss")
+    if reasoning not in loss or memory not in loss:  # no evaluation logged yet
+        return pd.Series(dtype=float, name="relative_loss_gap")
     return ((loss[memory] - loss[reasoning]) / loss[reasoning]).rename("relative_loss_gap")
 
 
@@ -57,9 +59,11 @@ def preference_row(run: Run, threshold: float = 0.9) -> dict:
         "task": task.name,
         "steps": int(acc.index.max()) if len(acc) else 0,
     }
-    for group in acc.columns:
-        row[f"step_to_{int(threshold * 100)}_{group}"] = first_step_reaching(acc[group], threshold)
-        row[f"final_acc_{group}"] = float(acc[group].iloc[-1])
+    groups = [g.name for g in task.eval_groups()]  # every group, evaluated yet or not
+    for group in dict.fromkeys([*groups, *acc.columns]):
+        curve = acc[group] if group in acc else pd.Series(dtype=float)
+        row[f"step_to_{int(threshold * 100)}_{group}"] = first_step_reaching(curve, threshold)
+        row[f"final_acc_{group}"] = float(curve.iloc[-1]) if len(curve) else float("nan")
     t_r, t_m = (
         row.get(f"step_to_{int(threshold * 100)}_{r}"),
         row.get(f"step_to_{int(threshold * 100)}_{m}"),

@@ -100,6 +100,14 @@ def _init_table(run: Run) -> str:
     return table_html(init.astype({"shape": str, "d_in": int}))
 
 
+def _by_run(table: pd.DataFrame) -> pd.DataFrame:
+    """The preference table with one column per run (a step never reached reads "never")."""
+    steps = [c for c in table.columns if c.startswith("step_to_")]
+    table = table.astype({c: object for c in steps})
+    table[steps] = table[steps].where(table[steps].notna(), "never")
+    return table.set_index("run").T.rename_axis(columns=None).reset_index(names="")
+
+
 def _behaviour(doc: Report, runs: list[Run]) -> None:
     task = runs[0].config.task
     table = preference_table(runs)
@@ -108,7 +116,7 @@ def _behaviour(doc: Report, runs: list[Run]) -> None:
         "<h2>Does small init prefer reasoning?</h2>",
         paragraphs(verdict(table, r, m)),
         "<h3>Preference summary</h3>",
-        table_html(table.set_index("run").T.rename_axis(columns=None).reset_index(names="")),
+        table_html(_by_run(table)),
         '<p class="caption">One column per run. step_to_90_G: first evaluated step at '
         "which group G reached 90% accuracy. reasoning_lead_steps: memory step minus "
         "reasoning step (a group that never got there counts as the last step). "

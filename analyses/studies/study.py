@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from initlens.analyses.figures.export import export_table, figure_formats
+from initlens.analyses.figures.export import check_folder_path, export_table, figure_formats
 from initlens.analyses.studies.preference import preference_table
 from initlens.analyses.studies.report import write_report
 from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_runs
@@ -28,6 +28,7 @@ from initlens.models.config import RunConfig
 from initlens.models.errors import UserError
 from initlens.models.progress import Log, Progress
 from initlens.models.run import Run
+from initlens.models.run_writer import LOCK
 from initlens.models.train import train
 
 DEMO_GAMMAS = (0.3, 0.8)
@@ -47,11 +48,15 @@ def check_folder(
 ) -> None:
     """Refuse to mix work: `out` must be new, empty, or hold the same spec in its `marker`
     file (then it resumes; `normalize` fills in config fields added since it was written);
-    `overwrite` replaces only a folder with that marker."""
+    `overwrite` empties only a folder with that marker (keeping the lock file of the
+    process that holds it)."""
+    check_folder_path(out)
     kind, file = Path(marker).stem, out / marker
+    content = [p for p in out.iterdir() if p.name != LOCK] if out.is_dir() else []
     if overwrite and file.exists():
-        shutil.rmtree(out)
-    elif overwrite and out.exists() and any(out.iterdir()):
+        for path in content:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif overwrite and content:
         raise UserError(
             f"{out} is not a {kind} folder (no {marker}); refusing to overwrite "
             f"it: choose another folder",
@@ -63,7 +68,7 @@ def check_folder(
             f"or choose another folder",
             option="out",
         )
-    elif not file.exists() and out.exists() and any(out.iterdir()):
+    elif content and not file.exists():
         raise UserError(f"{out} exists and is not empty; choose a new folder", option="out")
 
 

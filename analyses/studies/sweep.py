@@ -44,13 +44,14 @@ from initlens.analyses.figures.labels import value_text
 from initlens.analyses.figures.phase_diagram import phase_diagram
 from initlens.analyses.studies.phase import rows_axis
 from initlens.analyses.studies.preference import preference_row, readout_row
+from initlens.analyses.studies.study import check_folder
 from initlens.models.checkpoint import read_json, write_json
 from initlens.models.config import RunConfig
 from initlens.models.ensemble import can_ensemble, ensemble_key, train_ensemble
 from initlens.models.errors import UserError
 from initlens.models.progress import Bar, Log, Progress, show_progress
 from initlens.models.run import Run
-from initlens.models.run_writer import LOCK, FolderLock
+from initlens.models.run_writer import FolderLock
 from initlens.models.threads import configure_threads
 from initlens.models.train import mark_failed, train
 
@@ -484,7 +485,9 @@ def run_sweep(
         if backend == "ray":  # before anything is written
             ray = connect_ray(address)
             slots = ray_slots(ray.cluster_resources(), cpus_per_task, gpus_per_task)
-        _claim_folder(out, spec, overwrite)
+        check_folder(  # with the lock held: two sweeps never both clear or fill it
+            out, "sweep.json", spec, overwrite, lambda d: Sweep.from_dict(d, str(out)).to_dict()
+        )
         (out / "runs").mkdir(parents=True, exist_ok=True)
         write_json(out / "sweep.json", spec)
         todo = pending([(cfg, out / "runs" / name) for name, cfg in configs])
@@ -495,32 +498,6 @@ def run_sweep(
         else:
             run_local(plan(todo, strategy), tally, bars, retries)
         return report_sweep(out, formats)
-
-
-def _claim_folder(out: Path, spec: dict, overwrite: bool) -> None:
-    """`out` must be new, empty, or hold this sweep (then it resumes); `overwrite` empties
-    one holding a sweep. Called with the folder's lock held: its lock file stays."""
-    marker = out / "sweep.json"
-    content = [p for p in out.iterdir() if p.name != LOCK]
-    if overwrite and marker.exists():
-        for path in content:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    elif overwrite and content:
-        raise UserError(
-            f"{out} is not a sweep folder (no sweep.json); refusing to overwrite it: "
-            f"choose another folder",
-            option="out",
-        )
-    elif (
-        marker.exists()
-        and Sweep.from_dict(read_json(marker, "sweep file"), str(out)).to_dict() != spec
-    ):
-        raise UserError(
-            f"{out} holds a different sweep; set overwrite to replace it, or choose another folder",
-            option="out",
-        )
-    elif content and not marker.exists():
-        raise UserError(f"{out} exists and is not empty; choose a new folder", option="out")
 
 
 def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[str, object]:
