@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from initlens.models.evaluate import EvalSet, make_eval_set, score_logits
 from initlens.models.forward import Weights, block, embed, unembed
 from initlens.models.run import Run
 from initlens.models.run_writer import LOCK, RunWriter
-from initlens.models.train import training_data
+from initlens.models.train import checkpoint_fits, training_data
 from initlens.models.trainer import adamw, batch_indices, run_training
 
 EVAL_ROWS = 2048  # evaluation rows per member in one pass
@@ -194,12 +193,12 @@ def _train_members(
     inits = [realized_init(model, cfg.model) for cfg, model in zip(cfgs, models)]
     start = points[0][0] if points else 0
     for writer, model, (_, weights, _) in zip(writers, models, points or []):
-        with _fits(writer, start):
+        with checkpoint_fits(writer.path, start, option="outs"):
             model.load_state_dict(weights, strict=True)
     members = StackedMembers(cfgs, models, x_train, y_train, evalsets, device)
     del models
     if points:
-        with _fits(writers[0], start):
+        with checkpoint_fits(writers[0].path, start, option="outs"):
             members.load_optimizer([optimizer for _, _, optimizer in points])
     for cfg, writer, init in zip(cfgs, writers, inits):
         if points:
@@ -209,21 +208,6 @@ def _train_members(
     run_training(
         members, writers, tc, start, stop_at, desc=f"ensemble of {len(cfgs)}", progress=progress
     )
-
-
-@contextmanager
-def _fits(writer: RunWriter, step: int):
-    """A checkpoint that does not fit the model becomes a UserError saying which."""
-    try:
-        yield
-    except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[-1].strip()
-        raise UserError(
-            f"the checkpoint of step {step} in {writer.path} does not match its "
-            f"config.json ({first}); restore the checkpoint, or delete the run to "
-            f"retrain it",
-            option="outs",
-        ) from None
 
 
 class StackedMembers:

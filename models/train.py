@@ -9,6 +9,7 @@ with ensembles; this module supplies the one member and its step.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -43,6 +44,22 @@ __all__ = [
     "train",
     "training_data",
 ]
+
+
+@contextmanager
+def checkpoint_fits(out: Path, step: int, option: str = "out"):
+    """Loading a checkpoint (or its optimizer state) that does not fit the model becomes a
+    UserError saying which."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[-1].strip()
+        raise UserError(
+            f"the checkpoint of step {step} in {out} does not match its config.json "
+            f"({first}); restore the checkpoint, or delete "
+            f"checkpoints/optimizer.safetensors to retrain from the start",
+            option=option,
+        ) from None
 
 
 def train(
@@ -101,17 +118,9 @@ def _train(
     start = 0
     if point is not None:
         start, weights, opt_tensors = point
-        try:
+        with checkpoint_fits(out, start):
             model.load_state_dict(weights, strict=True)
             load_optimizer_tensors(opt, opt_tensors)
-        except (RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[-1].strip()
-            raise UserError(
-                f"the checkpoint of step {start} in {out} does not match its "
-                f"config.json ({first}); restore the checkpoint, or delete "
-                f"checkpoints/optimizer.safetensors to retrain from the start",
-                option="out",
-            ) from None
     if resume:  # metrics written so far are kept; redone evaluations are not rewritten
         writer.resume(init)
     else:
