@@ -87,7 +87,7 @@ def train(
                     f"without giving a config or options, or train into another "
                     f"output folder"
                 )
-            cfg = saved.config
+            cfg = saved.config.validate()  # a config.json edited by hand is checked too
             if saved.done:
                 return saved
         return _train(cfg, writer, resume, stop_at, progress)
