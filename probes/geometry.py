@@ -109,28 +109,39 @@ def _centered_gram(X: torch.Tensor, debiased: bool) -> torch.Tensor:
     return (K - means[:, None] - means[None, :]).fill_diagonal_(0)
 
 
+def cka_matrix(
+    reps: Sequence[Float[torch.Tensor, "n _"]], debiased: bool = True
+) -> Float[torch.Tensor, "r r"]:
+    """Linear CKA (Kornblith et al. 2019) between every pair of representations of the
+    same n inputs; debiased uses the unbiased HSIC estimator (Song et al. 2012; Nguyen et
+    al. 2021). Each centered Gram matrix is computed once and every pair is one dot
+    product, so r representations cost r Gram matrices, not r^2.
+
+    1 for identical inputs, invariant to orthogonal maps and isotropic scaling; NaN when
+    an input has no variance. The debiased value can be slightly negative."""
+    reps = [_matrix(X, f"representation {i}") for i, X in enumerate(reps)]
+    rows = {X.shape[0] for X in reps}
+    if len(rows) > 1:
+        raise UserError(
+            f"linear CKA: the representations must have the same rows (inputs); got {sorted(rows)}"
+        )
+    if debiased and rows.pop() < 4:
+        raise UserError(
+            "linear CKA: the debiased estimator needs at least 4 rows; "
+            "pass more inputs or debiased=False"
+        )
+    grams = torch.stack([_centered_gram(X, debiased).flatten() for X in reps])
+    norms = grams.norm(dim=1, keepdim=True)
+    unit = torch.where(norms > 0, grams / norms.clamp_min(1e-300), float("nan"))
+    upper = torch.triu(unit @ unit.T)
+    return upper + torch.triu(upper, 1).T  # exactly symmetric
+
+
 def linear_cka(
     X: Float[torch.Tensor, "n d1"], Y: Float[torch.Tensor, "n d2"], debiased: bool = True
 ) -> float:
-    """Linear CKA (Kornblith et al. 2019) between two representations of the same n inputs;
-    debiased uses the unbiased HSIC estimator (Song et al. 2012; Nguyen et al. 2021).
-
-    1 for identical inputs, invariant to orthogonal maps and isotropic scaling; NaN when
-    either input has no variance. The debiased value can be slightly negative."""
-    X, Y = _matrix(X, "X"), _matrix(Y, "Y")
-    if X.shape[0] != Y.shape[0]:
-        raise UserError(
-            f"linear_cka: X and Y must have the same rows (inputs); got "
-            f"{X.shape[0]} and {Y.shape[0]}"
-        )
-    if debiased and X.shape[0] < 4:
-        raise UserError(
-            "linear_cka: the debiased estimator needs at least 4 rows; "
-            "pass more inputs or debiased=False"
-        )
-    K, L = _centered_gram(X, debiased), _centered_gram(Y, debiased)
-    denom = K.norm() * L.norm()
-    return float((K * L).sum() / denom) if denom > 0 else float("nan")
+    """Linear CKA between two representations of the same n inputs (see `cka_matrix`)."""
+    return float(cka_matrix([X, Y], debiased)[0, 1])
 
 
 def condensation(W: Float[torch.Tensor, "n_vectors d"], threshold: float = 0.7) -> dict:

@@ -72,7 +72,8 @@ def _loss_grad(t: Tensor, X: Tensor, Y: Tensor, r: Tensor, lam: Tensor) -> tuple
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum((1, 2))
+    """Per-probe inner product of two [probe, e, k] tensors (one batched matmul)."""
+    return (a.flatten(1)[:, None] @ b.flatten(1)[:, :, None]).view(-1)
 
 
 def _line_search(t, d, loss, g, data, tries: int = 20):
@@ -82,27 +83,32 @@ def _line_search(t, d, loss, g, data, tries: int = 20):
     and which probes found a step."""
     slope = _dot(g, d)  # < 0
     step = torch.ones_like(loss)
-    out_t, out_loss, out_g = t.clone(), loss.clone(), g.clone()
-    found = torch.zeros_like(loss, dtype=torch.bool)
     todo = torch.arange(len(t), device=t.device)
+    out = None  # (t, loss, g, found) once some probe needs a shorter step
     for _ in range(tries):
-        a = step[todo, None, None]
-        trial = t[todo] + a * d[todo]
-        tl, tg = _loss_grad(trial, *(x[todo] for x in data))
-        f0, s0 = loss[todo], slope[todo]
-        ok = (tl <= f0 + 1e-4 * step[todo] * s0) | (
-            (tl <= f0 + 1e-6 * f0.abs()) & (_dot(tg, d[todo]) <= -0.8 * s0)
+        every = len(todo) == len(t)  # the usual case: no copies of the data
+        pick = (lambda x: x) if every else (lambda x: x[todo])
+        a = pick(step)[:, None, None]
+        trial = pick(t) + a * pick(d)
+        tl, tg = _loss_grad(trial, *(data if every else tuple(x[todo] for x in data)))
+        f0, s0 = pick(loss), pick(slope)
+        ok = (tl <= f0 + 1e-4 * pick(step) * s0) | (
+            (tl <= f0 + 1e-6 * f0.abs()) & (_dot(tg, pick(d)) <= -0.8 * s0)
         )
+        if every and bool(ok.all()):  # the full step, for every probe
+            return trial, tl, tg, ok
+        if out is None:
+            out = t.clone(), loss.clone(), g.clone(), torch.zeros_like(ok)
         done = todo[ok]
-        out_t[done], out_loss[done], out_g[done], found[done] = trial[ok], tl[ok], tg[ok], True
+        out[0][done], out[1][done], out[2][done], out[3][done] = trial[ok], tl[ok], tg[ok], True
         # Minimizer of the quadratic through f0, s0 and the trial value, kept in [0.1, 0.5].
-        curv = (tl - f0 - s0 * step[todo]).clamp(min=1e-30)
-        shorter = (-s0 * step[todo] ** 2 / (2 * curv)).clamp(0.1 * step[todo], 0.5 * step[todo])
-        step[todo] = shorter
+        cur = pick(step)
+        curv = (tl - f0 - s0 * cur).clamp(min=1e-30)
+        step[todo] = (-s0 * cur**2 / (2 * curv)).clamp(0.1 * cur, 0.5 * cur)
         todo = todo[~ok]
         if len(todo) == 0:
             break
-    return out_t, out_loss, out_g, found
+    return out
 
 
 def _lbfgs(
@@ -435,6 +441,18 @@ def _classes(name: str, values: np.ndarray, defined: np.ndarray, train: np.ndarr
     return y, len(classes)
 
 
+def _distinct(acts: Float[Tensor, "hook n seq d"]) -> tuple[list[int], list[int]]:
+    """The first hook of each set of equal activations, and each hook's index among them."""
+    distinct: list[int] = []
+    slot = []
+    for i in range(len(acts)):
+        same = [k for k, j in enumerate(distinct) if torch.equal(acts[i], acts[j])]
+        if not same:
+            distinct.append(i)
+        slot.append(same[0] if same else len(distinct) - 1)
+    return distinct, slot
+
+
 def probe_model(
     model,
     rows,
@@ -492,6 +510,10 @@ def probe_model(
             acts = torch.stack([cache[hook_name(c, layer)] for c, layer in hooks]).to(
                 dev, torch.float32
             )  # [hook, n, seq, d]
+            # Hooks holding the same activations (resid_post of layer L is resid_pre of
+            # L + 1) are fitted once: slot[i] is hook i's probe among the distinct ones.
+            distinct, slot = _distinct(acts)
+            acts = acts[distinct]
             mean = acts[:, tr].mean(1, keepdim=True)
             std = acts[:, tr].std(1, unbiased=False, keepdim=True)
             acts = (acts - mean) / torch.where(std > 0, std, 1)
@@ -505,9 +527,9 @@ def probe_model(
                 types = control_types(rows, pos)
                 n_types = len(np.unique(types[defined]))
                 ctrl = np.searchsorted(classes, control_labels(types, values, defined, seed))
+                h = len(distinct)
                 y_both = torch.as_tensor(
-                    np.stack([y] * len(hooks) + [np.where(y >= 0, ctrl, -1)] * len(hooks)),
-                    device=dev,
+                    np.stack([y] * h + [np.where(y >= 0, ctrl, -1)] * h), device=dev
                 )
                 X = acts[:, :, pos - first].repeat(2, 1, 1)  # real probes, then controls
                 key = (target, pos, shape)
@@ -527,8 +549,7 @@ def probe_model(
                 )
                 if state is not None:
                     state[key] = fit
-                h = len(hooks)
-                for i, (comp, layer) in enumerate(hooks):
+                for (comp, layer), i in zip(hooks, slot):
                     acc, ctrl_acc = fit.accuracy[i].item(), fit.accuracy[h + i].item()
                     out.append(
                         dict(

@@ -9,6 +9,7 @@ from initlens.models import CompositeTask, UserError
 from initlens.probes.geometry import (
     GEOMETRY_COLUMNS,
     attention_entropy,
+    cka_matrix,
     components_for_variance,
     condensation,
     cosine_matrix,
@@ -244,3 +245,16 @@ def test_components_for_variance_matches_sklearn_pca(fraction):
     assert components_for_variance(torch.zeros(5, 3)) == 0
     with pytest.raises(UserError, match="fraction"):
         components_for_variance(X, 1.5)
+
+
+def test_cka_matrix_is_every_pair_of_linear_cka():
+    reps = [randn(40, d, seed=s) for s, d in ((1, 5), (2, 7), (3, 5))]
+    reps.append(reps[0] @ random_orthogonal(5))
+    for debiased in (True, False):
+        matrix = cka_matrix(reps, debiased)
+        assert torch.equal(matrix, matrix.T)
+        for i, a in enumerate(reps):
+            for j, b in enumerate(reps):
+                assert matrix[i, j].item() == pytest.approx(linear_cka(a, b, debiased), abs=1e-12)
+        assert matrix[0, 3].item() == pytest.approx(1.0, abs=1e-9)
+    assert torch.isnan(cka_matrix([torch.ones(6, 2), randn(6, 2, seed=4)])[0, 1])

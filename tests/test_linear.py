@@ -21,6 +21,7 @@ from initlens.models.tasks.base import dataset_arrays
 from initlens.probes.linear import (
     TARGETS,
     LinearProbe,
+    _distinct,
     control_labels,
     control_types,
     fit_probes,
@@ -292,3 +293,10 @@ def test_probe_model_errors(tiny_run):
         probe_model(model, few, task, targets=("label",))
     with pytest.raises(UserError, match="unknown probe target"):
         probe_model(model, rows, task, targets=("keys",))
+
+
+def test_hooks_with_equal_activations_are_fitted_once():
+    a, b = torch.randn(2, 5, 3, 4)
+    acts = torch.stack([a, b, a.clone(), b, a])
+    assert _distinct(acts) == ([0, 1], [0, 1, 0, 1, 0])
+    assert _distinct(torch.stack([a, b])) == ([0, 1], [0, 1])

@@ -18,6 +18,7 @@ from initlens.analyses.studies.over_training import (
     geometry_over_training,
     over_training,
     select_steps,
+    stage_steps,
 )
 from initlens.models.errors import UserError
 from initlens.probes.geometry import cosine_matrix, token_embeddings, token_roles
@@ -185,6 +186,8 @@ def test_linear_cli_probes_every_hook_position_and_step(capsys, tmp_path, tiny_r
         "resid_pre,resid_post",
         "--n",
         400,
+        "--steps",
+        "all",
         "--out",
         tmp_path,
     )
@@ -193,6 +196,12 @@ def test_linear_cli_probes_every_hook_position_and_step(capsys, tmp_path, tiny_r
     cfg = tiny_run.config
     per_step = 2 * 2 * cfg.model.n_layers * cfg.task.seq_len  # targets x components x ...
     assert len(table) == per_step * len(tiny_run.checkpoint_steps())
+    # resid_post of layer 0 is resid_pre of layer 1: fitted once, the same numbers.
+    same = ["step", "target", "position"]
+    post0 = table[table.hook == "blocks.0.hook_resid_post"].set_index(same)
+    pre1 = table[table.hook == "blocks.1.hook_resid_pre"].set_index(same)
+    columns = ["accuracy", "control_accuracy", "train_accuracy"]
+    pd.testing.assert_frame_equal(post0[columns], pre1[columns].loc[post0.index])
     assert (table.selectivity == table.accuracy - table.control_accuracy).all()
     assert table.accuracy.between(0, 1).all() and (table.n_test > 0).all()
     assert "best selectivity" in out
@@ -203,3 +212,10 @@ def test_linear_cli_probes_every_hook_position_and_step(capsys, tmp_path, tiny_r
         run_cli(capsys, "linear", tiny_run.path, "--target", "colour", "--out", tmp_path),
         "unknown probe target.*choose from key",
     )
+
+
+def test_linear_cli_defaults_to_the_stage_checkpoints(capsys, tmp_path, tiny_run):
+    code, _, err = run_cli(capsys, "linear", tiny_run.path, "--rows", 400, "--out", tmp_path)
+    assert code == 0, err
+    table = pd.read_parquet(tmp_path / "probes.parquet")
+    assert sorted(table.step.unique()) == list(stage_steps(tiny_run))

@@ -2,7 +2,9 @@
 
 Each writes a tidy table (CSV and parquet) with run, gamma and step columns, and plotly
 figures (HTML by default; PNG/SVG/PDF as asked, when Chromium is there). `steps`: "all",
-"last", a step number or a list of them; `rows`: task rows; `inverse_l2`: scikit-learn's C.
+"stages" (init, early, each task type learned, end: the default of `probe linear`, whose
+fits cost seconds per checkpoint), "last", a step number or a list of them; `rows`: task
+rows; `inverse_l2`: scikit-learn's C.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ def linear_command(
     out: str | Path,
     targets=("key",),
     components=("resid_pre", "resid_mid", "resid_post"),
-    steps="all",
+    steps="stages",
     rows: int = 20000,
     inverse_l2: float = 1.0,
     formats: Sequence[str] = ("html",),

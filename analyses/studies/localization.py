@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from initlens.analyses.figures.labels import component_label, position_labels
-from initlens.analyses.studies.over_training import last_steps
-from initlens.analyses.studies.preference import curves, first_step_reaching
+from initlens.analyses.studies.over_training import last_steps, stage_steps
 from initlens.models.progress import Progress, tracked
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement, attribution_patch
@@ -53,33 +52,6 @@ def experiments(task) -> list[Experiment]:
     """The task's localization experiments (`Task.patch_experiments`): key corruption on
     each task type, plus (4,3) vs (3,4) on composite; none for tasks without corruptions."""
     return [Experiment(*e) for e in task.patch_experiments()]
-
-
-def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:
-    """{checkpoint step: stage} for init, early (the checkpoint nearest a tenth of
-    training), the first checkpoint at or after each task type reaches `threshold`, and the
-    end. Stages that fall on one checkpoint share it ("end, reasoning 90%")."""
-    steps = run.checkpoint_steps()
-    stages: dict[int, list[str]] = {}
-
-    def add(step: int, label: str) -> None:
-        stages.setdefault(step, []).append(label)
-
-    add(steps[0], "init")
-    if len(steps) > 2:
-        add(min(steps[1:-1], key=lambda s: abs(s - steps[-1] / 10)), "early")
-    task = run.config.task
-    acc = curves(run.metrics(), "accuracy")
-    for group in (task.reasoning_group, task.memory_group):
-        if group in acc:
-            reached = first_step_reaching(acc[group], threshold)
-            if reached is not None:
-                add(
-                    next(s for s in steps if s >= reached) if reached <= steps[-1] else steps[-1],
-                    f"{group} {threshold:.0%}",
-                )
-    add(steps[-1], "end")
-    return {s: ", ".join(stages[s]) for s in sorted(stages)}
 
 
 def localize(

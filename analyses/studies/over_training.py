@@ -15,12 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from initlens.analyses.studies.preference import curves, first_step_reaching
 from initlens.models.errors import UserError
 from initlens.models.forward import Weights, hook_name, run_with_cache
 from initlens.models.progress import Progress, tracked
 from initlens.models.run import Run
 from initlens.models.tasks.base import dataset_arrays
-from initlens.probes.geometry import geometry_metrics, linear_cka, weight_change_table
+from initlens.probes.geometry import cka_matrix, geometry_metrics, weight_change_table
 
 Measure = Callable[[object, Run, int], "pd.DataFrame | dict"]
 
@@ -32,10 +33,40 @@ def open_runs(runs: Sequence[str | Path | Run]) -> list[Run]:
     return [r if isinstance(r, Run) else Run.open(r) for r in runs]
 
 
+def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:
+    """{checkpoint step: stage} for init, early (the checkpoint nearest a tenth of
+    training), the first checkpoint at or after each task type reaches `threshold`, and the
+    end. Stages that fall on one checkpoint share it ("end, reasoning 90%")."""
+    steps = run.checkpoint_steps()
+    stages: dict[int, list[str]] = {}
+
+    def add(step: int, label: str) -> None:
+        stages.setdefault(step, []).append(label)
+
+    add(steps[0], "init")
+    if len(steps) > 2:
+        add(min(steps[1:-1], key=lambda s: abs(s - steps[-1] / 10)), "early")
+    task = run.config.task
+    acc = curves(run.metrics(), "accuracy")
+    for group in (task.reasoning_group, task.memory_group):
+        if group in acc:
+            reached = first_step_reaching(acc[group], threshold)
+            if reached is not None:
+                add(
+                    next(s for s in steps if s >= reached) if reached <= steps[-1] else steps[-1],
+                    f"{group} {threshold:.0%}",
+                )
+    add(steps[-1], "end")
+    return {s: ", ".join(stages[s]) for s in sorted(stages)}
+
+
 def select_steps(run: Run, steps: str | int | Sequence[int | str] | None) -> list[int]:
-    """'all' (or None): every checkpoint; 'last'/an int/a list: those (checked to exist)."""
+    """'all' (or None): every checkpoint; 'stages': those of `stage_steps`; 'last'/an
+    int/a list: those (checked to exist)."""
     if steps is None or steps == "all":
         return run.checkpoint_steps()
+    if steps == "stages":
+        return list(stage_steps(run))
     if isinstance(steps, (str, int)):
         return [run.resolve_step(steps)]
     return [run.resolve_step(s) for s in steps]
@@ -157,25 +188,24 @@ def cka_over_training(
         for layer, acts in label_activations(run.load_model(step), tokens, component).items():
             reps[(run.name, run.config.model.gamma, step, layer)] = acts
     keys = list(reps)
-    out = []
-    for i, a in enumerate(keys):
-        for b in keys[i:]:
-            value = linear_cka(reps[a], reps[b], debiased=debiased)
-            for x, y in ((a, b), (b, a)) if a != b else ((a, b),):
-                out.append(
-                    dict(
-                        run_a=x[0],
-                        gamma_a=x[1],
-                        step_a=x[2],
-                        layer_a=x[3],
-                        run_b=y[0],
-                        gamma_b=y[1],
-                        step_b=y[2],
-                        layer_b=y[3],
-                        cka=value,
-                    )
-                )
-    return pd.DataFrame(out)
+    cka = cka_matrix(list(reps.values()), debiased=debiased).tolist()
+    return pd.DataFrame(
+        [
+            dict(
+                run_a=a[0],
+                gamma_a=a[1],
+                step_a=a[2],
+                layer_a=a[3],
+                run_b=b[0],
+                gamma_b=b[1],
+                step_b=b[2],
+                layer_b=b[3],
+                cka=cka[i][j],
+            )
+            for i, a in enumerate(keys)
+            for j, b in enumerate(keys)
+        ]
+    )
 
 
 def probes_over_training(
