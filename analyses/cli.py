@@ -259,6 +259,11 @@ def train_cmd(
 def study_cmd(
     out: Path = typer.Option(Path("study"), "--out", "-o", help="Study folder."),
     gammas: str = typer.Option("0.3,0.8", help="Comma-separated init scales to compare."),
+    seeds: str | None = typer.Option(
+        None,
+        help="Comma-separated seeds, e.g. 0,1,2: every gamma trains at each, and the "
+        "report judges the published claims over them (default: --seed's one).",
+    ),
     config: Path | None = typer.Option(None, "--config", "-c", help="JSON config file."),
     task: str | None = typer.Option(None, help=f"Task: {', '.join(TASKS)}."),
     overwrite: bool = typer.Option(False, help="Replace an existing study in --out."),
@@ -271,13 +276,17 @@ def study_cmd(
     preset: str | None = typer.Option(None, help=PRESET_HELP),
     **fields,
 ):
-    """The main job: train each gamma (default: large 0.3 vs small 0.8), write report.html."""
+    """The main job: train each gamma (default: large 0.3 vs small 0.8) at each seed,
+    write report.html."""
     from initlens.analyses.studies.study import run_study
 
     try:
         gamma_values = tuple(float(g) for g in gammas.split(",") if g.strip())
     except ValueError:
         raise UserError(f"--gammas {gammas!r}: expected numbers like 0.3,0.8") from None
+    seed_values = _seeds(seeds)
+    if seed_values is not None and fields.get("seed") is not None:
+        raise UserError("--seed gives one seed and --seeds several: give one", option="seeds")
     given = {k: v for k, v in fields.items() if v is not None and k != "gamma"}
     base = build_config(config, task, given, base=preset_base(preset, config))
     info = run_study(
@@ -289,9 +298,21 @@ def study_cmd(
         formats=_formats(format),
         analysis_progress=Bar(unit="ckpt"),
         log=typer.echo,
+        seeds=seed_values,
     )
-    record_preset(preset, base, given, task, Path(out), {"gamma": gamma_values})
+    varied = {"gamma": gamma_values, **({"seed": seed_values} if seed_values else {})}
+    record_preset(preset, base, given, task, Path(out), varied)
     _echo_report(info)
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    """--seeds of `probe study`: integers >= 0, comma-separated (None: not given)."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise UserError(f"{text!r}: expected integers >= 0 like 0,1,2", option="seeds")
+    return tuple(int(p) for p in parts)
 
 
 @app.command("info")
@@ -401,14 +422,16 @@ def _step(text: str) -> str | int:
 
 
 def _steps(text: str) -> str | list[int]:
-    """--steps: the checkpoints of the commands that read several: all, last, or step
-    numbers, comma-separated (10,20,30)."""
+    """--steps: the checkpoints of the commands that read several: all, stages (init,
+    early, each task type learned, end), last, or step numbers, comma-separated."""
     text = str(text).strip()
-    if text in ("all", "last"):
+    if text in ("all", "stages", "last"):
         return text
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts or not all(p.isdigit() for p in parts):
-        raise UserError(f"{text!r} is not all, last or step numbers like 10,20,30", option="steps")
+        raise UserError(
+            f"{text!r} is not all, stages, last or step numbers like 10,20,30", option="steps"
+        )
     return list(dict.fromkeys(int(p) for p in parts))
 
 
@@ -435,7 +458,10 @@ def _echo_written(info: dict) -> None:
 
 
 STEP_HELP = "Checkpoint: last or a step number."
-STEPS_HELP = "Checkpoints: all, last, or step numbers, comma-separated (10,20,30)."
+STEPS_HELP = (
+    "Checkpoints: all, stages (init, early, each task type at 90%, end), last, or step "
+    "numbers, comma-separated (10,20,30)."
+)
 FORMAT_HELP = (
     "Figure formats, comma-separated: html, png, svg, pdf; only those asked are written "
     "(HTML figures share the folder's plotly.min.js). PNG/SVG/PDF need Chromium; "
@@ -690,7 +716,7 @@ def linear_cmd(
         help="Comma-separated hooks to probe at every layer and position.",
     ),
     out: Path = typer.Option(Path("linear"), "--out", "-o", help="Output folder."),
-    steps: str = typer.Option("all", help=STEPS_HELP),
+    steps: str = typer.Option("stages", help=STEPS_HELP),
     rows: int = typer.Option(
         20000,
         help="Task rows, at most (80% train, 20% held out); "
@@ -711,7 +737,7 @@ def linear_cmd(
         out,
         _formats(target),
         _formats(component),
-        _steps(_renamed("steps", steps, "all", "step", old_step)),
+        _steps(_renamed("steps", steps, "stages", "step", old_step)),
         _renamed("rows", rows, 20000, "n", old_n),
         _renamed("inverse_l2", inverse_l2, 1.0, "C", old_c),
         _formats(format),

@@ -147,7 +147,7 @@ def test_tiny_study_end_to_end(capsys, tmp_path):
     assert "gamma = 0.3" in html and "gamma = 0.8" in html
     assert "relative loss gap" in html and "Preference summary" in html
     pref = (study / "preference.csv").read_text().splitlines()
-    assert len(pref) == 3 and pref[0].startswith("run,gamma,task")
+    assert len(pref) == 3 and pref[0].startswith("run,gamma,seed,task")
     # The localization study: every analysis section, for both gammas.
     for heading in (
         "Which components carry each task type?",
@@ -296,21 +296,21 @@ def test_step_and_steps_parsing():
     from initlens.models import UserError
 
     assert _step("last") == "last" and _step("30") == 30 and _step(" 7 ") == 7
-    assert _steps("all") == "all" and _steps("last") == "last"
+    assert _steps("all") == "all" and _steps("last") == "last" and _steps("stages") == "stages"
     assert _steps("30") == [30] and _steps("0, 10,30,10") == [0, 10, 30]
     for bad in ("all", "-1", "3.5", "10,20", ""):
         with pytest.raises(UserError, match="is not last or a step number"):
             _step(bad)
     for bad in ("", ",", "1,x", "every", "-5", "last,10"):
-        with pytest.raises(UserError, match="is not all, last or step numbers"):
+        with pytest.raises(UserError, match="is not all, stages, last or step numbers"):
             _steps(bad)
 
 
 @pytest.mark.parametrize(
     "args, pattern",
     [
-        (["geometry", "--steps", "1,x"], "--steps: '1,x' is not all, last or step numbers"),
-        (["geometry", "--step", "abc"], "--steps: 'abc' is not all, last"),  # old name
+        (["geometry", "--steps", "1,x"], "--steps: '1,x' is not all, stages, last or step numbers"),
+        (["geometry", "--step", "abc"], "--steps: 'abc' is not all, stages, last"),  # old name
         (["geometry", "--steps", "0,7"], "no checkpoint at step 7; available: 0"),
         (["geometry", "--rows", "0"], "--rows: rows=0: must be an integer >= 1"),
         (["geometry", "--n", "-1"], "--rows: rows=-1: must be an integer >= 1"),
@@ -319,7 +319,7 @@ def test_step_and_steps_parsing():
         (["linear", "--C", "nan"], "--inverse-l2: inverse_l2=nan: must be a finite"),
         (["linear", "--C", "1", "--inverse-l2", "2"], "--C is the old name of --inverse-l2"),
         (["linear", "--rows", "0"], "--rows: rows=0: must be an integer >= 1"),
-        (["linear", "--steps", "last,all"], "--steps: 'last,all' is not all, last"),
+        (["linear", "--steps", "last,all"], "--steps: 'last,all' is not all, stages, last"),
     ],
 )
 def test_checkpoint_commands_bad_input(capsys, tmp_path, tiny_run, args, pattern):

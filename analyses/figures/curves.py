@@ -12,14 +12,22 @@ from initlens.analyses.studies.preference import curves, relative_loss_gap
 from initlens.models.run import Run
 
 
-def _label(run: Run) -> str:
-    return f"gamma = {run.config.model.gamma:g}"
+def _label(run: Run, seed: bool = False) -> str:
+    """A run's name in a figure: its gamma, and its seed when runs differ in seed."""
+    text = f"gamma = {run.config.model.gamma:g}"
+    return f"{text}, seed {run.config.train.seed}" if seed else text
+
+
+def _seeds_differ(runs: list[Run]) -> bool:
+    return len({r.config.train.seed for r in runs}) > 1
 
 
 def group_curves(runs: list[Run], metric: str = "accuracy") -> go.Figure:
-    """One panel per run (gamma), one line per evaluation group, `metric` over steps."""
+    """One panel per run (gamma, and seed), one line per evaluation group, `metric` over
+    steps."""
+    seed = _seeds_differ(runs)
     fig = make_subplots(
-        rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[_label(r) for r in runs]
+        rows=1, cols=len(runs), shared_yaxes=True, subplot_titles=[_label(r, seed) for r in runs]
     )
     seen = set()
     for col, run in enumerate(runs, start=1):
@@ -53,8 +61,9 @@ def group_curves(runs: list[Run], metric: str = "accuracy") -> go.Figure:
 
 
 def loss_gap_curves(runs: list[Run]) -> go.Figure:
-    """The relative loss gap (L_mem - L_reason) / L_reason over steps, one line per gamma."""
+    """The relative loss gap (L_mem - L_reason) / L_reason over steps, one line per run."""
     fig = go.Figure()
+    seed = _seeds_differ(runs)
     for i, run in enumerate(runs):
         task = run.config.task
         gap = relative_loss_gap(run.metrics(), task.reasoning_group, task.memory_group)
@@ -63,7 +72,7 @@ def loss_gap_curves(runs: list[Run]) -> go.Figure:
                 x=gap.index,
                 y=gap.values,
                 mode="lines",
-                name=_label(run),
+                name=_label(run, seed),
                 line=dict(color=GAMMA_COLORS[i % len(GAMMA_COLORS)]),
                 hovertemplate="step %{x}<br>gap %{y:.3f}<extra></extra>",
             )
@@ -83,12 +92,15 @@ def steps_to_threshold(table: pd.DataFrame, threshold: int = 90, by: str = "gamm
     `by` (a column: gamma, or e.g. normalization in a sweep's results table)."""
     fig = go.Figure()
     prefix = f"step_to_{threshold}_"
+    labels = [f"{by} = {value_text(v)}" for v in table[by]]
+    if "seed" in table and table.seed.nunique() > 1 and by != "seed":  # one bar per run
+        labels = [f"{label}, seed {s}" for label, s in zip(labels, table.seed)]
     for col in [c for c in table.columns if c.startswith(prefix)]:
         group = col[len(prefix) :]
         reached = table[col].notna()
         fig.add_trace(
             go.Bar(
-                x=[f"{by} = {value_text(v)}" for v in table[by]],
+                x=labels,
                 y=table[col].fillna(table.steps),
                 name=group,
                 marker_color=GROUP_COLORS.get(group),
@@ -112,13 +124,14 @@ def task_metric_curves(runs: list[Run], metrics: tuple[str, ...]) -> go.Figure:
     composite task's held-out pair): one colour per gamma, one dash style per metric."""
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot"]
+    seed = _seeds_differ(runs)
     for i, run in enumerate(runs):
         df = run.metrics()
         for j, metric in enumerate(metrics):
             sub = df[df.metric == metric].sort_values("step")
             if sub.empty:
                 continue
-            name = f"{metric} ({sub.group.iloc[0]}), {_label(run)}"
+            name = f"{metric} ({sub.group.iloc[0]}), {_label(run, seed)}"
             fig.add_trace(
                 go.Scatter(
                     x=sub.step,

@@ -56,6 +56,7 @@ def preference_row(run: Run, threshold: float = 0.9) -> dict:
     row = {
         "run": run.name,
         "gamma": run.config.model.gamma,
+        "seed": run.config.train.seed,
         "task": task.name,
         "steps": int(acc.index.max()) if len(acc) else 0,
     }

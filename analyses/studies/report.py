@@ -1,12 +1,13 @@
 """A self-contained HTML report of one or more runs (plotly.js inlined: opens offline).
 
-Sections follow the questions in the order a reader asks them: does small init prefer
-reasoning; how each task type is learned; which components carry each task type (exact
-patching, ranked and compared); when they form; whether attribution patching finds them;
-what the layers represent (probes); how key and anchor tokens are embedded; how attention
-and the weights move. The last five are the sections of the instruments
-(`analyses.instruments`) whose tables `analyses.studies.run_analysis` computed; without
-them the report has the first two. Every figure can also be exported (PNG/SVG/PDF).
+Sections follow the questions in the order a reader asks them: are the published claims
+reproduced over seeds (a study's report); does small init prefer reasoning; how each task
+type is learned; which components carry each task type (exact patching, ranked and
+compared); when they form; whether attribution patching finds them; what the layers
+represent (probes); how key and anchor tokens are embedded; how attention and the weights
+move. The last five are the sections of the instruments (`analyses.instruments`) whose
+tables `analyses.studies.run_analysis` computed; without them the report has the first
+two. Every figure can also be exported (PNG/SVG/PDF).
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ def _reached(step) -> str:
 
 
 def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
-    """Sentences stating what the numbers show, and nothing they do not."""
+    """Sentences stating what the numbers show, and nothing they do not: one per run, then
+    (one run per gamma) the comparison of the smallest and the largest init."""
     test = f"{reasoning}_test"
     has_test = f"final_acc_{test}" in table.columns
+    seeds = "seed" in table.columns and table.seed.nunique() > 1
     out = []
     for row in table.itertuples(index=False):
         d = row._asdict()
+        seed = f", seed {d['seed']}" if seeds else ""
         test_txt = (
             (
                 f"; held-out {reasoning} pairs {_reached(d[f'step_to_90_{test}'])}"
@@ -47,14 +51,20 @@ def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
             else ""
         )
         out.append(
-            f"gamma = {row.gamma:g}, within {row.steps} steps: {reasoning} "
+            f"gamma = {row.gamma:g}{seed}, within {row.steps} steps: {reasoning} "
             f"{_reached(d[f'step_to_90_{reasoning}'])} and {memory} "
             f"{_reached(d[f'step_to_90_{memory}'])} "
             f"(reasoning lead {row.reasoning_lead_steps:+d} steps; signed area "
             f"{row.signed_area:+.3f}; mean relative loss gap "
             f"{row.mean_relative_loss_gap:+.3f}){test_txt}."
         )
-    if len(table) < 2:
+    if table.gamma.nunique() < 2:
+        return out
+    if len(table) > table.gamma.nunique():  # several seeds: compared over them, above
+        out.append(
+            "With several runs per init scale, small and large init are compared over "
+            'seeds in "Published claims, over seeds" above.'
+        )
         return out
     small, large = table.iloc[-1], table.iloc[0]  # sorted by gamma: last = smallest init
     lead_s, lead_l = small.reasoning_lead_steps, large.reasoning_lead_steps
@@ -80,6 +90,70 @@ def verdict(table: pd.DataFrame, reasoning: str, memory: str) -> list[str]:
             + (" (the paper expects it higher at small init)." if a_s <= a_l else ".")
         )
     return out
+
+
+def _number(value: float) -> str:
+    """A claim's number: whole numbers (steps) and large ones as integers, fractions and
+    accuracies to 3 decimals."""
+    if pd.isna(value):
+        return "n/a"
+    return f"{value:.0f}" if value == round(value) or abs(value) >= 100 else f"{value:.3f}"
+
+
+def claim_lines(claims: pd.DataFrame) -> list[str]:
+    """One sentence per claim of `analyses.studies.claims.claims_table`: per gamma (small
+    init first) the mean and spread over seeds and the per-seed values, in how many seeds
+    the direction holds, and the verdict; or why it was not judged."""
+    out = []
+    for key, rows in claims.groupby("claim", sort=False):
+        first = rows.iloc[0]
+        if first.verdict == "not judged":
+            out.append(f"({key}) {first.statement}: not judged ({first.why}).")
+            continue
+        numbers = []
+        for row in rows.sort_values("gamma", ascending=False).itertuples(index=False):
+            role = f" ({row.init} init)" if row.init else ""
+            seeds = "seed" if row.n_seeds == 1 else "seeds"
+            numbers.append(
+                f"gamma = {row.gamma:g}{role}: mean {_number(row.mean)} over {row.n_seeds} "
+                f"{seeds} (min {_number(row.min)}, max {_number(row.max)}, sd "
+                f"{_number(row.std)}; by seed {row.per_seed})"
+            )
+        verdict_text = "reproduced" if first.verdict == "reproduced" else "NOT reproduced"
+        out.append(
+            f"({key}) {first.statement}. {first.quantity}: {'; '.join(numbers)}. Direction "
+            f"holds by seed: {first.holds}. Reproduced in {first.reproduced_in} of "
+            f"{first.of_seeds} seeds (needs a strict majority, at least {first.needed} of "
+            f"{first.of_seeds}): {verdict_text}."
+        )
+    return out
+
+
+def _claims(doc: Report, claims: pd.DataFrame) -> None:
+    doc.add(
+        "<h2>Published claims, over seeds</h2>",
+        paragraphs(claim_lines(claims)),
+        '<p class="caption">Each claim compares the smallest init (the largest gamma) '
+        "with the largest init (the smallest gamma), seed by seed, and counts as "
+        "reproduced when its direction holds in a strict majority (more than half) of "
+        "the seeds judged. Spread: min, max and sample standard deviation over seeds. "
+        "The table is claims.csv.</p>",
+    )
+
+
+def _analysed_note(runs: list[Run], analysed: list[Run]) -> str | None:
+    """The sentence saying which seed the analysis sections show, when not every run."""
+    if {r.path for r in analysed} == {r.path for r in runs}:
+        return None
+    seeds = {r.config.train.seed for r in analysed}
+    if len(seeds) == 1:
+        shown = f"seed {seeds.pop()}"
+    else:
+        shown = ", ".join(
+            f"seed {r.config.train.seed} at gamma = {r.config.model.gamma:g}"
+            for r in sorted(analysed, key=lambda r: r.config.model.gamma)
+        )
+    return f"The analyses below are shown for {shown}; the claims use all seeds."
 
 
 def _settings(run: Run) -> str:
@@ -170,10 +244,15 @@ def build_report(
     title: str = "InitLens report",
     problems: dict[str, str] | None = None,
     analysis: dict[str, pd.DataFrame] | None = None,
+    claims: pd.DataFrame | None = None,
+    analysed: list[Run] | None = None,
 ) -> Report:
     """The report of `runs` (sorted by gamma, large init first); `analysis` holds the
-    stacked `analyses.studies.run_analysis` tables (sections without them are left out)."""
+    stacked `analyses.studies.run_analysis` tables (sections without them are left out)
+    of the runs in `analysed` (default: all); `claims` the published claims judged over
+    seeds (`analyses.studies.claims.claims_table`), shown first when given."""
     runs = sorted(runs, key=lambda r: (r.config.model.gamma, r.name))
+    analysed = sorted(analysed or runs, key=lambda r: (r.config.model.gamma, r.name))
     doc = Report()
     doc.add(
         f"<h1>{html.escape(title)}</h1>",
@@ -190,10 +269,19 @@ def build_report(
         )
     if not runs:
         return doc
+    if claims is not None and len(claims):
+        _claims(doc, claims)
     _behaviour(doc, runs)
-    for instrument in INSTRUMENTS.values():  # each instrument's section, if it has tables
-        if instrument.section is not None and any(t in (analysis or {}) for t in instrument.tables):
-            instrument.section(doc, runs, analysis)
+    sections = [
+        instrument
+        for instrument in INSTRUMENTS.values()  # each instrument's section, if it has tables
+        if instrument.section is not None and any(t in (analysis or {}) for t in instrument.tables)
+    ]
+    note = _analysed_note(runs, analysed)
+    if sections and note:
+        doc.add(f"<p><b>{html.escape(note)}</b></p>")
+    for instrument in sections:
+        instrument.section(doc, analysed, analysis)
     doc.add("<h2>Runs</h2>")
     for run in runs:
         doc.add(
@@ -213,11 +301,14 @@ def write_report(
     problems: dict[str, str] | None = None,
     analysis: dict[str, pd.DataFrame] | None = None,
     formats: tuple[str, ...] = (),
+    claims: pd.DataFrame | None = None,
+    analysed: list[Run] | None = None,
 ) -> dict[str, object]:
-    """Write the report atomically to `path`; with `formats` (png, svg, pdf, html) also
-    every figure into PATH_figures/. Returns {"report", "files", "warnings"}."""
+    """Write the report (`build_report`) atomically to `path`; with `formats` (png, svg,
+    pdf, html) also every figure into PATH_figures/. Returns {"report", "files",
+    "warnings"}."""
     path = Path(path)
-    doc = build_report(runs, title, problems, analysis)
+    doc = build_report(runs, title, problems, analysis, claims, analysed)
     export_html(doc.html(title), path)
     files, notes = (
         export_figures(doc.figures, path.parent / f"{path.stem}_figures", formats)

@@ -42,9 +42,9 @@ from initlens.analyses.figures.curves import sweep_curves
 from initlens.analyses.figures.export import export_figures, export_table, figure_formats
 from initlens.analyses.figures.labels import value_text
 from initlens.analyses.figures.phase_diagram import phase_diagram
+from initlens.analyses.studies.folders import check_folder
 from initlens.analyses.studies.phase import rows_axis
 from initlens.analyses.studies.preference import preference_row, readout_row
-from initlens.analyses.studies.study import check_folder
 from initlens.models.checkpoint import read_json, write_json
 from initlens.models.config import RunConfig
 from initlens.models.ensemble import can_ensemble, ensemble_key, train_ensemble
@@ -224,19 +224,25 @@ def train_unit(unit: Unit, progress: bool | None = None) -> list[tuple[str, str,
     path, state, error) per run."""
     paths = [path for _, path in unit]
     try:
-        # Finished runs are left alone. A member that diverged in an earlier try stays in
-        # (pending() kept earlier sweeps' failed runs out), so the ensemble goes on, or
-        # starts again, whole: one member short, the others' last bits could change.
-        todo = [(cfg, path) for cfg, path in unit if _state(path) != "done"]
-        if len(unit) == 1 and todo:
-            [(cfg, path)] = todo
-            train(cfg, path, resume=(path / "config.json").exists(), progress=progress)
-        elif todo:
-            cfgs, outs = [cfg for cfg, _ in todo], [path for _, path in todo]
-            train_ensemble(cfgs, outs, progress=progress, resume=True)
+        train_together(unit, progress)
     except Exception as e:  # recorded, so the rest of the sweep goes on
         return _lost(paths, _error(e))
     return _results(paths)
+
+
+def train_together(unit: Unit, progress: bool | None = None) -> None:
+    """Train the unfinished runs of one unit (from `plan`): as one ensemble, or one run
+    alone, resuming what their folders hold; raises what training raises."""
+    # Finished runs are left alone. A member that diverged in an earlier try stays in
+    # (pending() kept earlier sweeps' failed runs out), so the ensemble goes on, or
+    # starts again, whole: one member short, the others' last bits could change.
+    todo = [(cfg, path) for cfg, path in unit if _state(path) != "done"]
+    if len(unit) == 1 and todo:
+        [(cfg, path)] = todo
+        train(cfg, path, resume=(path / "config.json").exists(), progress=progress)
+    elif todo:
+        cfgs, outs = [cfg for cfg, _ in todo], [path for _, path in todo]
+        train_ensemble(cfgs, outs, progress=progress, resume=True)
 
 
 def _results(paths: list[Path]) -> list[tuple[str, str, str]]:
@@ -563,5 +569,6 @@ __all__ = [
     "results_table",
     "run_sweep",
     "section_of",
+    "train_together",
     "train_unit",
 ]

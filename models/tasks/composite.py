@@ -33,7 +33,10 @@ class CompositeTask(Task):
     memorized_type: ClassVar[str] = "twist"
     compared_roles: ClassVar[tuple[str, str]] = ("anchor", "key")
     corruptions: ClassVar[tuple[str, ...]] = ("key", "anchor", "held_out_vs_twist")
-    readouts: ClassVar[tuple[tuple[str, str], ...]] = (("held_out", "inferential_fraction"),)
+    readouts: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("held_out", "inferential_fraction"),
+        ("held_out", "symmetric_fraction"),
+    )
     shifts: tuple[int, ...] = (5, 1, -2, -8)  # anchor i+1 adds shifts[i]
     keys: tuple[int, int] = (20, 99)
     twist: tuple[int, int] = (3, 4)
