@@ -4,7 +4,7 @@ Adding one: a module here defining `INSTRUMENT = Instrument(...)`, and its `regi
 below (see CONTRIBUTING.md, "Adding an instrument").
 """
 
-from initlens.analyses.instruments import cka, geometry, localization, probes
+from initlens.analyses.instruments import cka, geometry, localization, mechanism, probes
 from initlens.analyses.instruments.registry import (
     INSTRUMENTS,
     NEEDS,
@@ -19,6 +19,7 @@ from initlens.analyses.instruments.registry import (
 register(localization.INSTRUMENT)
 register(probes.INSTRUMENT)
 register(geometry.INSTRUMENT)
+register(mechanism.INSTRUMENT)
 register(cka.INSTRUMENT)
 
 __all__ = [
