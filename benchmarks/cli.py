@@ -23,7 +23,8 @@ PROBE = str(Path(sys.executable).with_name("probe"))
 
 
 def commands(study: Path, out: Path) -> dict[str, list[str]]:
-    small, large = study / "gamma_0.8", study / "gamma_0.3"
+    # gamma_<g> in a one-seed study, gamma_<g>_seed_<s> (the first seed) in a multi-seed one
+    small, large = (sorted(study.glob(f"gamma_{g}*"))[0] for g in ("0.8", "0.3"))
     return {
         "linear (default target)": ["linear", str(small), "--out", str(out / "l1")],
         "linear --target key,memorized": [

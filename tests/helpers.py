@@ -112,3 +112,27 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
         rows.append(bytes(line))
         prev = line
     return width, height, rows
+
+
+# The attention key bias adds the same amount to every score of a query, which softmax
+# ignores: its gradient is zero up to rounding, and Adam turns that rounding into random
+# +-lr steps in any run, alone or not. It is compared through the logits instead.
+NO_GRADIENT = "attn.k.bias"
+
+
+def assert_same_run(run, ref, tokens=None, step=None) -> None:
+    """`run` (e.g. an ensemble member) equals `ref` (the same config trained alone) at
+    `step`: weights to 2e-5, last-position logits on `tokens` to 1e-4, metrics to 1e-4."""
+    import torch
+
+    a, b = run.load_model(step, device="cpu"), ref.load_model(step, device="cpu")
+    wa, wb = a.state_dict(), b.state_dict()
+    for name in wb:
+        if not name.endswith(NO_GRADIENT):
+            torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4, msg=name)
+    if tokens is not None:
+        with torch.no_grad():
+            torch.testing.assert_close(a(tokens)[:, -1], b(tokens)[:, -1], atol=1e-4, rtol=1e-4)
+    ma, mb = run.metrics(), ref.metrics()
+    assert list(ma.step) == list(mb.step) and list(ma.metric) == list(mb.metric)
+    assert (ma.value - mb.value).abs().max() < 1e-4

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import initlens.analyses.studies.sweep as sweep_module
-from helpers import TINY, assert_user_error, run_cli, tiny_config
+from helpers import TINY, assert_same_run, assert_user_error, run_cli, tiny_config
 from initlens.analyses.commands.report import report_command
 from initlens.analyses.studies.run_analysis import AnalysisConfig
 from initlens.analyses.studies.study import collect, run_study
@@ -25,7 +25,6 @@ GAMMAS, SEEDS = (0.3, 0.8), (0, 1)
 CFG = tiny_config(steps=25)
 NAMES = ["gamma_0.3_seed_0", "gamma_0.3_seed_1", "gamma_0.8_seed_0", "gamma_0.8_seed_1"]
 ANALYSIS = AnalysisConfig(pairs=16, probe_rows=400, geometry_rows=64, instruments=("geometry",))
-NO_GRADIENT = "attn.k.bias"  # compared through the logits (see tests/test_ensemble.py)
 
 
 def _spy(monkeypatch) -> list[list[str]]:
@@ -64,17 +63,7 @@ def test_seeds_train_as_one_ensemble_each_member_as_alone(study, tmp_path):
     for run in runs:
         cfg = run.config
         assert (cfg.model.gamma, cfg.train.seed) in [(g, s) for g in GAMMAS for s in SEEDS]
-        alone = train(cfg, tmp_path / run.name, progress=False)
-        a, b = run.load_model(device="cpu"), alone.load_model(device="cpu")
-        wa, wb = a.state_dict(), b.state_dict()
-        for name in wb:
-            if not name.endswith(NO_GRADIENT):
-                torch.testing.assert_close(wa[name], wb[name], atol=2e-5, rtol=1e-4, msg=name)
-        with torch.no_grad():
-            torch.testing.assert_close(a(tokens)[:, -1], b(tokens)[:, -1], atol=1e-4, rtol=1e-4)
-        ma, mb = run.metrics(), alone.metrics()
-        assert list(ma.step) == list(mb.step) and list(ma.metric) == list(mb.metric)
-        assert (ma.value - mb.value).abs().max() < 1e-4
+        assert_same_run(run, train(cfg, tmp_path / run.name, progress=False), tokens)
 
 
 @pytest.mark.integration
