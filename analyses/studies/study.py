@@ -153,8 +153,9 @@ def run_study(
             continue
         if log is not None:  # ensemble members that diverged (the others went on)
             for _, path in unit:
-                if Run(path).status.get("state") == "failed":
-                    log(f"{path.name}: {Run(path).status.get('reason', 'failed')}")
+                status = Run(path).status
+                if status.get("state") == "failed":
+                    log(f"{path.name}: {status.get('reason', 'failed')}")
     return report_study(out, analysis, formats, analysis_progress)
 
 
