@@ -157,23 +157,32 @@ def block(
     `last_only` keeps only the last position once keys and values are formed (enough for
     the label logits in the final block); later hooks, q included, see that position only.
     """
-    s = x.shape[1]
     x = hook("resid_pre", x)
     a, a_v = w.attn_inputs(x, layer)
     k, v = hook("k", heads(w, layer, "k", a)), hook("v", heads(w, layer, "v", a_v))
     if last_only:
         a, x = a[:, -1:].contiguous(), x[:, -1:]  # (a strided input makes linear slow)
     q = hook("q", heads(w, layer, "q", a))
+    return block_tail(w, layer, x, attend(q, k, v, hook), hook)
+
+
+def attend(
+    q: Float[torch.Tensor, "n q_pos head d_head"],
+    k: Float[torch.Tensor, "n seq head d_head"],
+    v: Float[torch.Tensor, "n seq head d_head"],
+    hook: Hook = no_hook,
+) -> Float[torch.Tensor, "n q_pos head d_head"]:
+    """Causal attention of every head: the head outputs z (q may be the last position only;
+    a last-position-only query sees every key)."""
     # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
     # rounding matches the bridge too.
-    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / w.d_head**0.5
-    n_q = q.shape[1]
-    if n_q > 1:  # causal mask (a last-position-only query sees every key)
-        future = torch.ones(n_q, s, dtype=torch.bool, device=x.device).triu(1)
+    scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / q.shape[-1] ** 0.5
+    n_q, s = q.shape[1], k.shape[1]
+    if n_q > 1:  # causal mask
+        future = torch.ones(n_q, s, dtype=torch.bool, device=q.device).triu(1)
         scores = scores.masked_fill(future, float("-inf"))
     pattern = hook("pattern", scores.softmax(-1))
-    z = hook("z", torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))
-    return block_tail(w, layer, x, z, hook)
+    return hook("z", torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))
 
 
 def block_tail(
@@ -192,14 +201,18 @@ def block_tail(
     mid = hook("resid_mid", w.norm(mid, f"{p}.ln1") if post else mid)
     if w.attn_only:
         return hook("resid_post", mid)
-    pre = F.linear(
-        mid if post else w.norm(mid, f"{p}.ln2"), w[f"{p}.mlp.in.weight"], w[f"{p}.mlp.in.bias"]
-    )
-    mlp_out = F.linear(
-        FAST_ACT_FNS[w.act_fn](pre), w[f"{p}.mlp.out.weight"], w[f"{p}.mlp.out.bias"]
-    )
-    out = mid + hook("mlp_out", mlp_out)
+    out = mid + hook("mlp_out", mlp(w, layer, mid))
     return hook("resid_post", w.norm(out, f"{p}.ln2") if post else out)
+
+
+def mlp(
+    w: Weights, layer: int, mid: Float[torch.Tensor, "*n d"]
+) -> Float[torch.Tensor, "*n d"]:
+    """The MLP output of block `layer` from its resid_mid (its own LayerNorm included)."""
+    p = f"blocks.{layer}"
+    a = mid if w.normalizes == "post" else w.norm(mid, f"{p}.ln2")
+    pre = F.linear(a, w[f"{p}.mlp.in.weight"], w[f"{p}.mlp.in.bias"])
+    return F.linear(FAST_ACT_FNS[w.act_fn](pre), w[f"{p}.mlp.out.weight"], w[f"{p}.mlp.out.bias"])
 
 
 def unembed(w: Weights, x: Float[torch.Tensor, "*n d"]) -> Float[torch.Tensor, "*n vocab"]:

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Int
 
 from initlens.models.forward import Weights, block, embed, hook_name, run_with_cache, unembed
+from initlens.probes.paths import PathPatched
 from initlens.probes.patching import (
     Metric,
     Patched,
@@ -90,12 +91,17 @@ def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
 
 
-def agreement(exact: Patched, estimate: Patched, k: int = 10) -> dict[str, float]:
-    """How well attribution matches exact patching: Pearson and Spearman correlation of the
-    effects, and the overlap of their top-k patches by absolute effect."""
+def agreement(
+    exact: Patched | PathPatched, estimate: Patched | PathPatched, k: int = 10
+) -> dict[str, float]:
+    """How well attribution matches exact patching (activation or path patching): Pearson
+    and Spearman correlation of the effects, and the overlap of their top-k patches by
+    absolute effect, over the n_patches entries both measured."""
     base = exact.corrupted if exact.clean != exact.corrupted else 0.0
     e = (exact.values - base).flatten().double()
     a = (estimate.values - base).flatten().double()
+    measured = e.isfinite() & a.isfinite()  # (path patching: NaN where there is no path)
+    e, a = e[measured], a[measured]
     k = min(k, len(e))
     top_e = set(e.abs().topk(k).indices.tolist())
     top_a = set(a.abs().topk(k).indices.tolist())
