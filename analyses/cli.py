@@ -1,5 +1,5 @@
-"""The `probe` command line: train, study, sweep, info, presets, patch, geometry, linear,
-report, instruments. Each command parses its options and calls a function of `analyses`.
+"""The `probe` command line: train, study, sweep, info, presets, patch, circuit, geometry,
+linear, report, instruments. Each command parses its options and calls a function of `analyses`.
 
 Every field of the task, model and train configs is an option (`--gamma`, `--d-model`,
 `--lr`, `--keys 21,120`, ...), generated from the dataclasses so the two never drift.
@@ -672,6 +672,41 @@ def patch_cmd(
                 f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                 for k, v in info["agreement"].items()
             )
+        )
+    _echo_written(info)
+
+
+@app.command("circuit")
+def circuit_cmd(
+    runs: list[Path] = typer.Argument(..., help="One or more run directories."),
+    out: Path = typer.Option(Path("circuit"), "--out", "-o", help="Output folder."),
+    steps: str = typer.Option("last", help=STEPS_HELP),
+    pairs: int = typer.Option(256, help="Number of prompt pairs per task type."),
+    per_position: bool = typer.Option(
+        False, help="Also patch each sender position on its own (circuit_by_position)."
+    ),
+    top: int = typer.Option(8, help="Paths drawn per panel of the layer graph."),
+    format: str = typer.Option("html", "--format", help=FORMAT_HELP),
+    seed: int = typer.Option(0, help="Seed for drawing the pairs."),
+):
+    """Path patching of every sender x receiver path: edge table and layer graph."""
+    from initlens.analyses.commands.circuit import circuit_command
+    from initlens.analyses.studies.circuit import strongest_edges
+    from initlens.analyses.studies.over_training import last_steps
+
+    info = circuit_command(
+        runs, out, _steps(steps), pairs, per_position, top, _formats(format), seed, Bar(unit="ckpt")
+    )
+    for row in strongest_edges(info["table"], top=3).itertuples():
+        typer.echo(
+            f"{row.run} step {row.step} {row.experiment}: {row.sender} -> {row.receiver} "
+            f"normalized {row.normalized:+.3f} (attribution {row.attribution_normalized:+.3f})"
+        )
+    for row in last_steps(info["agreement"]).itertuples():
+        typer.echo(
+            f"{row.run} {row.experiment}: edge attribution vs exact over {row.n_paths} paths: "
+            f"pearson {row.pearson:.3f}, spearman {row.spearman:.3f}, "
+            f"top path {'found' if row.top_edge_match else 'missed'}"
         )
     _echo_written(info)
 

@@ -14,7 +14,6 @@ import torch
 from jaxtyping import Int
 
 from initlens.models.forward import Weights, block, embed, hook_name, run_with_cache, unembed
-from initlens.probes.paths import PathPatched
 from initlens.probes.patching import (
     Metric,
     Patched,
@@ -23,6 +22,7 @@ from initlens.probes.patching import (
     _variant_masks,
     activation_patch,
 )
+from initlens.probes.paths import PathPatched
 
 
 def attribution_patch(

@@ -56,6 +56,7 @@ CLAIM_METRICS = {
     ),
     "embedding_low_rank": (f"top{LOW_RANK_K}_variance", "effective_rank"),
     "wq_condensed": ("condensed_fraction", "largest_group_fraction", "n_directions"),
+    "same_target_parallel": ("same_target_cosine", "other_target_cosine"),
 }
 
 
@@ -126,6 +127,28 @@ def within_cosine(E: Float[torch.Tensor, "n d"]) -> float:
         )
     C = cosine_matrix(E)
     return float(C[~torch.eye(len(C), dtype=torch.bool)].mean())
+
+
+def same_target_cosine(
+    vectors: Float[torch.Tensor, "n d"], labels: Int[torch.Tensor, " n"]
+) -> dict[str, float]:
+    """Mean cosine between rows with the same label (same_target_cosine) and between rows
+    with different labels (other_target_cosine), after centering: a direction every row
+    shares says nothing about the target. 1 and about -1/(k-1) when each target's rows are
+    parallel (k targets); near 0 for both when the rows ignore the target."""
+    X, y = _f64(vectors), torch.as_tensor(labels).cpu()
+    if X.ndim != 2 or y.shape != X.shape[:1] or len(y) < 2:
+        raise UserError(
+            f"same_target_cosine: need vectors [n, d] and one label per row, n >= 2; got "
+            f"shapes {tuple(X.shape)} and {tuple(y.shape)}"
+        )
+    C = cosine_matrix(X - X.mean(0))
+    same = (y[:, None] == y[None, :]) & ~torch.eye(len(y), dtype=torch.bool)
+    other = y[:, None] != y[None, :]
+    return {
+        "same_target_cosine": float(C[same].mean()) if same.any() else float("nan"),
+        "other_target_cosine": float(C[other].mean()) if other.any() else float("nan"),
+    }
 
 
 def averaging_distance(
@@ -231,9 +254,12 @@ def unmeasured(model, task) -> dict[str, str]:
             out["ordered"] = "needs at least 3 reasoning anchors"
         if min(len(roles[REASONING_ROLE]), len(roles[MEMORY_ROLE])) < 2:
             out["memory_together"] = "needs at least 2 anchors of each kind"
+    if task.name != "composite":
+        out["same_target_parallel"] = "composite task only"
     if Weights.of(model).kind != "transformer":
         why = "the Emb-MLP has no attention"
         out.update(dict.fromkeys(("attention_averages", "value_direction", "wq_condensed"), why))
+        out["same_target_parallel"] = "the Emb-MLP has no last-layer token vectors"
     return out
 
 
@@ -248,7 +274,11 @@ def _anchor_cosines(model, roles: dict[str, list[int]]) -> dict[str, float]:
 
 
 def mechanism_metrics(
-    model, task, tokens: Int[torch.Tensor, "batch seq"] | None = None, init=None
+    model,
+    task,
+    tokens: Int[torch.Tensor, "batch seq"] | None = None,
+    init=None,
+    labels: Int[torch.Tensor, " batch"] | None = None,
 ) -> pd.DataFrame:
     """Each claim's numbers for one checkpoint, as a tidy table (claim, metric, head, value).
 
@@ -265,6 +295,8 @@ def mechanism_metrics(
       embeddings of every input token of the task.
     - wq_condensed: `condensed_fraction` and `condensation` of the layer-0 W_Q neurons (rows
       of the query weight, all heads) at the published 0.7.
+    - same_target_parallel (composite; with `tokens` and their `labels`):
+      `same_target_cosine` of the last block's resid_post at the last position.
     Claims listed by `unmeasured` are left out.
     """
     skip = unmeasured(model, task)
@@ -282,10 +314,16 @@ def mechanism_metrics(
             before = _anchor_cosines(init, roles)
             values.update({f"{k}_change": cosines[k] - before[k] for k in cosines})
         out += _rows("memory_together", values)
-    if "attention_averages" not in skip and tokens is not None:
+    last = hook_name("resid_post", w.n_layers - 1)
+    if tokens is not None and not {"attention_averages", "same_target_parallel"} <= set(skip):
         tokens = torch.as_tensor(tokens)
         with torch.inference_mode():
-            _, cache = run_with_cache(w, tokens.to(w["embed.weight"].device), names=("pattern",))
+            _, cache = run_with_cache(
+                w, tokens.to(w["embed.weight"].device), names=("pattern", "resid_post")
+            )
+    if "same_target_parallel" not in skip and tokens is not None and labels is not None:
+        out += _rows("same_target_parallel", same_target_cosine(cache[last][:, -1], labels))
+    if "attention_averages" not in skip and tokens is not None:
         distance = averaging_distance(cache[hook_name("pattern", 0)])
         for head, d in enumerate(distance.tolist()):
             out += _rows("attention_averages", {"averaging_distance": d}, head)

@@ -19,14 +19,16 @@ from initlens.analyses.instruments.mechanism import (
     OV_DOMINANCE,
     OV_ORTHOGONAL,
     PC1_ORDERED,
+    SAME_TARGET_PARALLEL,
     TABLE_COLUMNS,
     TOGETHER_GAP,
     judge,
 )
 from initlens.analyses.studies.report import build_report
 from initlens.analyses.studies.run_analysis import AnalysisConfig, analyze_run, analyze_runs
-from initlens.models import ModelConfig, RunConfig, UserError, build_model, train
+from initlens.models import CompositeTask, ModelConfig, RunConfig, UserError, build_model, train
 from initlens.models.forward import Weights
+from initlens.models.tasks.base import dataset_arrays
 from initlens.probes.mechanism import (
     CLAIM_METRICS,
     MECHANISM_COLUMNS,
@@ -35,12 +37,16 @@ from initlens.probes.mechanism import (
     mechanism_metrics,
     order_by_value,
     ov_matrices,
+    same_target_cosine,
     spearman,
     top_variance_fraction,
     unmeasured,
     value_direction,
     within_cosine,
 )
+
+# The claims measured on the mixture task (same_target_parallel is the composite task's).
+MIXTURE_CLAIMS = [c for c in CLAIM_METRICS if c != "same_target_parallel"]
 
 
 def randn(*shape, seed=0):
@@ -195,8 +201,9 @@ def test_the_table_of_one_checkpoint():
     tokens = torch.randint(0, TINY_TASK.vocab_size, (8, 5), generator=torch.Generator())
     table = mechanism_metrics(model, TINY_TASK, tokens, init=model)
     assert tuple(table.columns) == MECHANISM_COLUMNS
-    assert list(dict.fromkeys(table.claim)) == list(CLAIM_METRICS)
-    for claim, metrics in CLAIM_METRICS.items():
+    assert list(dict.fromkeys(table.claim)) == MIXTURE_CLAIMS
+    for claim in MIXTURE_CLAIMS:
+        metrics = CLAIM_METRICS[claim]
         assert set(table[table.claim == claim].metric) == set(metrics), claim
     changes = table[table.metric.str.endswith("_change")]
     assert len(changes) == 2 and (changes.value == 0).all()  # against itself: no change
@@ -209,9 +216,39 @@ def test_the_table_of_one_checkpoint():
 def test_claims_that_do_not_apply_are_listed_not_measured():
     emb_mlp = tiny_model(architecture="emb_mlp", d_mlp=32)
     skipped = unmeasured(emb_mlp, TINY_TASK)
-    assert set(skipped) == {"attention_averages", "value_direction", "wq_condensed"}
+    assert set(skipped) == {
+        "attention_averages",
+        "value_direction",
+        "wq_condensed",
+        "same_target_parallel",
+    }
+    assert unmeasured(tiny_model(), TINY_TASK) == {"same_target_parallel": "composite task only"}
     table = mechanism_metrics(emb_mlp, TINY_TASK, torch.zeros(2, 5, dtype=torch.long))
     assert set(table.claim) == {"ordered", "memory_together", "embedding_low_rank"}
+
+
+def test_same_target_rows_parallel_or_not():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2])
+    directions = randn(3, 16, seed=1)
+    near = directions[labels] + 0.05 * randn(9, 16, seed=3) + 5.0  # + a direction all share
+    parallel = same_target_cosine(near, labels)
+    assert parallel["same_target_cosine"] > 0.95
+    assert parallel["other_target_cosine"] == pytest.approx(-0.5, abs=0.1)  # -1 / (k - 1)
+    ignores = same_target_cosine(randn(9, 16, seed=2), labels)
+    assert abs(ignores["same_target_cosine"]) < 0.3
+    assert ignores["same_target_cosine"] < SAME_TARGET_PARALLEL
+
+
+def test_composite_runs_measure_the_parallel_claim():
+    task = CompositeTask(keys=(20, 40), samples_per_pair=5)
+    cfg = RunConfig(task=task, model=ModelConfig(gamma=0.5, n_layers=2, d_model=16, n_heads=2))
+    model = build_model(cfg, "cpu")
+    rows = dataset_arrays(task.generate(0))
+    tokens, labels = torch.as_tensor(rows["tokens"][:200]), torch.as_tensor(rows["label"][:200])
+    table = mechanism_metrics(model, task, tokens, labels=labels)
+    values = table[table.claim == "same_target_parallel"].set_index("metric").value
+    assert set(values.index) == {"same_target_cosine", "other_target_cosine"}
+    assert values.notna().all() and values["same_target_cosine"] < SAME_TARGET_PARALLEL  # random
 
 
 @pytest.mark.unchecked  # ill-shaped input on purpose: our UserError, not the annotation check
@@ -279,14 +316,14 @@ def test_the_instrument_runs_in_analyze_run_and_reaches_report_and_cli(tiny_run,
     table = tables["mechanism"]
     assert tuple(table.columns) == TABLE_COLUMNS
     assert set(table.step) == set(tiny_run.checkpoint_steps())
-    assert set(table.claim) == set(CLAIM_METRICS)
+    assert set(table.claim) == set(MIXTURE_CLAIMS)
     first = table[table.step == table.step.min()]
     assert (first[first.metric.str.endswith("_change")].value == 0).all()
     assert not tables["notes"]
     stacked, problems = analyze_runs([tiny_run], cfg)
     assert not problems
     verdicts = judge(stacked["mechanism"])
-    assert set(verdicts.claim) == set(CLAIM_METRICS)
+    assert set(verdicts.claim) == set(MIXTURE_CLAIMS)
     assert set(verdicts.verdict) <= {"holds", "does not hold"}
     page = "".join(build_report([tiny_run], analysis=stacked).parts)
     assert "Does the published mechanism hold?" in page

@@ -4,7 +4,14 @@ Adding one: a module here defining `INSTRUMENT = Instrument(...)`, and its `regi
 below (see CONTRIBUTING.md, "Adding an instrument").
 """
 
-from initlens.analyses.instruments import cka, geometry, localization, mechanism, probes
+from initlens.analyses.instruments import (
+    circuit,
+    cka,
+    geometry,
+    localization,
+    mechanism,
+    probes,
+)
 from initlens.analyses.instruments.registry import (
     INSTRUMENTS,
     NEEDS,
@@ -20,6 +27,7 @@ register(localization.INSTRUMENT)
 register(probes.INSTRUMENT)
 register(geometry.INSTRUMENT)
 register(mechanism.INSTRUMENT)
+register(circuit.INSTRUMENT)
 register(cka.INSTRUMENT)
 
 __all__ = [

@@ -51,6 +51,9 @@ LOW_RANK_VARIANCE = 0.8
 # Share of first-layer W_Q neurons in a group (|cosine| > CONDENSATION_COSINE, the paper's
 # grouping threshold) at least this: most neurons have condensed.
 CONDENSED_FRACTION = 0.5
+# Centered cosine among last-token vectors of rows with the same target, at least this
+# (parallel: 1; vectors that ignore the target: about 0).
+SAME_TARGET_PARALLEL = 0.8
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,13 @@ CLAIMS = (
         (Condition("condensed_fraction", CONDENSED_FRACTION, at_most=False),),
         ("n_directions",),
     ),
+    MechanismClaim(
+        "same_target_parallel",
+        "Composite task: the last layer's last-token vectors are nearly parallel for rows "
+        "with the same target (mean centered cosine; other targets shown beside)",
+        (Condition("same_target_cosine", SAME_TARGET_PARALLEL, at_most=False),),
+        ("other_target_cosine",),
+    ),
 )
 
 
@@ -140,10 +150,11 @@ def measure(context: Context) -> Measured:
     run, settings = context.run, context.settings
     task = run.config.task
     init = run.load_model(run.checkpoint_steps()[0], "cpu")
-    tokens = torch.as_tensor(eval_rows(run, settings.geometry_rows, settings.seed)["tokens"])
+    rows = eval_rows(run, settings.geometry_rows, settings.seed)
+    tokens, labels = torch.as_tensor(rows["tokens"]), torch.as_tensor(rows["label"])
     table = over_training(
         [run],
-        lambda model, run, step: mechanism_metrics(model, task, tokens, init),
+        lambda model, run, step: mechanism_metrics(model, task, tokens, init, labels),
         "all",
         progress=context.progress,
     )
