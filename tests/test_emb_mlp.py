@@ -109,7 +109,10 @@ def test_a_run_report_on_an_emb_mlp(tmp_path):
     tables, problems = analyze_runs(
         [run], AnalysisConfig(pairs=16, probe_rows=300, probe_targets=("label",))
     )
-    assert problems == {run.name: "patching skipped: the Emb-MLP has no attention blocks"}
+    assert problems == {
+        run.name: "patching skipped: the Emb-MLP has no attention blocks; path patching not "
+        "applicable: the Emb-MLP has no attention heads or layers between which paths run"
+    }
     assert set(tables["probes"].component) == {"resid_pre", "resid_post"}
     assert "attention_entropy" not in set(tables["geometry"].metric)
     info = write_report([run], tmp_path / "report.html", "Emb-MLP", problems, tables)

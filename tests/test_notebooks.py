@@ -32,6 +32,7 @@ NAMES = (
     "05_phase_diagram",
     "06_layernorm_grokking",
     "07_rule_extrapolation",
+    "08_mechanism_and_circuit",
 )
 CELL_TIMEOUT = 180  # seconds per cell; the SMALL setting needs a few
 PLOTLY = "application/vnd.plotly.v1+json"
@@ -222,6 +223,70 @@ def check_rule_extrapolation(r: dict) -> None:
     assert r["files"] == 3
 
 
+def _path_count(n_layers: int, n_heads: int, attn_only: bool) -> int:
+    """Sender -> receiver pairs in which the receiver reads the sender's write: a layer's
+    head inputs (q, k, v) read the embeddings and every earlier layer's heads and MLP; its
+    MLP also reads that layer's heads; the logits read everything."""
+    per_layer = n_heads + (0 if attn_only else 1)  # writes of one layer
+    total = 0
+    for layer in range(n_layers):
+        before = 1 + layer * per_layer
+        total += 3 * n_heads * before
+        if not attn_only:
+            total += before + n_heads
+    return total + 1 + n_layers * per_layer
+
+
+def check_mechanism_and_circuit(r: dict) -> None:
+    from initlens.analyses.instruments.mechanism import CLAIMS
+
+    m = r["model"]
+    n_paths = _path_count(m["n_layers"], m["n_heads"], m["attn_only"])
+    assert r["senders"][0] == "embed" and r["receivers"][-1] == "logits"
+    assert r["n_paths"] == r["agreement_n"] == n_paths
+    assert r["n_paths_study"] == [n_paths]  # every experiment at every checkpoint
+    assert r["nan_pattern_equal"]
+    # The key alone differs: the embeddings differ nowhere else, so patching them there
+    # restores nothing, exactly (path patching and its attribution estimate alike).
+    assert r["unchanged_positions"] == ["a1", "a2"]
+    assert r["embed_unchanged_max_error"] < 1e-5
+    assert r["embed_unchanged_max_error_attribution"] < 1e-5
+    assert abs(r["clean"] - r["corrupted"]) > 0.1
+    # The circuit study's path patch of the same pairs at the same checkpoint.
+    assert r["hand_vs_study_paths"] == [n_paths, n_paths]
+    assert r["hand_vs_study_max_error"] < 1e-4
+    assert r["experiments"] == ["memory", "reasoning"] and len(r["edge_sentences"]) == 4
+    # One verdict per claim and init scale, then small against large init; each re-derived
+    # from the claim's thresholds and the last-step numbers (one run per gamma).
+    claims = {c.key: c for c in CLAIMS}
+    rows = r["verdicts"]
+    said = list(dict.fromkeys(v["claim"] for v in rows))
+    assert set(said) <= set(claims) and {"ordered", "memory_together"} <= set(said)
+    assert len(r["claims_said"]) == len(said)
+    for claim in said:
+        got = {v["gamma"]: v["verdict"] for v in rows if v["claim"] == claim}
+        assert list(got) == ["0.3", "0.8", "0.8 vs 0.3"]
+        conditions = claims[claim].conditions
+        for g in ("0.3", "0.8"):
+            values = [r["last_values"][g].get(c.metric, math.nan) for c in conditions]
+            holds = all(c.holds(v) for c, v in zip(conditions, values))
+            expected = (
+                "not measured"
+                if any(math.isnan(v) for v in values)
+                else ("holds" if holds else "does not hold")
+            )
+            assert got[g] == expected, (claim, g, got[g])
+        first = conditions[0]
+        a, b = (r["last_values"][g].get(first.metric, math.nan) for g in ("0.8", "0.3"))
+        smaller = a < b if first.at_most else a > b
+        expected = (
+            "not measured"
+            if math.isnan(a) or math.isnan(b)
+            else ("holds" if smaller else "does not hold")
+        )
+        assert got["0.8 vs 0.3"] == expected, claim
+
+
 CHECKS = {
     "01_quick_start": check_quick_start,
     "02_localizing_with_patching": check_localizing,
@@ -230,6 +295,7 @@ CHECKS = {
     "05_phase_diagram": check_phase_diagram,
     "06_layernorm_grokking": check_layernorm_grokking,
     "07_rule_extrapolation": check_rule_extrapolation,
+    "08_mechanism_and_circuit": check_mechanism_and_circuit,
 }
 
 
