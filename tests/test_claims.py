@@ -171,7 +171,7 @@ def test_composite_claim_inferential_at_small_and_symmetric_at_large_init():
 
 def test_claims_that_cannot_be_judged_say_why():
     one_gamma = claims_table(_table([_row(LARGE, 0), _row(LARGE, 1)]))
-    assert list(one_gamma.claim) == ["i", "ii", "iii", "iv"]
+    assert list(one_gamma.claim) == ["i", "ii", "iii", "iv", "v"]
     assert set(one_gamma.verdict) == {"not judged"}
     assert set(one_gamma.why) == {"needs two init scales to compare (the runs have 1)"}
     no_test = _table(_published()).drop(columns="final_acc_reasoning_test")
@@ -181,7 +181,10 @@ def test_claims_that_cannot_be_judged_say_why():
     assert _verdict(claims_table(no_test), "ii") == "reproduced"  # the others still judged
     assert claims_table(pd.DataFrame()).verdict.eq("not judged").all()
     lines = claim_lines(one_gamma)
-    assert len(lines) == 4 and all("not judged (needs two init scales" in line for line in lines)
+    assert len(lines) == 5 and all("not judged (needs two init scales" in line for line in lines)
+    emb_mlp = _claim(claims_table(_table(_published())), "v")
+    assert list(emb_mlp.verdict) == ["not judged"]
+    assert "needs Emb-MLP runs beside the transformer runs" in emb_mlp.why.iloc[0]
 
 
 def test_claim_lines_state_numbers_seeds_threshold_and_verdict():
@@ -208,3 +211,33 @@ def test_verdict_with_several_seeds_names_them_and_defers_to_the_claims():
     assert lines[0].startswith("gamma = 0.3, seed 0, within 1000 steps")
     assert len(lines) == 5 and "Published claims, over seeds" in lines[-1]
     assert not any("Published direction" in line for line in lines)
+
+
+def test_the_emb_mlp_claim_on_a_table_with_both_architectures():
+    """(v) reads the Emb-MLP rows only, (i)-(iv) the transformer rows only."""
+
+    def table(emb_mlp_leads_at_small):
+        transformer = [{**r, "architecture": "transformer"} for r in _published()]
+        emb_mlp = []
+        for s, leads in enumerate(emb_mlp_leads_at_small):
+            emb_mlp += [
+                {**_row(LARGE, s, test_acc=0.9, lead=300), "architecture": "emb_mlp"},
+                {
+                    **_row(SMALL, s, test_acc=0.0, lead=500 if leads else 100),
+                    "architecture": "emb_mlp",
+                },
+            ]
+        for r in emb_mlp:
+            r["run"] = "emb_mlp_" + r["run"]
+        return _table(transformer + emb_mlp)
+
+    claims = claims_table(table((True, True, False)))
+    emb_mlp = _claim(claims, "v").set_index("init")
+    assert set(emb_mlp.verdict) == {"reproduced"}
+    assert set(emb_mlp.holds) == {"0: yes; 1: yes; 2: no"}
+    assert emb_mlp.loc["small", "mean"] == pytest.approx((500 + 500 + 100) / 3)
+    assert emb_mlp.loc["large", "mean"] == 300
+    # (i) is the transformer's: the Emb-MLP's reversed held-out accuracies do not enter it
+    assert _verdict(claims, "i") == "reproduced"
+    assert _claim(claims, "i").set_index("init").loc["small", "mean"] == pytest.approx(0.91)
+    assert _verdict(claims_table(table((True, False, False))), "v") == "not reproduced"

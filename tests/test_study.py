@@ -74,7 +74,7 @@ def test_claims_csv_and_report_section_over_seeds(study):
     pref = pd.read_csv(out / "preference.csv")
     assert list(pref.run) == NAMES and list(pref.seed) == [0, 1, 0, 1]
     claims = pd.read_csv(out / "claims.csv").fillna({"why": ""})
-    assert list(dict.fromkeys(claims.claim)) == ["i", "ii", "iii", "iv"]
+    assert list(dict.fromkeys(claims.claim)) == ["i", "ii", "iii", "iv", "v"]
     judged = claims[claims.verdict != "not judged"]
     assert set(judged.claim) == {"i", "ii", "iii"} and set(judged.of_seeds) == {2}
     assert "composite task only" in claims[claims.claim == "iv"].why.iloc[0]

@@ -261,6 +261,39 @@ def test_cli_sweep(tmp_path, capsys):
     )
     assert_user_error(run_cli(capsys, "sweep", "--out", tmp_path / "bad"), "nothing to sweep")
     assert not (tmp_path / "bad").exists()
+    assert not (tmp_path / "s" / "claims.csv").exists()  # lr varies too: no claims
+
+
+@pytest.mark.integration
+def test_a_sweep_over_gamma_seed_and_architecture_judges_the_claims(tmp_path, capsys):
+    """claims.csv: (i)-(iv) on the transformer runs, (v) on the Emb-MLP runs (a grid that
+    varies anything else has none: test_cli_sweep)."""
+    code, _, err = run_cli(
+        capsys,
+        "sweep",
+        "--out",
+        tmp_path / "s",
+        "--gammas",
+        "0.3,0.8",
+        "--seeds",
+        "0,1",
+        "--vary",
+        "architecture=transformer,emb_mlp",
+        *TINY,
+        "--steps",
+        "20",
+    )
+    assert code == 0, err
+    results = pd.read_csv(tmp_path / "s" / "results.csv")
+    claims = pd.read_csv(tmp_path / "s" / "claims.csv")
+    assert list(dict.fromkeys(claims.claim)) == ["i", "ii", "iii", "iv", "v"]
+    emb_mlp = results[results.architecture == "emb_mlp"].set_index(["seed", "gamma"])
+    v = claims[claims.claim == "v"].set_index("gamma")
+    for gamma in (0.3, 0.8):  # (v)'s numbers are the Emb-MLP runs' reasoning leads
+        leads = emb_mlp.xs(gamma, level="gamma").reasoning_lead_steps.dropna()
+        assert v.loc[gamma, "n_seeds"] == len(leads)
+        if len(leads):
+            assert v.loc[gamma, "mean"] == pytest.approx(leads.mean())
 
 
 def test_ray_backend_without_ray_says_how_to_install_it(tmp_path, monkeypatch):

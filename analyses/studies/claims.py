@@ -11,10 +11,14 @@ claims (docs/SCIENCE.md sections 1.4 and 2.2):
 (iii) large init learns both task types at a similar pace: both groups reach 90% and
       |lead| <= 20% of the run's steps;
 (iv)  composite task only: inferential at small init, symmetric at large init (the
-      held-out pair's read-outs).
+      held-out pair's read-outs);
+(v)   the Emb-MLP shows the same preference: its reasoning lead is larger at small init
+      too (a table with an `architecture` column holding transformer and emb_mlp runs,
+      e.g. a sweep's results with `--vary architecture=transformer,emb_mlp`; claims (i)-(iv)
+      are then judged on the transformer runs).
 
-A claim the table cannot judge (one gamma, no held-out group, not the composite task)
-is listed as "not judged", with why.
+A claim the table cannot judge (one gamma, no held-out group, not the composite task, no
+Emb-MLP runs) is listed as "not judged", with why.
 """
 
 from __future__ import annotations
@@ -134,6 +138,18 @@ def _inferential(table: pd.DataFrame, small: float, large: float, r: str, m: str
     return Evidence(values, (values[small] > 0) & (values[large] < 0))
 
 
+def _emb_mlp_lead(
+    table: pd.DataFrame, small: float, large: float, r: str, m: str
+) -> Evidence | str:
+    """(v): the Emb-MLP runs' reasoning lead, larger at small init (claim (ii) for them)."""
+    if "architecture" not in table or not (table.architecture == EMB_MLP).any():
+        return (
+            "needs Emb-MLP runs beside the transformer runs, e.g. `probe sweep --vary "
+            "architecture=transformer,emb_mlp --gammas 0.3,0.8 --seeds 0,1,2`"
+        )
+    return _lead(table[table.architecture == EMB_MLP], small, large, r, m)
+
+
 CLAIMS = (
     Claim(
         "i",
@@ -164,7 +180,18 @@ CLAIMS = (
         "inferential_fraction - symmetric_fraction",
         _inferential,
     ),
+    Claim(
+        "v",
+        "The Emb-MLP shows the same preference: its reasoning lead ({m}'s step to 90% "
+        "minus {r}'s) is larger at small init than at large init, as (ii) says of the "
+        "transformer",
+        "reasoning_lead_steps (Emb-MLP runs)",
+        _emb_mlp_lead,
+    ),
 )
+EMB_MLP = "emb_mlp"
+# Claims about the transformer: judged on its runs where a table holds both architectures.
+TRANSFORMER_CLAIMS = ("i", "ii", "iii", "iv")
 
 
 def _number(value: float) -> str:
@@ -236,7 +263,10 @@ def claims_table(
             rows.append(_not_judged(statement, quantity, claim.key, why))
             continue
         large, small = gammas[0], gammas[-1]
-        found = claim.measure(table, small, large, reasoning, memory)
+        rows_judged = table
+        if claim.key in TRANSFORMER_CLAIMS and "architecture" in table:
+            rows_judged = table[table.architecture != EMB_MLP]
+        found = claim.measure(rows_judged, small, large, reasoning, memory)
         if isinstance(found, str):
             rows.append(_not_judged(statement, quantity, claim.key, found))
         elif found.holds.empty:

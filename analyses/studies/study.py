@@ -202,7 +202,12 @@ def study_table(runs: list[Run]) -> pd.DataFrame:
     read-outs (`readout_row`, e.g. the composite task's inferential and symmetric
     fractions), the table the claims are judged from."""
     table = preference_table(runs)
-    readouts = pd.DataFrame([{"run": r.name, **readout_row(r)} for r in runs])
+    readouts = pd.DataFrame(
+        [
+            {"run": r.name, "architecture": r.config.model.architecture, **readout_row(r)}
+            for r in runs
+        ]
+    )
     return table.merge(readouts, on="run", how="left")
 
 

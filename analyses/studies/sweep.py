@@ -3,6 +3,8 @@
     SWEEP/sweep.json            the base RunConfig and the grid
     SWEEP/runs/<name>/          one ordinary run directory per grid point (g0.3_L2_s0, ...)
     SWEEP/results.csv/.parquet  one row per grid point: its values, state, error, preference
+    SWEEP/claims.csv            the published claims over seeds, when the grid varies gamma
+                                and at most seed and architecture besides
     SWEEP/learning_curves.html  every run's reasoning and memory accuracy over training
     SWEEP/phase_diagram.html    gamma x depth coloured by the preference index (gamma swept)
 
@@ -42,6 +44,7 @@ from initlens.analyses.figures.curves import sweep_curves
 from initlens.analyses.figures.export import export_figures, export_table, figure_formats
 from initlens.analyses.figures.labels import value_text
 from initlens.analyses.figures.phase_diagram import phase_diagram
+from initlens.analyses.studies.claims import claims_table
 from initlens.analyses.studies.folders import check_folder
 from initlens.analyses.studies.phase import rows_axis
 from initlens.analyses.studies.preference import preference_row, readout_row
@@ -514,6 +517,11 @@ def report_sweep(out: str | Path, formats: Sequence[str] = ("html",)) -> dict[st
     sweep = Sweep.from_dict(read_json(out / "sweep.json", "sweep file"), str(out))
     table = results_table(sweep, out)
     files = export_table(table, out, "results")
+    finished = table[table.state == "done"]
+    if set(sweep.grid) <= {"gamma", "seed", "architecture"} and finished.gamma.nunique() > 1:
+        task = sweep.base.task
+        claims = claims_table(finished, task.reasoning_group, task.memory_group)
+        files += export_table(claims, out, "claims", formats=("csv",))
     labels = {
         name: ", ".join(f"{k}={value_text(v)}" for k, v in values.items())
         for name, values in sweep.points()
