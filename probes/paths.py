@@ -199,10 +199,13 @@ def _deltas(
 ) -> torch.Tensor:
     """Source minus target output of each sender, [sender, (pos,) batch, seq, d]: with
     positions, variant p keeps position p only."""
-    deltas = torch.stack([_output(w, s, source) - _output(w, s, target) for s in sent])
+    outputs = [_output(w, s, source) - _output(w, s, target) for s in sent]
+    # A final-block sender cached at the label position only (its other positions reach no
+    # receiver): zeros before it.
+    seq = max(o.shape[1] for o in outputs)
+    deltas = torch.stack([F.pad(o, (0, 0, seq - o.shape[1], 0)) for o in outputs])
     if not per_position:
         return deltas
-    seq = deltas.shape[2]
     only = torch.eye(seq, dtype=torch.bool, device=deltas.device)  # [variant pos, pos]
     return deltas.unsqueeze(1) * only[None, :, None, :, None]
 
@@ -223,30 +226,28 @@ def _head_receivers(
     """Metric of each (variant, q/k/v, head) path into layer `layer`'s heads: the head reads
     the target residual stream plus the sender's difference `d` [variant, batch, seq, dm]."""
     n, batch, seq, _ = d.shape
-    x = target[hook_name("resid_pre", layer)]
-    a_qk, a_v = w.attn_inputs(x + d, layer)
-    z = target[hook_name("z", layer)]  # [batch, seq, head, d_head]
-    flat = (n * batch, seq, w.n_heads, w.d_head)
+    heads_, d_head = w.n_heads, w.d_head
+    # Positions whose head outputs can reach the logits: in the final block, the label's.
+    cut = slice(-1, None) if layer == w.n_layers - 1 else slice(None)
+    x = target[hook_name("resid_pre", layer)][:, cut]
+    a_qk, a_v = w.attn_inputs(target[hook_name("resid_pre", layer)] + d, layer)
     qkv = {t: target[hook_name(t, layer)].repeat(n, 1, 1, 1) for t in QKV}
-    own = torch.eye(w.n_heads, dtype=torch.bool, device=d.device)[:, None, None, :, None]
-    last = layer == w.n_layers - 1
-    out = []
+    qkv["q"] = qkv["q"][:, cut]
+    z = target[hook_name("z", layer)][:, cut]  # [batch, out, head, d_head]
+    own = torch.eye(heads_, dtype=torch.bool, device=d.device)[:, None, None, :, None]
+    z_vars = []
     for t in QKV:
-        moved = heads(w, layer, t, (a_v if t == "v" else a_qk).flatten(0, 1)).view(flat)
+        a = a_v if t == "v" else a_qk[:, :, cut] if t == "q" else a_qk
+        moved = heads(w, layer, t, a.flatten(0, 1))
         # Heads are independent: replacing every head's input at once gives, for each head,
         # its output with only its own input replaced.
         z_new = attend(*(moved if u == t else qkv[u] for u in QKV))
-        z_new = z_new.view(n, batch, seq, w.n_heads, w.d_head)
-        # One receiver head at a time: [variant, receiver head, batch, seq, head, d_head].
-        z_var = torch.where(own, z_new.unsqueeze(1), z)
-        rows = n * w.n_heads * batch
-        xs = x.repeat(n * w.n_heads, 1, 1)
-        z_var = z_var.reshape(rows, seq, w.n_heads, w.d_head)
-        if last:  # only the label position reaches the logits
-            xs, z_var = xs[:, -1:], z_var[:, -1:]
-        resid = block_tail(w, layer, xs, z_var)
-        out.append(_finish(w, layer + 1, resid, metric, n * w.n_heads).view(n, w.n_heads))
-    return torch.stack(out, 1)  # [variant, q/k/v, head]
+        z_new = z_new.view(n, batch, -1, heads_, d_head)
+        # One receiver head at a time: [variant, receiver head, batch, out, head, d_head].
+        z_vars.append(torch.where(own, z_new.unsqueeze(1), z))
+    z_var = torch.stack(z_vars, 1).flatten(0, 3)  # [variant * q/k/v * head * batch, ...]
+    resid = block_tail(w, layer, x.repeat(n * 3 * heads_, 1, 1), z_var)
+    return _finish(w, layer + 1, resid, metric, n * 3 * heads_).view(n, 3, heads_)
 
 
 def _mlp_receiver(
@@ -299,7 +300,7 @@ def path_patch(
         model, clean, corrupted, direction, sender_names, receiver_names, "path patching"
     )
     batch, seq = clean.shape
-    logits, cache = run_with_cache(w, torch.cat([clean, corrupted]), _CACHED)
+    logits, cache = run_with_cache(w, torch.cat([clean, corrupted]), _CACHED, label_only=True)
     halves = {k: v.split(batch) for k, v in cache.items()}
     src, tgt = (0, 1) if direction == "denoising" else (1, 0)
     target_cache, source_cache = ({k: v[i] for k, v in halves.items()} for i in (tgt, src))

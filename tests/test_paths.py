@@ -4,13 +4,12 @@ attribution patching against its own finite-difference meaning, on random models
 import pytest
 import torch
 
-from test_patching_realistic import biased_model, corrupt
-
 from initlens.models import ModelConfig, UserError
 from initlens.models.forward import Weights
 from initlens.probes.attribution import agreement
-from initlens.probes.paths import edge_attribution, path_patch, receivers, senders
 from initlens.probes.patching import logit_diff
+from initlens.probes.paths import edge_attribution, path_patch, receivers, senders
+from test_patching_realistic import biased_model, corrupt
 
 TOL = 1e-5  # max abs difference in float32, as for activation patching
 
@@ -18,7 +17,7 @@ TOL = 1e-5  # max abs difference in float32, as for activation patching
 def _freeze_hooks(model, target_cache, source_cache, sender, position):
     """Hooks of step 2 (Wang et al. 2022): every head output and MLP output frozen at the
     target run, the sender's output (at `position`, or all) taken from the source run."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    n_layers = model.cfg.n_layers
     where = slice(None) if position is None else position
 
     def freeze(name, own_head=None):
@@ -51,12 +50,16 @@ def _freeze_hooks(model, target_cache, source_cache, sender, position):
 
 
 @torch.no_grad()
-def reference_path_patch(model, target, source, metric, sender, receiver, position=None):
+def reference_path_patch(
+    model, target, source, metric, sender, receiver, position=None, caches=None
+):
     """One path, the way the method is usually written: a run with everything frozen but the
     sender, recording what the receiver computes, then a run on the target with only the
-    receiver's activation replaced by that."""
-    _, target_cache = model.run_with_cache(target)
-    _, source_cache = model.run_with_cache(source)
+    receiver's activation replaced by that. `caches`: the (target, source) runs' caches,
+    computed once for many paths (None: run both here)."""
+    if caches is None:
+        caches = model.run_with_cache(target)[1], model.run_with_cache(source)[1]
+    target_cache, source_cache = caches
     hooks = _freeze_hooks(model, target_cache, source_cache, sender, position)
     if receiver.kind == "logits":
         logits = model.run_with_hooks(target, fwd_hooks=hooks)
