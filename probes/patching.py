@@ -186,6 +186,11 @@ def _check_inputs(
             f"component {component!r} does not exist in an attention-only model; "
             f"choose one of resid_pre, resid_post, attn_out, z, q, k, v, pattern"
         )
+    check_pair_inputs(clean, corrupted, direction)
+
+
+def check_pair_inputs(clean: torch.Tensor, corrupted: torch.Tensor, direction: str) -> None:
+    """A UserError unless `direction` is known and the two token batches share a shape."""
     if direction not in DIRECTIONS:
         raise UserError(f"unknown direction {direction!r}; choose denoising or noising")
     if clean.shape != corrupted.shape or clean.ndim != 2:

@@ -46,7 +46,7 @@ from initlens.models.forward import (
     unembed,
 )
 from initlens.models.progress import Progress, tracked
-from initlens.probes.patching import DIRECTIONS, Metric, _apply_metric
+from initlens.probes.patching import Metric, _apply_metric, check_pair_inputs
 
 QKV = ("q", "k", "v")
 _CACHED = ("resid_pre", "q", "k", "v", "z", "resid_mid", "mlp_out", "resid_post")
@@ -159,6 +159,8 @@ class PathPatched:
 
 
 def _setup(model, clean, corrupted, direction, sender_names, receiver_names, what):
+    """The model's weights, the chosen senders and receivers (checked), and the target and
+    source tokens on the model's device; a UserError for what path patching cannot do."""
     w = Weights.of(model)
     w.require_attention(what)
     if w.normalizes == "post":
@@ -166,13 +168,7 @@ def _setup(model, clean, corrupted, direction, sender_names, receiver_names, wha
             f"{what} needs a pre-LN model (its residual stream a sum of each node's "
             f"output); this model normalizes after each sublayer (normalization='post')"
         )
-    if direction not in DIRECTIONS:
-        raise UserError(f"unknown direction {direction!r}; choose denoising or noising")
-    if clean.shape != corrupted.shape or clean.ndim != 2:
-        raise UserError(
-            f"clean tokens {tuple(clean.shape)} and corrupted tokens "
-            f"{tuple(corrupted.shape)} must have the same [batch, seq] shape"
-        )
+    check_pair_inputs(clean, corrupted, direction)
     sent = _pick(senders(w), sender_names, "sender")
     received = _pick(receivers(w), receiver_names, "receiver")
     _check_pairs(sent, received)
@@ -271,9 +267,10 @@ def _logits_receiver(
     return _apply_metric(metric, unembed(w, final + d[:, :, -1])).mean(-1)
 
 
-def _groups(received: list[Node]) -> list[tuple[str, int]]:
-    """The receivers grouped by what one batched pass computes: (kind, layer)."""
-    return list(dict.fromkeys((r.kind, r.layer) for r in received))
+def _groups(received: list[Node]) -> list[Node]:
+    """One receiver of each group one batched pass computes (a layer's heads, an MLP, the
+    logits)."""
+    return list({(r.kind, r.layer): r for r in received}.values())
 
 
 @torch.inference_mode()
@@ -316,9 +313,9 @@ def path_patch(
         d_model, w.n_heads * seq, 0 if w.attn_only else w["blocks.0.mlp.in.weight"].shape[0]
     )
     groups = _groups(received)
-    for kind, layer in tracked(groups, progress, len(groups), "path patching"):
-        order = 2 * layer + 1 if kind == "head" else 2 * layer + 2 if kind == "mlp" else 1 << 30
-        rows = [i for i, s in enumerate(sent) if s.order < order]
+    for group in tracked(groups, progress, len(groups), "path patching"):
+        kind, layer = group.kind, group.layer
+        rows = [i for i, s in enumerate(sent) if s.order < group.order]
         if not rows:
             continue
         d = deltas[rows].reshape(-1, batch, seq, d_model)  # [variant, batch, seq, d]

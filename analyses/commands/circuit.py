@@ -22,7 +22,7 @@ from initlens.analyses.figures.export import (
     figure_formats,
 )
 from initlens.analyses.studies.circuit import not_applicable, trace_run
-from initlens.analyses.studies.over_training import open_runs, select_steps, stage_steps
+from initlens.analyses.studies.over_training import named_steps, open_runs
 from initlens.models.errors import UserError, check_count
 from initlens.models.progress import Progress
 from initlens.probes.corruptions import MAX_PAIRS
@@ -55,8 +55,7 @@ def circuit_command(
     if per_position:
         tables["circuit_by_position"] = []
     for run in runs:
-        stages = stage_steps(run)
-        chosen = {s: stages.get(s, f"step {s}") for s in select_steps(run, steps)}
+        chosen = named_steps(run, steps)
         edges, agreement = trace_run(run, chosen, pairs, seed, progress=progress)
         if edges.empty:
             raise UserError(

@@ -13,8 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from initlens.analyses.figures.colors import gamma_color, gammas_of
-from initlens.analyses.figures.labels import step_axis, step_positions
+from initlens.analyses.figures.colors import gammas_of
+from initlens.analyses.figures.localization import lines_over_training
 from initlens.analyses.studies.circuit import strongest_edges
 
 POSITIVE, NEGATIVE = "#2b6cb0", "#c53030"  # restores the clean answer / pushes away
@@ -44,6 +44,16 @@ def _nodes(senders, receivers) -> dict[str, tuple[float, float]]:
     return {n: (last + 1 if x == float("inf") else x, y) for n, (x, y) in places.items()}
 
 
+def _column_name(x: float, last: float) -> str:
+    """The tick label of a column of the graph."""
+    if x == 0:
+        return "embed"
+    if x == last:
+        return "logits"
+    layer = int((x - 1) // 2)
+    return f"L{layer} attn" if x % 2 == 1 else f"L{layer} MLP"
+
+
 def _curve(x0: float, y0: float, x1: float, y1: float, n: int = 24) -> tuple[list, list]:
     """A quadratic curve from (x0, y0) to (x1, y1), bowed by its span so that paths over
     several columns pass above the nodes between."""
@@ -63,8 +73,8 @@ def circuit_graph(table: pd.DataFrame, top: int = 8) -> go.Figure:
     fig = make_subplots(
         rows=max(1, len(gammas)),
         cols=max(1, len(exps)),
-        vertical_spacing=0.12,
-        horizontal_spacing=0.05,
+        vertical_spacing=0.2,
+        horizontal_spacing=0.06,
         subplot_titles=[f"gamma = {g:g}: {e} prompts" for g in gammas for e in exps],
     )
     scale = max(rows.normalized.abs().max(), 1e-12) if len(rows) else 1.0
@@ -136,10 +146,28 @@ def circuit_graph(table: pd.DataFrame, top: int = 8) -> go.Figure:
                 row=i,
                 col=j,
             )
-            fig.update_xaxes(visible=False, row=i, col=j)
-            fig.update_yaxes(visible=False, row=i, col=j)
+            columns = sorted({x for x, _ in places.values()})
+            fig.update_xaxes(
+                title_text="forward pass",
+                tickvals=columns,
+                ticktext=[_column_name(x, columns[-1]) for x in columns],
+                showgrid=False,
+                zeroline=False,
+                row=i,
+                col=j,
+            )
+            rows_y = sorted({y for _, y in places.values()})
+            fig.update_yaxes(
+                title_text="head",
+                tickvals=rows_y,
+                ticktext=[f"H{y - 1:g}" if y > 0 else "" for y in rows_y],
+                showgrid=False,
+                zeroline=False,
+                row=i,
+                col=j,
+            )
     fig.update_layout(
-        height=320 * max(1, len(gammas)) + 60,
+        height=360 * max(1, len(gammas)) + 60,
         width=max(560, 480 * len(exps)),
         plot_bgcolor="white",
         title=f"Strongest paths (top {top} by |normalized effect|)<br><sup>width and label: "
@@ -152,41 +180,8 @@ def circuit_graph(table: pd.DataFrame, top: int = 8) -> go.Figure:
 def edges_over_training(table: pd.DataFrame, top: int = 2) -> go.Figure:
     """Normalized effect, over the analysed checkpoints, of the `top` strongest paths of each
     init scale at its last step; one panel per experiment (log step axis)."""
-    strongest = strongest_edges(table, top)
-    rows = table[table.position < 0]
-    exps, gammas = list(dict.fromkeys(rows.experiment)), gammas_of(rows)
-    where = step_positions(rows.step)
-    fig = make_subplots(
-        rows=1, cols=len(exps), shared_yaxes=True, subplot_titles=[f"{e} prompts" for e in exps]
-    )
-    for j, exp in enumerate(exps, start=1):
-        for gamma in gammas:
-            picks = strongest[(strongest.gamma == gamma) & (strongest.experiment == exp)]
-            for dash, edge in zip(("solid", "dot", "dash"), picks.itertuples()):
-                line = rows[
-                    (rows.gamma == gamma)
-                    & (rows.experiment == exp)
-                    & (rows.sender == edge.sender)
-                    & (rows.receiver == edge.receiver)
-                ].sort_values("step")
-                fig.add_trace(
-                    go.Scatter(
-                        x=line.step.map(where),
-                        y=line.normalized,
-                        mode="lines+markers",
-                        name=f"gamma {gamma:g}: {edge.sender} -> {edge.receiver}",
-                        line=dict(color=gamma_color(gammas, gamma), dash=dash),
-                        text=line.stage,
-                        customdata=line.step,
-                        hovertemplate="step %{customdata} (%{text})<br>normalized %{y:.3f}"
-                        "<extra></extra>",
-                    ),
-                    row=1,
-                    col=j,
-                )
-        fig.update_xaxes(**step_axis(rows.step), row=1, col=j)
-    fig.update_yaxes(title_text="normalized effect (1 = restores the clean run)", row=1, col=1)
-    fig.update_layout(
-        height=400, margin=dict(t=50, b=40, l=60, r=20), legend=dict(orientation="h", y=-0.25)
-    )
-    return fig
+
+    def named(t: pd.DataFrame) -> pd.DataFrame:
+        return t.assign(patch=t.sender + " -> " + t.receiver)
+
+    return lines_over_training(named(table[table.position < 0]), named(strongest_edges(table, top)))

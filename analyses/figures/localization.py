@@ -101,8 +101,13 @@ def patching_grid(table: pd.DataFrame, component: str) -> go.Figure:
 def effect_over_training(table: pd.DataFrame, top: int = 2) -> go.Figure:
     """Normalized effect, over the stage checkpoints, of the `top` strongest component
     patches of each init scale at its last step; one panel per experiment."""
-    ranked = rank_components(table, top=top)
-    rows = table.assign(patch=patch_names(table))
+    return lines_over_training(table.assign(patch=patch_names(table)), rank_components(table, top))
+
+
+def lines_over_training(rows: pd.DataFrame, ranked: pd.DataFrame) -> go.Figure:
+    """Normalized effect over the checkpoints of each `patch` that `ranked` picks per init
+    scale and experiment (rows: gamma, experiment, patch, step, stage, normalized); one
+    panel per experiment, log step axis."""
     exps = list(dict.fromkeys(rows.experiment))
     gammas = gammas_of(rows)
     where = step_positions(rows.step)

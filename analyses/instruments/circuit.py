@@ -77,11 +77,15 @@ def section(doc: Report, runs: list[Run], tables: Mapping[str, pd.DataFrame]) ->
         "in that receiver's input only, everything else frozen, and the model runs on from "
         "the receiver. Normalized effect: the share of the clean-corrupted logit-difference "
         "gap that this one path restores.</p>",
-        table_html(strongest_edges(edges)[list(EDGES_SHOWN)]),
-        '<p class="caption">The five paths with the largest |normalized effect| per init '
-        "scale and task type at the last step; attribution_normalized is the "
-        "edge-attribution estimate of the same path.</p>",
     )
+    strongest = strongest_edges(edges)
+    if len(strongest):
+        doc.add(
+            table_html(strongest[list(EDGES_SHOWN)]),
+            '<p class="caption">The five paths with the largest |normalized effect| per init '
+            "scale and task type at the last step; attribution_normalized is the "
+            "edge-attribution estimate of the same path.</p>",
+        )
     doc.figure(
         "circuit_graph",
         circuit_graph(edges),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from initlens.analyses.studies.localization import MIN_GAP, TOP_K_MIN, Experiment, experiments
-from initlens.analyses.studies.over_training import last_steps, stage_steps
+from initlens.analyses.studies.over_training import last_steps, named_steps
 from initlens.models.progress import Progress, tracked
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement
@@ -134,11 +134,7 @@ def trace_run(
     patching does not apply (`not_applicable`) or the task has no corruptions."""
     if not_applicable(run):
         return pd.DataFrame(), pd.DataFrame()
-    stages = stage_steps(run)
-    if steps is None:
-        steps = stages
-    elif not isinstance(steps, dict):
-        steps = {run.resolve_step(s): stages.get(run.resolve_step(s), f"step {s}") for s in steps}
+    steps = named_steps(run, steps)
     tables, rows = [], []
     for step, stage in tracked(steps.items(), progress, len(steps), "tracing paths"):
         model = run.load_model(step)

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 import pandas as pd
 
 from initlens.analyses.figures.labels import component_label, position_labels
-from initlens.analyses.studies.over_training import last_steps, stage_steps
+from initlens.analyses.studies.over_training import (  # stage_steps: imported from here too
+    last_steps,
+    named_steps,
+    stage_steps,  # noqa: F401
+)
 from initlens.models.progress import Progress, tracked
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement, attribution_patch
@@ -128,11 +132,7 @@ def localize_run(
     """`localize` for every experiment of the run's task at each step (default: the
     `stage_steps`; a list of steps gets their stage names where they have one), with run,
     gamma, step and stage columns."""
-    stages = stage_steps(run)
-    if steps is None:
-        steps = stages
-    elif not isinstance(steps, dict):
-        steps = {run.resolve_step(s): stages.get(run.resolve_step(s), f"step {s}") for s in steps}
+    steps = named_steps(run, steps)
     tables, agreements = [], []
     for step, stage in tracked(steps.items(), progress, len(steps), "localizing"):
         model = run.load_model(step)

@@ -60,6 +60,19 @@ def stage_steps(run: Run, threshold: float = 0.9) -> dict[int, str]:
     return {s: ", ".join(stages[s]) for s in sorted(stages)}
 
 
+def named_steps(
+    run: Run, steps: dict[int, str] | str | int | Sequence[int | str] | None = None
+) -> dict[int, str]:
+    """{step: stage name} of the chosen checkpoints (default: the `stage_steps`; any
+    `select_steps` choice, each step named by its stage where it has one, else "step N")."""
+    if isinstance(steps, dict):
+        return steps
+    stages = stage_steps(run)
+    if steps is None:
+        return stages
+    return {s: stages.get(s, f"step {s}") for s in select_steps(run, steps)}
+
+
 def select_steps(run: Run, steps: str | int | Sequence[int | str] | None) -> list[int]:
     """'all' (or None): every checkpoint; 'stages': those of `stage_steps`; 'last'/an
     int/a list: those (checked to exist)."""
