@@ -172,14 +172,14 @@ def attend(
     v: Float[torch.Tensor, "n seq head d_head"],
     hook: Hook = no_hook,
 ) -> Float[torch.Tensor, "n q_pos head d_head"]:
-    """Causal attention of every head: the head outputs z (q may be the last position only;
-    a last-position-only query sees every key)."""
+    """Causal attention of every head: the head outputs z. The queries are the last q_pos
+    positions of the keys (all of them, a suffix, or the last one only)."""
     # Same op order as the native model (matmul on [n, head, pos, d_head]), so the
     # rounding matches the bridge too.
     scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / q.shape[-1] ** 0.5
     n_q, s = q.shape[1], k.shape[1]
-    if n_q > 1:  # causal mask
-        future = torch.ones(n_q, s, dtype=torch.bool, device=q.device).triu(1)
+    if n_q > 1:  # causal mask: query i sits at position s - n_q + i
+        future = torch.ones(n_q, s, dtype=torch.bool, device=q.device).triu(s - n_q + 1)
         scores = scores.masked_fill(future, float("-inf"))
     pattern = hook("pattern", scores.softmax(-1))
     return hook("z", torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2))
@@ -205,9 +205,7 @@ def block_tail(
     return hook("resid_post", w.norm(out, f"{p}.ln2") if post else out)
 
 
-def mlp(
-    w: Weights, layer: int, mid: Float[torch.Tensor, "*n d"]
-) -> Float[torch.Tensor, "*n d"]:
+def mlp(w: Weights, layer: int, mid: Float[torch.Tensor, "*n d"]) -> Float[torch.Tensor, "*n d"]:
     """The MLP output of block `layer` from its resid_mid (its own LayerNorm included)."""
     p = f"blocks.{layer}"
     a = mid if w.normalizes == "post" else w.norm(mid, f"{p}.ln2")

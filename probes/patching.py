@@ -9,9 +9,10 @@ touches only non-label positions after attention in the last block) is not run a
 patch that makes the state the source's (all of the residual stream that differs, or after
 attention where the block input already matches) takes the source run's cached values; a
 patch after attention (z, attn_out, resid_mid, mlp_out, resid_post) finishes its own block
-at the patched positions only; and a final block whose input changed at a few positions
-reuses the target's cached keys and values elsewhere. Metric values stay on the device
-until the end.
+at the patched positions only and runs the later blocks from its first patched position on,
+reading the target's cached keys and values before it (causal attention leaves them as they
+are); and a final block whose input changed at a few positions reuses the target's cached
+keys and values elsewhere. Metric values stay on the device until the end.
 
 Denoising (the default) runs the corrupted prompt with clean activations patched in;
 noising runs the clean prompt with corrupted activations patched in.
@@ -32,6 +33,7 @@ from initlens.models.errors import UserError, check_positive
 from initlens.models.forward import (
     Hook,
     Weights,
+    attend,
     block,
     block_tail,
     heads,
@@ -408,22 +410,16 @@ def _sweep(
     target's cached state patched (row block v*batch..(v+1)*batch is variant v). Variants
     whose final-block input differs from the target's at a few positions only (patched in
     the final block before attention, or after attention in the block below it) skip the
-    full pass: the final block reuses the target's cached keys and values elsewhere."""
+    full pass: the final block reuses the target's cached keys and values elsewhere.
+    Patches after attention take _after_attention's path (suffixes, not this pass)."""
     last = w.n_layers - 1
+    if component in AFTER_ATTENTION:
+        x = _after_attention(w, target, source, masks, component, sourced)
+        return _metrics(w, metric, target, masks, x)
     x = target[hook_name("resid_pre", 0)][:0]  # variants that run every block above them
     sparse = []  # label-position resid_post of the others, in layer order
     for layer in range(last):
         m, src = masks[layer], source[hook_name(component, layer)]
-        if component in AFTER_ATTENTION:
-            x = block(w, layer, x) if len(x) else x
-            if len(m) == 0:
-                continue
-            post, pos = _finish_patched(w, layer, target, source, m, component, sourced[layer])
-            if layer == last - 1:
-                sparse.append(_final_block(w, target, pos, len(m), x_at=post))
-            else:
-                x = torch.cat([x, _scatter(target[hook_name("resid_pre", layer + 1)], post, pos)])
-            continue
         if len(m):
             r = target[hook_name("resid_pre", layer)]
             x = torch.cat([x, r.expand(len(m), *r.shape).flatten(0, 1)])
@@ -432,6 +428,18 @@ def _sweep(
     if len(masks[last]):
         sparse.append(_final_patched(w, target, source, masks[last], component))
     x = torch.cat([block(w, last, x, last_only=True) if len(x) else x[:, -1:], *sparse])
+    return _metrics(w, metric, target, masks, x)
+
+
+def _metrics(
+    w: Weights,
+    metric: Metric,
+    target: dict[str, torch.Tensor],
+    masks: list[torch.Tensor],
+    x: torch.Tensor,
+) -> list[torch.Tensor]:
+    """Mean metric of each variant of each layer from the label-position resid_post x
+    [variant * batch, 1, d] of all of them, in layer order (variant-major within one)."""
     batch = len(target[hook_name("resid_pre", 0)])
     logits = unembed(w, x[:, -1]).split([len(m) * batch for m in masks])
     return [
@@ -511,10 +519,78 @@ def _row_patcher(masks: torch.Tensor, src: torch.Tensor, pos: torch.Tensor, comp
     return patch
 
 
-def _scatter(full: torch.Tensor, rows_at: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """The target's `full` [batch, seq, ...] for each variant, with rows_at
-    [variant * batch, k, ...] written at positions pos [variant, k]: [variant * batch, ...]."""
-    return _put(full.expand(len(pos), *full.shape), rows_at, pos).flatten(0, 1)
+def _after_attention(
+    w: Weights,
+    target: dict[str, torch.Tensor],
+    source: dict[str, torch.Tensor],
+    masks: list[torch.Tensor],
+    component: str,
+    sourced: list[torch.Tensor],
+) -> torch.Tensor:
+    """Label-position resid_post [variant * batch, 1, d] of the variants patching
+    `component` (one of AFTER_ATTENTION), in layer order. A patch in layer L first
+    patched at position p changes resid_post of L at its own positions only, so every
+    later block sees the target's state before p (causal attention): the variants run on
+    as suffixes (positions p.. only, grouped by p across layers), attending to the
+    target's cached keys and values before p. Patches in the block below the final one
+    go to _final_block directly (it needs new keys and values at their positions only)."""
+    last = w.n_layers - 1
+    resid0 = target[hook_name("resid_pre", 0)]
+    batch, seq, d = resid0.shape
+    out = [resid0.new_empty(len(m), batch, 1, d) if len(m) else None for m in masks]
+    groups: dict[int, tuple[torch.Tensor, list[tuple[int, torch.Tensor]]]] = {}
+    for layer in range(last):
+        # suffixes: [rows, seq - p, d] resid_pre of this layer at p.., and their owners
+        groups = {
+            p: (_suffix_block(w, layer, target, x, p), owners) for p, (x, owners) in groups.items()
+        }
+        m = masks[layer]
+        if len(m) == 0:
+            continue
+        post, pos = _finish_patched(w, layer, target, source, m, component, sourced[layer])
+        if layer == last - 1:
+            out[layer] = _final_block(w, target, pos, len(m), x_at=post).view_as(out[layer])
+            continue
+        resid = target[hook_name("resid_pre", layer + 1)]
+        post = post.view(len(m), batch, *post.shape[1:])
+        first = pos[:, 0]  # positions ascend (_touched)
+        for p in first.unique().tolist():
+            sel = (first == p).nonzero()[:, 0]
+            suffix = resid[:, p:].expand(len(sel), batch, seq - p, d)
+            x = _put(suffix, post[sel].flatten(0, 1), pos[sel] - p).flatten(0, 1)
+            if p in groups:
+                x_p, owners = groups[p]
+                groups[p] = (torch.cat([x_p, x]), [*owners, (layer, sel)])
+            else:
+                groups[p] = (x, [(layer, sel)])
+    if len(masks[last]):
+        out[last] = _final_patched(w, target, source, masks[last], component).view_as(out[last])
+    for p, (x, owners) in groups.items():
+        y = _suffix_block(w, last, target, x, p, last_only=True).view(-1, batch, 1, d)
+        for (layer, sel), rows in zip(owners, y.split([len(sel) for _, sel in owners])):
+            out[layer][sel] = rows
+    return torch.cat([o.flatten(0, 1) for o in out if o is not None] or [resid0[:0, -1:]])
+
+
+def _suffix_block(
+    w: Weights,
+    layer: int,
+    target: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    p: int,
+    last_only: bool = False,
+) -> torch.Tensor:
+    """Block `layer` of variants whose resid_pre is the target's before position p: x
+    [variant * batch, seq - p, d] is theirs at p... Their keys and values before p are the
+    target's cached ones. resid_post at p.. (at the label position only if last_only)."""
+    k_pre, v_pre = (target[hook_name(c, layer)][:, :p] for c in ("k", "v"))
+    n = len(x) // len(k_pre)
+    a, a_v = w.attn_inputs(x, layer)
+    k = torch.cat([k_pre.repeat(n, 1, 1, 1), heads(w, layer, "k", a)], 1)
+    v = torch.cat([v_pre.repeat(n, 1, 1, 1), heads(w, layer, "v", a_v)], 1)
+    if last_only:
+        a, x = a[:, -1:].contiguous(), x[:, -1:]
+    return block_tail(w, layer, x, attend(heads(w, layer, "q", a), k, v))
 
 
 def _put(t: torch.Tensor, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
