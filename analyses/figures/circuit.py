@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from initlens.analyses.figures.colors import gammas_of
-from initlens.analyses.figures.localization import lines_over_training
+from initlens.analyses.figures.localization import lines_over_training, undefined_note
 from initlens.analyses.studies.circuit import strongest_edges
 
 POSITIVE, NEGATIVE = "#2b6cb0", "#c53030"  # restores the clean answer / pushes away
@@ -84,17 +84,7 @@ def circuit_graph(table: pd.DataFrame, top: int = 8) -> go.Figure:
             every = table[(table.gamma == gamma) & (table.experiment == exp)]
             places = _nodes(every.sender.unique(), every.receiver.unique())
             if cell.empty and len(every):
-                fig.add_annotation(
-                    text=f"undefined: clean-corrupted gap too small "
-                    f"({every.clean.iloc[0]:.2f} vs {every.corrupted.iloc[0]:.2f} logit diff)",
-                    xref="x domain",
-                    yref="y domain",
-                    x=0.5,
-                    y=0.5,
-                    showarrow=False,
-                    row=i,
-                    col=j,
-                )
+                undefined_note(fig, every, i, j)
             for r in cell.itertuples():
                 (x0, _), (x1, _) = places[_node(r.sender)[2]], places[_node(r.receiver)[2]]
                 y0, y1 = _node(r.sender)[1], _node(r.receiver)[1]

@@ -24,6 +24,22 @@ from initlens.analyses.studies.over_training import last_steps
 SYMBOLS = {"attn_out": "circle", "mlp_out": "square", "z": "diamond", "resid_pre": "x"}
 
 
+def undefined_note(fig: go.Figure, cell: pd.DataFrame, row: int, col: int) -> None:
+    """Say in a panel that its normalized effects are undefined: the clean and corrupted
+    runs' logit differences (cell's clean and corrupted columns) are too close."""
+    fig.add_annotation(
+        text=f"undefined: clean {cell.clean.iloc[0]:.2f} vs corrupted "
+        f"{cell.corrupted.iloc[0]:.2f} logit diff (gap too small)",
+        xref="x domain",
+        yref="y domain",
+        x=0.5,
+        y=0.5,
+        showarrow=False,
+        row=row,
+        col=col,
+    )
+
+
 def patching_grid(table: pd.DataFrame, component: str) -> go.Figure:
     """Normalized effect of patching `component` at each run's last step: a heatmap of
     layer (rows) x token position (and head) per init scale (rows of panels) and
@@ -46,17 +62,7 @@ def patching_grid(table: pd.DataFrame, component: str) -> go.Figure:
             if cell.empty:
                 continue
             if cell.normalized.isna().all():
-                fig.add_annotation(
-                    text=f"undefined: clean {cell.clean.iloc[0]:.2f} vs "
-                    f"corrupted {cell.corrupted.iloc[0]:.2f} logit diff",
-                    xref="x domain",
-                    yref="y domain",
-                    x=0.5,
-                    y=0.5,
-                    showarrow=False,
-                    row=i,
-                    col=j,
-                )
+                undefined_note(fig, cell, i, j)
             x = (
                 cell.token.astype(str) + (" H" + cell["head"].astype(str) if per_head else "")
             ).tolist()

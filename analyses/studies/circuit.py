@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from initlens.analyses.studies.localization import MIN_GAP, TOP_K_MIN, Experiment, experiments
-from initlens.analyses.studies.over_training import last_steps, named_steps
-from initlens.models.progress import Progress, tracked
+from initlens.analyses.studies.localization import MIN_GAP, TOP_K_MIN, Experiment, per_experiment
+from initlens.analyses.studies.over_training import last_steps
+from initlens.models.progress import Progress
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement
 from initlens.probes.corruptions import make_pairs
@@ -76,10 +76,10 @@ def trace(
     per_position: bool = False,
     top_k: int = 5,
     **labels,
-) -> tuple[pd.DataFrame, dict]:
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Exact path patching and edge attribution of every path for one experiment (denoising,
-    logit difference of the clean and corrupted answers): a tidy edge table and one
-    agreement row."""
+    logit difference of the clean and corrupted answers): a tidy edge table and a one-row
+    agreement table."""
     device = next(model.parameters()).device
     pairs = make_pairs(
         task, experiment.corruption, n=n, seed=seed, data_seed=data_seed, source=experiment.source
@@ -118,7 +118,7 @@ def trace(
         "clean": exact.clean,
         "corrupted": exact.corrupted,
     }
-    return table, row
+    return table, pd.DataFrame([row])
 
 
 def trace_run(
@@ -134,29 +134,15 @@ def trace_run(
     patching does not apply (`not_applicable`) or the task has no corruptions."""
     if not_applicable(run):
         return pd.DataFrame(), pd.DataFrame()
-    steps = named_steps(run, steps)
-    tables, rows = [], []
-    for step, stage in tracked(steps.items(), progress, len(steps), "tracing paths"):
-        model = run.load_model(step)
-        for experiment in experiments(run.config.task):
-            table, row = trace(
-                model,
-                run.config.task,
-                experiment,
-                n,
-                seed,
-                run.config.train.data_seed,
-                per_position,
-                run=run.name,
-                gamma=run.config.model.gamma,
-                step=step,
-                stage=stage,
-            )
-            tables.append(table)
-            rows.append(row)
-    if not tables:
-        return pd.DataFrame(), pd.DataFrame()
-    return pd.concat(tables, ignore_index=True), pd.DataFrame(rows)
+    return per_experiment(
+        run,
+        steps,
+        lambda model, experiment, data_seed, **labels: trace(
+            model, run.config.task, experiment, n, seed, data_seed, per_position, **labels
+        ),
+        "tracing paths",
+        progress,
+    )
 
 
 def strongest_edges(table: pd.DataFrame, top: int = 5) -> pd.DataFrame:

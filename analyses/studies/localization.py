@@ -132,26 +132,39 @@ def localize_run(
     """`localize` for every experiment of the run's task at each step (default: the
     `stage_steps`; a list of steps gets their stage names where they have one), with run,
     gamma, step and stage columns."""
+    return per_experiment(
+        run,
+        steps,
+        lambda model, experiment, data_seed, **labels: localize(
+            model, run.config.task, experiment, components, n, seed, data_seed, **labels
+        ),
+        "localizing",
+        progress,
+    )
+
+
+def per_experiment(run: Run, steps, measure, what: str, progress: Progress | None = None):
+    """measure(model, experiment, data_seed, **labels) -> (table, agreement) for every
+    experiment of the run's task at each of `steps` (`named_steps`), labels run, gamma, step
+    and stage; the tables and the agreements stacked (empty tables when there are none)."""
     steps = named_steps(run, steps)
     tables, agreements = [], []
-    for step, stage in tracked(steps.items(), progress, len(steps), "localizing"):
+    for step, stage in tracked(steps.items(), progress, len(steps), what):
         model = run.load_model(step)
         for experiment in experiments(run.config.task):
-            t, a = localize(
+            table, agreement = measure(
                 model,
-                run.config.task,
                 experiment,
-                components,
-                n,
-                seed,
                 run.config.train.data_seed,
                 run=run.name,
                 gamma=run.config.model.gamma,
                 step=step,
                 stage=stage,
             )
-            tables.append(t)
-            agreements.append(a)
+            tables.append(table)
+            agreements.append(
+                pd.DataFrame([agreement]) if isinstance(agreement, dict) else agreement
+            )
     if not tables:
         return pd.DataFrame(), pd.DataFrame()
     return pd.concat(tables, ignore_index=True), pd.concat(agreements, ignore_index=True)
