@@ -26,7 +26,6 @@ Torch threads: torch's default; INITLENS_THREADS=N sets them.
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -40,26 +39,9 @@ from initlens.probes.patching import logit_diff
 from initlens.probes.paths import edge_attribution, path_patch, receivers, senders
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from patching import best_of  # noqa: E402  (benchmarks/patching.py, this script's folder)
+
 from test_paths import TOL, reference_path_patch  # noqa: E402
-
-
-def sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def best_of(fns, repeats, device):
-    """Best and worst time of each function, their runs interleaved so that a slow spell
-    of the machine hits all of them alike; and each one's last result."""
-    times, outs = [[] for _ in fns], [None] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            sync(device)
-            t = time.perf_counter()
-            outs[i] = fn()
-            sync(device)
-            times[i].append(time.perf_counter() - t)
-    return [(min(t), max(t)) for t in times], outs
 
 
 @torch.inference_mode()

@@ -51,6 +51,12 @@ class PatchPairs:
 MAX_PAIRS = 2**20  # pairs patched in one experiment: far more than a metric's noise needs
 
 
+def check_pairs(n: int, option: str = "n") -> None:
+    """A UserError unless `n` (the `option` giving it) is a count of 1 to MAX_PAIRS pairs."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_PAIRS:
+        raise UserError(f"{option}={n!r}: ask for 1 to {MAX_PAIRS} pairs", option=option)
+
+
 def make_pairs(
     task: Task,
     kind: str,
@@ -76,8 +82,7 @@ def make_pairs(
         raise UserError(
             f"unknown corruption {kind!r} for task {name}; choose one of: {', '.join(kinds)}"
         )
-    if not 1 <= n <= MAX_PAIRS:
-        raise UserError(f"n={n}: ask for 1 to {MAX_PAIRS} pairs", option="n")
+    check_pairs(n)
     check_count(seed, "seed", least=0)
     if source not in SOURCES:
         raise UserError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")

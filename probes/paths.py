@@ -374,7 +374,7 @@ def edge_attribution(
     )
     batch, seq = clean.shape
     with torch.no_grad():
-        source_logits, source_cache = run_with_cache(w, source, _CACHED)
+        source_logits, source_cache = run_with_cache(w, source, ("resid_pre", "z", "mlp_out"))
         source_value = _apply_metric(metric, source_logits[:, -1]).mean()
     inputs: dict[str, torch.Tensor] = {}
     target_cache: dict[str, torch.Tensor] = {}
@@ -387,7 +387,11 @@ def edge_attribution(
         (len(sent), len(received), n_pos), float("nan"), device=deltas.device, dtype=deltas.dtype
     )
     for j, r in enumerate(received):
-        grad = inputs[r.name].grad  # [batch, seq, d]
+        grad = (  # [batch, seq, d]
+            inputs[f"L{r.layer}.{r.input}"].grad[:, :, r.head]
+            if r.kind == "head"
+            else inputs[r.name].grad
+        )
         # per sender (and position): sum over batch, seq, d of delta * grad
         values[:, j] = value.detach() + torch.einsum("s...bpd,bpd->s...", deltas, grad).reshape(
             len(sent), n_pos
@@ -406,22 +410,18 @@ def _forward_with_inputs(
 ) -> torch.Tensor:
     """The mean metric of the forward pass on `tokens`, each receiver reading its own copy
     of the residual stream (kept in `inputs`, gradients retained: their gradients are the
-    receivers' alone); the senders' outputs go to `cache` (detached)."""
+    receivers' alone; "L{layer}.{q|k|v}" holds one copy per head, [batch, seq, head, d]);
+    the senders' outputs go to `cache` (detached)."""
     x = embed(w, tokens).requires_grad_(True)  # (the weights are detached)
     cache[hook_name("resid_pre", 0)] = x.detach()
     for layer in range(w.n_layers):
         p = f"blocks.{layer}"
-        copies = {t: [] for t in QKV}
-        for h in range(w.n_heads):
-            for t in QKV:
-                own = x.clone()
-                own.retain_grad()
-                inputs[f"L{layer}H{h}.{t}"] = own
-                copies[t].append(own)
         qkv = {}
         for t in QKV:
-            rows = torch.stack(copies[t], 2)  # [batch, seq, head, d]
-            a = w.attn_inputs(rows, layer)[1 if t == "v" else 0]
+            own = x.unsqueeze(2).repeat(1, 1, w.n_heads, 1)  # [batch, seq, head, d]: a copy each
+            own.retain_grad()
+            inputs[f"L{layer}.{t}"] = own
+            a = w.attn_inputs(own, layer)[1 if t == "v" else 0]
             weight = w[f"{p}.attn.{t}.weight"].view(w.n_heads, w.d_head, -1)
             qkv[t] = torch.einsum("bshd,hed->bshe", a, weight) + w[f"{p}.attn.{t}.bias"].view(
                 w.n_heads, w.d_head

@@ -25,7 +25,7 @@ from initlens.analyses.studies.circuit import not_applicable, trace_run
 from initlens.analyses.studies.over_training import named_steps, open_runs
 from initlens.models.errors import UserError, check_count
 from initlens.models.progress import Progress
-from initlens.probes.corruptions import MAX_PAIRS
+from initlens.probes.corruptions import check_pairs
 
 
 def circuit_command(
@@ -43,8 +43,7 @@ def circuit_command(
     run (its task's experiments: the key corruption on each task type)."""
     figure_formats(formats)
     check_folder_path(out)
-    if isinstance(pairs, bool) or not isinstance(pairs, int) or not 1 <= pairs <= MAX_PAIRS:
-        raise UserError(f"pairs={pairs!r}: ask for 1 to {MAX_PAIRS} pairs", option="pairs")
+    check_pairs(pairs, "pairs")
     check_count(top, "top")
     runs = open_runs(runs)
     for run in runs:

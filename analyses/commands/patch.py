@@ -27,7 +27,7 @@ from initlens.models.errors import UserError
 from initlens.models.progress import Progress
 from initlens.models.run import Run
 from initlens.probes.attribution import agreement, attribution_patch
-from initlens.probes.corruptions import MAX_PAIRS, PatchPairs, make_pairs
+from initlens.probes.corruptions import PatchPairs, check_pairs, make_pairs
 from initlens.probes.patching import METRICS, activation_patch
 
 
@@ -90,8 +90,7 @@ def patch_command(
     o = options
     figure_formats(o.formats)
     check_folder_path(out)
-    if isinstance(o.pairs, bool) or not isinstance(o.pairs, int) or not 1 <= o.pairs <= MAX_PAIRS:
-        raise UserError(f"pairs={o.pairs!r}: ask for 1 to {MAX_PAIRS} pairs", option="pairs")
+    check_pairs(o.pairs, "pairs")
     run = Run.open(run_dir)
     step = run.resolve_step(o.step)
     model = run.load_model(step)

@@ -44,6 +44,12 @@ def _nodes(senders, receivers) -> dict[str, tuple[float, float]]:
     return {n: (last + 1 if x == float("inf") else x, y) for n, (x, y) in places.items()}
 
 
+def _point(name: str, places: dict[str, tuple[float, float]]) -> tuple[float, float]:
+    """Where a path starts or ends: its node's place, a head's q/k/v input offset in y."""
+    _, y, node = _node(name)
+    return places[node][0], y
+
+
 def _column_name(x: float, last: float) -> str:
     """The tick label of a column of the graph."""
     if x == 0:
@@ -86,9 +92,7 @@ def circuit_graph(table: pd.DataFrame, top: int = 8) -> go.Figure:
             if cell.empty and len(every):
                 undefined_note(fig, every, i, j)
             for r in cell.itertuples():
-                (x0, _), (x1, _) = places[_node(r.sender)[2]], places[_node(r.receiver)[2]]
-                y0, y1 = _node(r.sender)[1], _node(r.receiver)[1]
-                xs, ys = _curve(x0, y0, min(x1, places["logits"][0]), y1)
+                xs, ys = _curve(*_point(r.sender, places), *_point(r.receiver, places))
                 fig.add_trace(
                     go.Scatter(
                         x=xs,
